@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Rust driver for virtio-mem paravirtualized memory hotplug devices.
+//!
+//! Each virtio-mem device owns one region of guest physical memory and plugs or unplugs device
+//! blocks of it on the host's request. The driver is split by concern:
+//!
+//! - [`config`]: the device's configuration space, read and validated at probe.
+//!
+//! The upstream C driver, `drivers/virtio/virtio_mem.c`, is the reference this driver matches.
+
+use kernel::{
+    bindings, c_str, device::Core, memory_hotplug, page::PAGE_SIZE, prelude::*, virtio,
+};
+
+mod config;
+
+use config::DeviceConfig;
+
+kernel::virtio_device_table!(ID_TABLE, [virtio::DeviceId::new(bindings::VIRTIO_ID_MEM)]);
+
+kernel::module_virtio_driver! {
+    type: VirtioMemDriver,
+    name: "virtio_mem_rust",
+    authors: ["virtio-mem-rust developers"],
+    description: "Virtio-mem paravirtualized memory hotplug driver (Rust)",
+    license: "GPL",
+}
+
+/// Size of a request on the virtqueue (`struct virtio_mem_req`).
+const REQ_SIZE: usize = core::mem::size_of::<bindings::virtio_mem_req>();
+/// Size of an answer on the virtqueue (`struct virtio_mem_resp`).
+const RESP_SIZE: usize = core::mem::size_of::<bindings::virtio_mem_resp>();
+
+/// How the device's memory is managed, decided at probe (see the C driver's SBM and BBM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Sub-block mode: Linux memory blocks are added whole and plugged in sub-blocks.
+    SubBlock {
+        /// Size of a sub-block: the device block size, but at least a pageblock.
+        sb_size: u64,
+    },
+    /// Big-block mode: device blocks span one or more Linux memory blocks.
+    BigBlock {
+        /// Size of a big block.
+        bb_size: u64,
+    },
+}
+
+impl Mode {
+    /// Picks the mode as the C driver does: sub-blocks when at least two fit in a memory block.
+    fn choose(device_block_size: u64, pageblock_size: u64, memory_block_size: u64) -> Self {
+        let sb_size = device_block_size.max(pageblock_size);
+        if sb_size < memory_block_size {
+            Mode::SubBlock { sb_size }
+        } else {
+            Mode::BigBlock { bb_size: device_block_size.max(memory_block_size) }
+        }
+    }
+}
+
+/// A bound virtio-mem device.
+struct VirtioMem {
+    /// The virtqueue for guest requests.
+    #[allow(dead_code)] // Used by the plug and unplug paths.
+    vq: virtio::Virtqueue,
+    /// The configuration read at probe.
+    config: DeviceConfig,
+    /// The NUMA node memory of this device is added to.
+    nid: i32,
+    /// Sub-block or big-block mode.
+    mode: Mode,
+}
+
+struct VirtioMemDriver;
+
+impl virtio::Driver for VirtioMemDriver {
+    type Data<'bound> = VirtioMem;
+    const ID_TABLE: virtio::IdTable = &ID_TABLE;
+    const FEATURES: &'static [u32] = &[
+        bindings::VIRTIO_MEM_F_ACPI_PXM,
+        bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
+    ];
+
+    fn probe<'bound>(
+        dev: &'bound virtio::Device<Core<'_>>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        let config = DeviceConfig::read(dev)?;
+        let pluggable = memory_hotplug::pluggable_range(true);
+        if let Err(e) = config.validate(PAGE_SIZE as u64, &pluggable) {
+            dev_err!(dev, "refusing device with a bad config: {}\n", e);
+            return Err(EINVAL);
+        }
+
+        let nid = node_of(dev, &config);
+        let mbs = memory_hotplug::memory_block_size();
+        let mode = Mode::choose(config.block_size, memory_hotplug::pageblock_size(), mbs);
+
+        dev_info!(dev, "start address: {:#x}\n", config.addr);
+        dev_info!(dev, "region size: {:#x}\n", config.region_size);
+        dev_info!(dev, "usable region size: {:#x}\n", config.usable_region_size);
+        dev_info!(dev, "device block size: {:#x}\n", config.block_size);
+        dev_info!(dev, "nid: {}\n", nid);
+        dev_info!(dev, "memory block size: {:#x}\n", mbs);
+        match mode {
+            Mode::SubBlock { sb_size } => dev_info!(dev, "subblock size: {:#x}\n", sb_size),
+            Mode::BigBlock { bb_size } => dev_info!(dev, "big block size: {:#x}\n", bb_size),
+        }
+        dev_info!(dev, "plugged size: {:#x}\n", config.plugged_size);
+        dev_info!(dev, "requested size: {:#x}\n", config.requested_size);
+        dev_info!(
+            dev,
+            "unplugged memory is inaccessible: {}\n",
+            if dev.has_feature(bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) { "yes" } else { "no" }
+        );
+
+        let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
+        Ok(VirtioMem { vq, config, nid, mode })
+    }
+
+    fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        dev_info!(
+            dev,
+            "unbinding: region [{:#x}-{:#x}], node {}, {:?}\n",
+            this.config.addr,
+            this.config.addr + this.config.region_size - 1,
+            this.nid,
+            this.mode
+        );
+    }
+
+    fn config_changed<'bound>(
+        dev: &'bound virtio::Device<kernel::device::Bound>,
+        _this: Pin<&Self::Data<'bound>>,
+    ) {
+        dev_dbg!(dev, "config changed\n");
+    }
+}
+
+/// The NUMA node for the device's memory: the ACPI proximity domain it names if it has
+/// `VIRTIO_MEM_F_ACPI_PXM`, otherwise (or if the firmware does not know that domain) the node of
+/// its start address, as the C driver decides.
+fn node_of(dev: &virtio::Device<kernel::device::Bound>, config: &DeviceConfig) -> i32 {
+    if dev.has_feature(bindings::VIRTIO_MEM_F_ACPI_PXM) {
+        if let Some(nid) = memory_hotplug::pxm_to_node(config.node_id.into()) {
+            return nid;
+        }
+        dev_warn!(dev, "unknown ACPI proximity domain {}, using the node of the start address\n", config.node_id);
+    }
+    memory_hotplug::phys_to_node(config.addr)
+}

@@ -1,0 +1,716 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Abstractions for the virtio bus.
+//!
+//! C headers: [`include/linux/virtio.h`](srctree/include/linux/virtio.h),
+//! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h).
+//!
+//! A virtio driver implements [`Driver`] and registers with [`module_virtio_driver!`]. It gets a
+//! [`Device`] in `probe`, reads its configuration space with [`Device::read_config`], checks the
+//! negotiated features with [`Device::has_feature`], and talks to the device through a
+//! [`Virtqueue`]: [`Virtqueue::transact`] sends one request and waits, bounded in time, for the
+//! device's answer.
+//!
+//! Teardown follows the virtio rules without the driver having to remember them: when a device is
+//! unbound, [`Driver::unbind`] runs first (stop using the device there), then the adapter resets
+//! the device and deletes its virtqueue. Handles to the virtqueue that are still around afterwards
+//! answer every request with `ENODEV`.
+
+use crate::{
+    bindings,
+    device,
+    device_id::RawDeviceId,
+    driver,
+    error::{
+        from_err_ptr,
+        from_result,
+        to_result, //
+    },
+    new_mutex,
+    prelude::*,
+    sync::{
+        aref::AlwaysRefCounted,
+        Arc,
+        Mutex, //
+    },
+    time::{
+        Delta,
+        Instant,
+        Monotonic, //
+    },
+    types::Opaque,
+    ThisModule, //
+};
+use core::{
+    marker::PhantomData,
+    mem::offset_of,
+    ptr::{
+        addr_of_mut,
+        NonNull, //
+    },
+};
+
+/// Device status bit: the driver has finished setting up the device (`VIRTIO_CONFIG_S_DRIVER_OK`).
+const STATUS_DRIVER_OK: u8 = bindings::VIRTIO_CONFIG_S_DRIVER_OK as u8;
+
+/// An adapter for the registration of virtio drivers.
+pub struct Adapter<T: Driver>(T);
+
+// SAFETY:
+// - `bindings::virtio_driver` is a C type declared as `repr(C)`.
+// - `T::Data` is the type of the driver's device private data.
+// - `struct virtio_driver` embeds a `struct device_driver`.
+// - `DEVICE_DRIVER_OFFSET` is the correct byte offset to the embedded `struct device_driver`.
+unsafe impl<T: Driver> driver::DriverLayout for Adapter<T> {
+    type DriverType = bindings::virtio_driver;
+    type DriverData<'bound> = T::Data<'bound>;
+    const DEVICE_DRIVER_OFFSET: usize = offset_of!(Self::DriverType, driver);
+}
+
+// SAFETY: A call to `unregister` for a given instance of `DriverType` is guaranteed to be valid if
+// a preceding call to `register` has been successful.
+unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
+    unsafe fn register(
+        vdrv: &Opaque<Self::DriverType>,
+        name: &'static CStr,
+        module: &'static ThisModule,
+    ) -> Result {
+        let nfeatures = u32::try_from(T::FEATURES.len()).map_err(|_| EINVAL)?;
+
+        // SAFETY: It's safe to set the fields of `struct virtio_driver` on initialization; the id
+        // and feature tables are `'static`.
+        unsafe {
+            let drv = vdrv.get();
+            (*drv).driver.name = name.as_char_ptr();
+            (*drv).id_table = T::ID_TABLE.as_ptr();
+            (*drv).feature_table = T::FEATURES.as_ptr();
+            (*drv).feature_table_size = nfeatures;
+            (*drv).probe = Some(Self::probe_callback);
+            (*drv).remove = Some(Self::remove_callback);
+            (*drv).config_changed = Some(Self::config_changed_callback);
+        }
+
+        // SAFETY: `vdrv` is guaranteed to be a valid `DriverType`.
+        to_result(unsafe { bindings::__register_virtio_driver(vdrv.get(), module.as_ptr()) })
+    }
+
+    unsafe fn unregister(vdrv: &Opaque<Self::DriverType>) {
+        // SAFETY: `vdrv` is guaranteed to be a valid, registered `DriverType`.
+        unsafe { bindings::unregister_virtio_driver(vdrv.get()) }
+    }
+}
+
+impl<T: Driver + 'static> Adapter<T> {
+    extern "C" fn probe_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio bus only ever calls the probe callback with a valid pointer to a
+        // `struct virtio_device`.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `probe_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        let ret = from_result(|| {
+            let data = T::probe(dev);
+            dev.as_ref().set_drvdata(data)?;
+            Ok(0)
+        });
+        if ret != 0 {
+            // The driver's data is gone already; make sure the device is quiet and its
+            // virtqueue gone before the virtio core marks the device as failed.
+            dev.teardown();
+        }
+        ret
+    }
+
+    extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The virtio bus only ever calls the remove callback with a valid pointer to a
+        // `struct virtio_device`.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `remove_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: `remove_callback` is only ever called after a successful call to
+        // `probe_callback`, hence it's guaranteed that `Device::set_drvdata()` has been called
+        // and stored a `Pin<KBox<T::Data<'_>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        T::unbind(dev, data);
+
+        // The virtio core requires the device to be reset when `remove` returns.
+        dev.teardown();
+    }
+
+    extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The virtio core only calls `config_changed` with a valid pointer to a
+        // `struct virtio_device`, and only while the device is bound: config change
+        // notifications are enabled after `probe` succeeded and disabled before `remove`.
+        let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
+
+        // SAFETY: See above: `probe_callback` has stored a `Pin<KBox<T::Data<'_>>>` and
+        // `remove_callback` has not run yet.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        T::config_changed(dev, data);
+    }
+}
+
+/// Declares a kernel module that exposes a single virtio driver.
+///
+/// # Examples
+///
+/// ```ignore
+/// kernel::module_virtio_driver! {
+///     type: MyDriver,
+///     name: "my_virtio_driver",
+///     authors: ["Me"],
+///     description: "My virtio driver",
+///     license: "GPL",
+/// }
+/// ```
+#[macro_export]
+macro_rules! module_virtio_driver {
+    ($($f:tt)*) => {
+        $crate::module_driver!(<T>, $crate::virtio::Adapter<T>, { $($f)* });
+    };
+}
+
+/// Abstraction for `bindings::virtio_device_id`: a virtio device type, optionally with a vendor.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct DeviceId(bindings::virtio_device_id);
+
+impl DeviceId {
+    /// Matches every device of type `device` (a `VIRTIO_ID_*` value), whatever its vendor.
+    pub const fn new(device: u32) -> Self {
+        Self::with_vendor(device, bindings::VIRTIO_DEV_ANY_ID)
+    }
+
+    /// Matches devices of type `device` from vendor `vendor` only.
+    pub const fn with_vendor(device: u32, vendor: u32) -> Self {
+        Self(bindings::virtio_device_id { device, vendor })
+    }
+
+    /// The device type this id matches.
+    pub const fn device(&self) -> u32 {
+        self.0.device
+    }
+
+    /// The vendor this id matches (`VIRTIO_DEV_ANY_ID` for any).
+    pub const fn vendor(&self) -> u32 {
+        self.0.vendor
+    }
+}
+
+// SAFETY: `DeviceId` is a `#[repr(transparent)]` wrapper of `virtio_device_id` and does not add
+// additional invariants, so it's safe to transmute to `RawType`.
+unsafe impl RawDeviceId for DeviceId {
+    type RawType = bindings::virtio_device_id;
+}
+
+/// The id table of a virtio driver: virtio ids carry no per-entry driver data.
+pub type IdTable = &'static dyn kernel::device_id::IdTable<DeviceId, ()>;
+
+/// Creates a virtio id table, with its alias for modpost (`virtio:dNvN`, so that udev loads the
+/// module for a matching device).
+///
+/// # Examples
+///
+/// ```ignore
+/// kernel::virtio_device_table!(ID_TABLE, [virtio::DeviceId::new(bindings::VIRTIO_ID_MEM)]);
+/// ```
+#[macro_export]
+macro_rules! virtio_device_table {
+    ($table_name:ident, [$($id:expr),* $(,)?]) => {
+        $crate::module_device_table!("virtio", $crate::virtio::DeviceId, $table_name, @none,
+                                     [$($id),*]);
+    };
+}
+
+/// The virtio driver trait.
+///
+/// Drivers must implement this trait in order to get a virtio driver registered.
+pub trait Driver {
+    /// The type of the driver's bus device private data.
+    ///
+    /// It is shared with [`Driver::config_changed`], which may run on any CPU at any time while
+    /// the device is bound, hence `Sync`.
+    type Data<'bound>: Send + Sync + 'bound;
+
+    /// The table of device ids supported by the driver.
+    const ID_TABLE: IdTable;
+
+    /// The feature bits the driver understands; the virtio core negotiates the intersection with
+    /// what the device offers before `probe`. Check the result with [`Device::has_feature`].
+    const FEATURES: &'static [u32] = &[];
+
+    /// Virtio driver probe.
+    ///
+    /// Called when a device matches the driver's id table, after feature negotiation. If the
+    /// driver does not call [`Device::ready`] itself, the virtio core does once `probe` returns.
+    fn probe<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound;
+
+    /// Virtio driver unbind.
+    ///
+    /// Called when a [`Device`] is unbound from its bound [`Driver`]: stop every use of the
+    /// device here (work items, timers, requests in flight). When it returns, the adapter resets
+    /// the device and deletes its virtqueue. Implementing this callback is optional.
+    fn unbind<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+    }
+
+    /// The device's configuration space changed.
+    ///
+    /// Runs in atomic context (from the device's interrupt, with a spinlock held): it must not
+    /// sleep. Typically it queues work that re-reads the configuration.
+    fn config_changed<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+    }
+}
+
+/// The virtio device representation.
+///
+/// This structure represents the Rust abstraction for a C `struct virtio_device`. The
+/// implementation abstracts the usage of an already existing C `struct virtio_device` within Rust
+/// code that we get passed from the C side.
+///
+/// # Invariants
+///
+/// A [`Device`] instance represents a valid `struct virtio_device` created by the C portion of
+/// the kernel.
+#[repr(transparent)]
+pub struct Device<Ctx: device::DeviceContext = device::Normal>(
+    Opaque<bindings::virtio_device>,
+    PhantomData<Ctx>,
+);
+
+/// A value that can be read from a virtio configuration space, stored little endian as the virtio
+/// 1.0 specification requires.
+pub trait ConfigField: Copy + private::Sealed {
+    /// The size of the field in bytes.
+    const SIZE: usize;
+
+    /// Decodes the field from the first `Self::SIZE` bytes of `bytes`, little endian.
+    fn from_le(bytes: &[u8; 8]) -> Self;
+}
+
+mod private {
+    pub trait Sealed {}
+}
+
+macro_rules! impl_config_field {
+    ($($t:ty),*) => {$(
+        impl private::Sealed for $t {}
+        impl ConfigField for $t {
+            const SIZE: usize = core::mem::size_of::<$t>();
+            fn from_le(bytes: &[u8; 8]) -> Self {
+                let mut raw = [0u8; core::mem::size_of::<$t>()];
+                raw.copy_from_slice(&bytes[..core::mem::size_of::<$t>()]);
+                <$t>::from_le_bytes(raw)
+            }
+        }
+    )*};
+}
+impl_config_field!(u8, u16, u32, u64);
+
+impl<Ctx: device::DeviceContext> Device<Ctx> {
+    fn as_raw(&self) -> *mut bindings::virtio_device {
+        self.0.get()
+    }
+
+    /// The device type (a `VIRTIO_ID_*` value).
+    pub fn device_id(&self) -> u32 {
+        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`; its
+        // id does not change after registration.
+        unsafe { (*self.as_raw()).id.device }
+    }
+
+    /// The device's vendor id.
+    pub fn vendor_id(&self) -> u32 {
+        // SAFETY: As in `device_id`.
+        unsafe { (*self.as_raw()).id.vendor }
+    }
+
+    /// The device's index on the virtio bus (the `N` in `virtioN`).
+    pub fn index(&self) -> i32 {
+        // SAFETY: As in `device_id`.
+        unsafe { (*self.as_raw()).index }
+    }
+
+    /// The device status byte (`VIRTIO_CONFIG_S_*` bits).
+    fn status(&self) -> u8 {
+        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` with a transport attached.
+        unsafe { bindings::virtio_get_status(self.as_raw()) }
+    }
+}
+
+impl Device<device::Bound> {
+    /// Whether feature bit `fbit` was negotiated with the device.
+    pub fn has_feature(&self, fbit: u32) -> bool {
+        // SAFETY: `self.as_raw()` is a valid `struct virtio_device`; the helper checks that
+        // `fbit` is in range.
+        unsafe { bindings::virtio_has_feature(self.as_raw(), fbit) }
+    }
+
+    /// Reads a little-endian field of type `F` at byte `offset` of the device-specific
+    /// configuration space, as one consistent snapshot (retried if the device changes its
+    /// configuration during the read).
+    ///
+    /// Use `core::mem::offset_of!` on the uapi configuration struct for `offset`. Like the C
+    /// accessors, it expects the field to lie within the configuration space the device type
+    /// defines. May sleep.
+    pub fn read_config<F: ConfigField>(&self, offset: usize) -> Result<F> {
+        let offset = u32::try_from(offset).map_err(|_| EINVAL)?;
+        let mut buf = [0u8; 8];
+        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to a driver, so its
+        // transport's config ops are set; `buf` has room for `F::SIZE <= 8` bytes.
+        unsafe {
+            bindings::virtio_cread_le(self.as_raw(), offset, buf.as_mut_ptr().cast(), F::SIZE)
+        };
+        Ok(F::from_le(&buf))
+    }
+}
+
+impl<'a> Device<device::Core<'a>> {
+    /// Tells the device the driver is ready (`VIRTIO_CONFIG_S_DRIVER_OK`), so that its
+    /// virtqueues can be used during probe. Calling it more than once is harmless.
+    pub fn ready(&self) {
+        if self.status() & STATUS_DRIVER_OK == 0 {
+            // SAFETY: `self.as_raw()` is a valid `struct virtio_device` in probe.
+            unsafe { bindings::virtio_device_ready(self.as_raw()) };
+        }
+    }
+
+    /// Finds the device's virtqueue 0 and sets it up for [`Virtqueue::transact`], with bounce
+    /// buffers of `max_out` bytes for requests and `max_in` bytes for answers.
+    ///
+    /// A device has at most one such virtqueue; it lives until the device is unbound.
+    pub fn find_vq(&self, name: &'static CStr, max_out: usize, max_in: usize) -> Result<Virtqueue> {
+        let raw = self.as_raw();
+        // SAFETY: `priv` of a `struct virtio_device` is for the driver's use: this abstraction
+        // uses it to track the virtqueue, and nothing else touches it while we are bound.
+        if unsafe { !(*raw).priv_.is_null() } {
+            return Err(EBUSY);
+        }
+
+        let out = KVec::from_elem(0u8, max_out, GFP_KERNEL)?;
+        let inp = KVec::from_elem(0u8, max_in, GFP_KERNEL)?;
+        let inner = Arc::pin_init(
+            try_pin_init!(VqInner {
+                done <- Opaque::ffi_init(|slot: *mut bindings::completion| {
+                    // SAFETY: `slot` is valid for writes and pinned.
+                    unsafe { bindings::init_completion(slot) }
+                }),
+                state <- new_mutex!(VqState {
+                    vq: core::ptr::null_mut(),
+                    out,
+                    inp,
+                    busy: false,
+                }),
+            }),
+            GFP_KERNEL,
+        )?;
+
+        // SAFETY: `raw` is a valid `struct virtio_device` in probe; `vq_callback` matches
+        // `vq_callback_t` and `name` is a static string.
+        let vq = from_err_ptr(unsafe {
+            bindings::virtio_find_single_vq(raw, Some(vq_callback), name.as_char_ptr())
+        })?;
+        if vq.is_null() {
+            return Err(ENOMEM);
+        }
+
+        {
+            let mut state = inner.state.lock();
+            state.vq = vq;
+            // SAFETY: `vq` is a valid virtqueue that no buffer has been added to yet, so its
+            // callback cannot run before `priv` is set. `done` lives in `inner`, which outlives
+            // the virtqueue: the reference held through `priv_` below is only dropped after the
+            // virtqueue has been deleted (see `Device::teardown`).
+            unsafe { (*vq).priv_ = inner.done.get().cast() };
+        }
+
+        // Keep one reference for the adapter: `teardown` revokes the virtqueue through it.
+        let handle = Virtqueue { inner };
+        let keep = handle.inner.clone();
+        // SAFETY: See above; `priv` is ours and was NULL.
+        unsafe { (*raw).priv_ = Arc::into_raw(keep).cast_mut().cast() };
+        Ok(handle)
+    }
+
+    /// Resets the device: it forgets its features and queues and stops using the driver's
+    /// buffers. Virtqueue requests fail with `EIO` afterwards.
+    pub fn reset(&self) {
+        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to our driver.
+        unsafe { bindings::virtio_reset_device(self.as_raw()) };
+    }
+}
+
+impl<'a> Device<device::CoreInternal<'a>> {
+    /// Quiets the device and revokes its virtqueue: reset if the driver got as far as
+    /// `DRIVER_OK`, then delete the virtqueue, so no buffer of ours is used by the device and no
+    /// callback runs afterwards.
+    fn teardown(&self) {
+        let raw = self.as_raw();
+        if self.status() & STATUS_DRIVER_OK != 0 {
+            // SAFETY: `raw` is a valid `struct virtio_device` in probe or remove.
+            unsafe { bindings::virtio_reset_device(raw) };
+        }
+        // SAFETY: `priv_` is only ever set by `find_vq`, to a pointer from `Arc::into_raw`;
+        // `raw` is valid and we are its driver's probe or remove, so nobody else touches it.
+        let keep = unsafe {
+            let keep = (*raw).priv_;
+            (*raw).priv_ = core::ptr::null_mut();
+            keep
+        };
+        if keep.is_null() {
+            return;
+        }
+        // SAFETY: `keep` came from `Arc::<VqInner>::into_raw` in `find_vq` and was not
+        // converted back since (we just cleared `priv_`).
+        let inner = unsafe { Arc::<VqInner>::from_raw(keep.cast()) };
+        let mut state = inner.state.lock();
+        if !state.vq.is_null() {
+            state.vq = core::ptr::null_mut();
+            // SAFETY: `raw` is valid and its virtqueue was created by `find_vq`; the device is
+            // reset (or was never made ready), so it owns none of our buffers any more.
+            unsafe { bindings::virtio_del_vqs(raw) };
+        }
+    }
+}
+
+// SAFETY: `virtio::Device` is a transparent wrapper of `struct virtio_device`.
+// The offset is guaranteed to point to a valid device field inside `virtio::Device`.
+unsafe impl<Ctx: device::DeviceContext> device::AsBusDevice<Ctx> for Device<Ctx> {
+    const OFFSET: usize = offset_of!(bindings::virtio_device, dev);
+}
+
+// SAFETY: `Device` is a transparent wrapper of a type that doesn't depend on `Device`'s generic
+// argument.
+kernel::impl_device_context_deref!(unsafe { Device });
+kernel::impl_device_context_into_aref!(Device);
+
+// SAFETY: Instances of `Device` are always reference-counted.
+unsafe impl AlwaysRefCounted for Device {
+    fn inc_ref(&self) {
+        // SAFETY: The existence of a shared reference guarantees that the refcount is non-zero.
+        unsafe { bindings::get_device(self.as_ref().as_raw()) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // CAST: `Self` is a transparent wrapper of `bindings::virtio_device`.
+        let vdev: *mut bindings::virtio_device = obj.cast().as_ptr();
+
+        // SAFETY: By the type invariant of `Self`, `vdev` is a pointer to a valid
+        // `struct virtio_device`.
+        let dev = unsafe { addr_of_mut!((*vdev).dev) };
+
+        // SAFETY: The safety requirements guarantee that the refcount is non-zero.
+        unsafe { bindings::put_device(dev) }
+    }
+}
+
+impl<Ctx: device::DeviceContext> AsRef<device::Device<Ctx>> for Device<Ctx> {
+    fn as_ref(&self) -> &device::Device<Ctx> {
+        // SAFETY: By the type invariant of `Self`, `self.as_raw()` is a pointer to a valid
+        // `struct virtio_device`.
+        let dev = unsafe { addr_of_mut!((*self.as_raw()).dev) };
+
+        // SAFETY: `dev` points to a valid `struct device`.
+        unsafe { device::Device::from_raw(dev) }
+    }
+}
+
+// SAFETY: A `Device` is always reference-counted and can be released from any thread.
+unsafe impl Send for Device {}
+
+// SAFETY: `Device` can be shared among threads because all methods of `Device`
+// (i.e. `Device<Normal>) are thread safe.
+unsafe impl Sync for Device {}
+
+// SAFETY: Same as `Device<Normal>`; `Bound` is a zero-sized type-state marker that does not
+// affect thread safety, and the config accessors of the C side are thread safe.
+unsafe impl Sync for Device<device::Bound> {}
+
+/// The virtqueue callback: the device has used a buffer. Runs in interrupt context.
+extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
+    // SAFETY: The virtio core passes the valid virtqueue this callback was registered for.
+    let done = unsafe { (*vq).priv_ }.cast::<bindings::completion>();
+    if !done.is_null() {
+        // SAFETY: `priv_` points to the `done` completion of the `VqInner` that owns this
+        // virtqueue, which lives until the virtqueue is deleted (see `find_vq`).
+        unsafe { bindings::complete(done) };
+    }
+}
+
+/// State shared by a [`Virtqueue`]'s handles, its callback and the adapter.
+#[pin_data]
+struct VqInner {
+    /// Completed by the virtqueue callback whenever the device used a buffer.
+    #[pin]
+    done: Opaque<bindings::completion>,
+    /// One request at a time: the bounce buffers and the virtqueue belong to the lock holder.
+    #[pin]
+    state: Mutex<VqState>,
+}
+
+// SAFETY: The completion is designed to be used from any thread (it has its own lock); the rest
+// of `VqInner` is behind the mutex.
+unsafe impl Send for VqInner {}
+// SAFETY: See above.
+unsafe impl Sync for VqInner {}
+
+struct VqState {
+    /// The virtqueue, or NULL once the device was unbound and the virtqueue deleted.
+    vq: *mut bindings::virtqueue,
+    /// Bounce buffer for requests (kmalloc memory, so the device can reach it).
+    out: KVec<u8>,
+    /// Bounce buffer for answers.
+    inp: KVec<u8>,
+    /// A request timed out: the device still owns the buffers until it uses them.
+    busy: bool,
+}
+
+impl VqState {
+    /// Takes back the buffers the device has used; returns whether it used ours.
+    fn reclaim(&mut self) -> Option<usize> {
+        let mut len: c_uint = 0;
+        // SAFETY: `self.vq` is a live virtqueue (checked by the callers) and we hold the lock
+        // that serializes all operations on it.
+        let token = unsafe { bindings::virtqueue_get_buf(self.vq, &mut len) };
+        if token.is_null() {
+            None
+        } else {
+            self.busy = false;
+            Some(len as usize)
+        }
+    }
+}
+
+/// A virtqueue for request/answer exchanges with a device: the driver puts a request in an
+/// out-buffer and the device writes its answer into an in-buffer.
+///
+/// Handles are cheap to clone; all of them stop working (`ENODEV`) once the device is unbound.
+#[derive(Clone)]
+pub struct Virtqueue {
+    inner: Arc<VqInner>,
+}
+
+impl Virtqueue {
+    /// Sends `request` to the device and waits up to `timeout` for its answer, which is copied
+    /// into `answer`. Returns the number of bytes the device wrote.
+    ///
+    /// Errors: `EINVAL` if a buffer is larger than the bounce buffers given to
+    /// [`Device::find_vq`], `ETIMEDOUT` if the device did not answer in time (the next request
+    /// first waits for that answer and returns `EBUSY` while it has not come), `ENODEV` once the
+    /// device is unbound, and what `virtqueue_add_sgs` returns (`EIO` for a broken device).
+    /// May sleep; one request is in flight at a time, other callers wait for the lock.
+    pub fn transact(&self, request: &[u8], answer: &mut [u8], timeout: Delta) -> Result<usize> {
+        let mut st = self.inner.state.lock();
+        if st.vq.is_null() {
+            return Err(ENODEV);
+        }
+        if request.len() > st.out.len() || answer.len() > st.inp.len() || request.is_empty() {
+            return Err(EINVAL);
+        }
+        if st.busy && st.reclaim().is_none() {
+            return Err(EBUSY);
+        }
+        let out_len = c_uint::try_from(request.len())?;
+        let in_len = c_uint::try_from(answer.len())?;
+        st.out[..request.len()].copy_from_slice(request);
+        st.inp[..answer.len()].fill(0);
+
+        let sg_out = Opaque::<bindings::scatterlist>::uninit();
+        let sg_in = Opaque::<bindings::scatterlist>::uninit();
+        // SAFETY: The scatterlists are initialized here and describe kmalloc'ed bounce buffers
+        // that stay valid (and untouched by us) until the device gave them back, because they
+        // belong to `VqInner`, which outlives the virtqueue. The scatterlists themselves are
+        // only read while adding the buffers.
+        unsafe {
+            bindings::sg_init_one(sg_out.get(), st.out.as_ptr().cast(), out_len);
+            bindings::sg_init_one(sg_in.get(), st.inp.as_mut_ptr().cast(), in_len);
+        }
+        let mut sgs = [sg_out.get(), sg_in.get()];
+        let token = st.out.as_mut_ptr().cast::<c_void>();
+
+        // SAFETY: `done` is a valid completion; re-arming it before adding the buffer means a
+        // completion seen later belongs to this request (or a later spurious interrupt).
+        unsafe { bindings::reinit_completion(self.inner.done.get()) };
+        // SAFETY: `st.vq` is live and we hold the lock serializing all operations on it; `sgs`
+        // holds one readable and one writable scatterlist, as announced by `1, 1`.
+        to_result(unsafe {
+            bindings::virtqueue_add_sgs(st.vq, sgs.as_mut_ptr(), 1, 1, token, GFP_KERNEL.as_raw())
+        })?;
+        // SAFETY: As above.
+        unsafe { bindings::virtqueue_kick(st.vq) };
+
+        let start = Instant::<Monotonic>::now();
+        loop {
+            if let Some(len) = st.reclaim() {
+                let len = len.min(answer.len());
+                answer[..len].copy_from_slice(&st.inp[..len]);
+                return Ok(len);
+            }
+            let left = timeout.as_millis() - start.elapsed().as_millis();
+            if left <= 0 {
+                st.busy = true;
+                return Err(ETIMEDOUT);
+            }
+            let jiffies = crate::time::msecs_to_jiffies(u32::try_from(left).unwrap_or(u32::MAX));
+            // SAFETY: `done` is a valid completion.
+            unsafe { bindings::wait_for_completion_timeout(self.inner.done.get(), jiffies) };
+        }
+    }
+}
+
+#[macros::kunit_tests(rust_kernel_virtio)]
+mod tests {
+    use super::*;
+    use crate::device_id::IdArray;
+
+    #[test]
+    fn device_id_any_vendor() {
+        let id = DeviceId::new(bindings::VIRTIO_ID_MEM);
+        assert_eq!(id.device(), 24);
+        assert_eq!(id.vendor(), u32::MAX);
+        let id = DeviceId::with_vendor(bindings::VIRTIO_ID_MEM, 0x1af4);
+        assert_eq!(id.vendor(), 0x1af4);
+    }
+
+    #[test]
+    fn id_table_is_zero_terminated() {
+        static TABLE: IdArray<DeviceId, (), 2> = IdArray::new_without_index([
+            DeviceId::new(bindings::VIRTIO_ID_MEM),
+            DeviceId::new(bindings::VIRTIO_ID_BALLOON),
+        ]);
+        let raw = kernel::device_id::IdTable::as_ptr(&TABLE);
+        // SAFETY: An `IdArray` of N entries is followed by a zeroed sentinel entry.
+        let entries = unsafe { core::slice::from_raw_parts(raw, 3) };
+        assert_eq!(entries[0].device, bindings::VIRTIO_ID_MEM);
+        assert_eq!(entries[1].device, bindings::VIRTIO_ID_BALLOON);
+        assert_eq!((entries[2].device, entries[2].vendor), (0, 0));
+    }
+
+    #[test]
+    fn config_fields_are_little_endian() {
+        let bytes = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
+        assert_eq!(<u8 as ConfigField>::from_le(&bytes), 0x01);
+        assert_eq!(<u16 as ConfigField>::from_le(&bytes), 0x0201);
+        assert_eq!(<u32 as ConfigField>::from_le(&bytes), 0x0403_0201);
+        assert_eq!(<u64 as ConfigField>::from_le(&bytes), 0x0807_0605_0403_0201);
+        assert_eq!(<u64 as ConfigField>::SIZE, 8);
+    }
+
+    #[test]
+    fn config_offsets_match_the_virtio_mem_spec() {
+        // virtio spec 1.2, 5.15.4: the layout every virtio-mem device presents.
+        assert_eq!(offset_of!(bindings::virtio_mem_config, block_size), 0);
+        assert_eq!(offset_of!(bindings::virtio_mem_config, node_id), 8);
+        assert_eq!(offset_of!(bindings::virtio_mem_config, addr), 16);
+        assert_eq!(offset_of!(bindings::virtio_mem_config, region_size), 24);
+        assert_eq!(offset_of!(bindings::virtio_mem_config, usable_region_size), 32);
+        assert_eq!(offset_of!(bindings::virtio_mem_config, plugged_size), 40);
+        assert_eq!(offset_of!(bindings::virtio_mem_config, requested_size), 48);
+    }
+}

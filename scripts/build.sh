@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Build the kernel (bzImage + modules) with our overlay, out of tree in
+# $KBUILD. The first build is "cold", later ones "warm"; both times go to the
+# build log ($VMR_CACHE/build-times.log) and are printed.
+source "$(dirname "$0")/common.sh"
+"$REPO/scripts/fetch-kernel.sh"
+"$REPO/scripts/overlay.sh"
+"$REPO/scripts/configure.sh"
+source "$REPO/scripts/toolchain.sh"
+
+kind=warm
+[ -f "$KBUILD/arch/x86/boot/bzImage" ] || kind=cold
+
+log "building kernel ($kind build, $(nproc) jobs)"
+start=$(date +%s)
+rc=0
+make -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" bzImage modules >"$VMR_CACHE/build-last.log" 2>&1 || rc=$?
+secs=$(( $(date +%s) - start ))
+# Our own code must build without warnings: show any, fail on errors.
+grep -E -A6 '^(warning|error)(\[[A-Z0-9]+\])?:' "$VMR_CACHE/build-last.log" | head -n 200 >&2 || true
+if [ $rc != 0 ]; then
+    tail -n 40 "$VMR_CACHE/build-last.log" >&2
+    die "kernel build failed after ${secs}s (full log: $VMR_CACHE/build-last.log)"
+fi
+
+# Stage the modules where the guest scripts find them.
+rm -rf "$VMR_CACHE/modules"
+make -s -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" INSTALL_MOD_PATH="$VMR_CACHE/modules" \
+    INSTALL_MOD_STRIP=1 modules_install >/dev/null
+kver=$(cat "$KBUILD/include/config/kernel.release")
+line=$(printf '%s %s build of %s: %dm%02ds' "$(date -u +%FT%TZ)" "$kind" "$kver" $((secs / 60)) $((secs % 60)))
+echo "$line" >>"$VMR_CACHE/build-times.log"
+echo "build time: $line"

@@ -1,0 +1,74 @@
+# shellcheck shell=bash
+# Common settings for every script in scripts/. Source it, do not run it.
+#
+# Everything generated (kernel source, build output, ccache, tool installs)
+# lives outside the checkout, under $VMR_CACHE, so that warm rebuilds stay
+# warm across clones and the checkout holds only what we wrote.
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VMR_CACHE=${VMR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/virtio-mem-rust}
+KVER_WANT=${KVER_WANT:-7.3.4-1~bpo13+1}
+KDEB_SHA256=${KDEB_SHA256:-703e369ddd4cce971452f5a593ee55df3a5c10c83caf0fa0df039633ed181ee3}
+KSRC=$VMR_CACHE/linux            # unpacked kernel tree with our overlay applied
+KBUILD=$VMR_CACHE/build          # O= build output
+PRISTINE=$VMR_CACHE/pristine     # pristine copies of kernel files we patch or overlay
+LIBCLANG_VENV=$VMR_CACHE/venv    # python venv: libclang 18, virtme-ng
+export CCACHE_DIR=${CCACHE_DIR:-$VMR_CACHE/ccache}
+export PATH=$LIBCLANG_VENV/bin:$HOME/.cargo/bin:$PATH
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# The Debian mirror this machine is already configured with, read from its
+# apt sources (deb822 .sources or one-line .list). Never hard-coded.
+debian_mirror() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        uri=$(awk '
+            /^[[:space:]]*$/ { if (u != "" && s ~ /(^| )(bookworm|trixie|stable)( |$)/) { print u; exit } u = ""; s = ""; next }
+            /^URIs:/ { u = $2 }
+            /^Suites:/ { $1 = ""; s = $0 }
+            END { if (u != "" && s ~ /(^| )(bookworm|trixie|stable)( |$)/) print u }' "$f" | head -n1)
+        [ -n "$uri" ] && { echo "${uri%/}"; return 0; }
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -r "$f" ] || continue
+        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($(i+1) ~ /^(bookworm|trixie|stable)$/) { print $i; exit } } }' "$f")
+        [ -n "$uri" ] && { echo "${uri%/}"; return 0; }
+    done
+    return 1
+}
+
+# Private apt state for one extra suite: its own sources, lists and cache,
+# so the machine's apt configuration is never touched. With --with-system the
+# machine's own sources are read too (needed to install with dependencies).
+# Usage: private_apt [--with-system] SUITE -- apt-get args...
+private_apt() {
+    local parts=/dev/null
+    if [ "$1" = --with-system ]; then parts=/etc/apt/sources.list.d; shift; fi
+    local suite=$1; shift; [ "${1:-}" = -- ] && shift
+    local mirror dir
+    mirror=$(debian_mirror) || die "cannot find a Debian mirror in this machine's apt sources"
+    local tag=only; [ "$parts" = /dev/null ] || tag=sys
+    dir=$VMR_CACHE/apt/$suite-$tag
+    mkdir -p "$dir/lists/partial" "$dir/archives/partial" "$dir/etc/preferences.d"
+    {
+        printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' "$mirror" "$suite"
+        [ "$parts" != /dev/null ] && [ -r /etc/apt/sources.list ] && cat /etc/apt/sources.list
+        true
+    } >"$dir/etc/sources.list"
+    apt-get -o Dir::Etc::SourceList="$dir/etc/sources.list" \
+        -o Dir::Etc::SourceParts="$parts" \
+        -o APT::Sandbox::User=root \
+        -o Dir::Etc::Preferences="$dir/etc/preferences" \
+        -o Dir::Etc::PreferencesParts="$dir/etc/preferences.d" \
+        -o Dir::State::Lists="$dir/lists" \
+        -o Dir::Cache::Archives="$dir/archives" \
+        -o Dir::Cache::pkgcache="$dir/pkgcache.bin" \
+        -o Dir::Cache::srcpkgcache="$dir/srcpkgcache.bin" \
+        -o APT::Get::List-Cleanup=0 \
+        "$@"
+}

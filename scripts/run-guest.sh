@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Boot the built kernel in a QEMU guest (TCG: this machine's /dev/kvm cannot
+# boot a stock kernel) with virtme-ng, with virtio-mem devices and a QMP
+# monitor on a unix socket.
+#
+# The guest can resize its own devices: a second chardev connects to the same
+# QMP socket as a client and backs a virtio-serial port named org.qemu.qmp0,
+# which `vmctl` (tools/vmctl) finds and speaks QMP over. The host can use the
+# socket directly: vmctl --socket SOCK ...
+#
+# Usage: run-guest.sh [options] [-- command to run in the guest]
+#   --mem SIZE       boot memory (default 2G)
+#   --maxmem SIZE    maximum memory (default: boot memory + all regions + 1G)
+#   --cpus N         vCPUs (default 2)
+#   --nodes N        NUMA nodes; boot memory is split evenly (default 1)
+#   --vmem SPEC      add a virtio-mem-pci device (repeatable):
+#                    size=16G[,block=2M][,requested=0][,node=0][,id=vmN]
+#                    [,backend=ram|memfd|file:PATH]
+#   --append ARGS    extra kernel command line
+#   --qmp PATH       QMP socket path (default: $VMR_CACHE/run/qmp-PID.sock)
+#   --timeout SECS   kill the guest after this long (default: none)
+#   --verbose        show the guest's kernel console
+# Without a command the guest starts an interactive shell.
+source "$(dirname "$0")/common.sh"
+
+mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mem) mem=$2; shift 2 ;;
+        --maxmem) maxmem=$2; shift 2 ;;
+        --cpus) cpus=$2; shift 2 ;;
+        --nodes) nodes=$2; shift 2 ;;
+        --vmem) vmems+=("$2"); shift 2 ;;
+        --append) append+=("$2"); shift 2 ;;
+        --qmp) qmp=$2; shift 2 ;;
+        --timeout) timeout=$2; shift 2 ;;
+        --verbose|-v) verbose=(--verbose); shift ;;
+        --) shift; break ;;
+        *) die "run-guest.sh: unknown option $1" ;;
+    esac
+done
+
+kernel=$KBUILD/arch/x86/boot/bzImage
+[ -f "$kernel" ] || die "no kernel at $kernel: run 'make build' first"
+
+# Sizes like 2G, 130M, 4G+130M -> bytes.
+to_bytes() {
+    local total=0 part n
+    IFS=+ read -ra parts <<<"$1"
+    for part in "${parts[@]}"; do
+        n=${part%[KkMmGgTt]}
+        case "$part" in
+            *[Kk]) n=$((n << 10)) ;; *[Mm]) n=$((n << 20)) ;;
+            *[Gg]) n=$((n << 30)) ;; *[Tt]) n=$((n << 40)) ;;
+        esac
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+mkdir -p "$VMR_CACHE/run"
+qmp=${qmp:-$VMR_CACHE/run/qmp-$$.sock}
+rm -f "$qmp"
+trap 'rm -f "$qmp" "$qmp.guest"' EXIT
+
+opts=()
+region_total=0
+i=0
+for spec in "${vmems[@]}"; do
+    size= block= requested=0 node=0 id=vm$i backend=ram
+    IFS=, read -ra kvs <<<"$spec"
+    for kv in "${kvs[@]}"; do
+        case "$kv" in
+            size=*) size=${kv#size=} ;; block=*) block=${kv#block=} ;;
+            requested=*) requested=${kv#requested=} ;; node=*) node=${kv#node=} ;;
+            id=*) id=${kv#id=} ;; backend=*) backend=${kv#backend=} ;;
+            *) die "bad --vmem item '$kv' in '$spec'" ;;
+        esac
+    done
+    [ -n "$size" ] || die "--vmem needs size=: '$spec'"
+    bytes=$(to_bytes "$size")
+    region_total=$((region_total + bytes))
+    case "$backend" in
+        ram) opts+=(-object "memory-backend-ram,id=mem-$id,size=$bytes,reserve=off") ;;
+        memfd) opts+=(-object "memory-backend-memfd,id=mem-$id,size=$bytes,reserve=off") ;;
+        file:*) opts+=(-object "memory-backend-file,id=mem-$id,size=$bytes,mem-path=${backend#file:},share=on,reserve=off") ;;
+        *) die "bad backend '$backend'" ;;
+    esac
+    dev="virtio-mem-pci,id=$id,memdev=mem-$id,node=$node,requested-size=$(to_bytes "$requested")"
+    [ -n "$block" ] && dev+=",block-size=$(to_bytes "$block")"
+    opts+=(-device "$dev")
+    i=$((i + 1))
+done
+
+if [ -z "$maxmem" ]; then
+    maxmem=$(( $(to_bytes "$mem") + region_total + (1 << 30) ))
+else
+    maxmem=$(to_bytes "$maxmem")
+fi
+
+# QMP: one monitor on a socket for the host, and a second one for the guest,
+# whose socket a client chardev connects to at start and exposes as a virtio
+# serial port. (A QMP socket serves one client at a time, so the guest's
+# permanent connection needs a monitor of its own.)
+gqmp=$qmp.guest
+rm -f "$gqmp"
+opts+=(-chardev "socket,id=qmpsrv,path=$qmp,server=on,wait=off"
+       -mon "chardev=qmpsrv,mode=control"
+       -chardev "socket,id=qmpgsrv,path=$gqmp,server=on,wait=off"
+       -mon "chardev=qmpgsrv,mode=control"
+       -chardev "socket,id=qmpcli,path=$gqmp"
+       -device virtio-serial-pci,id=vmr-serial
+       -device "virtserialport,bus=vmr-serial.0,chardev=qmpcli,name=org.qemu.qmp0")
+
+numa=()
+if [ "$nodes" -gt 1 ]; then
+    per=$(( $(to_bytes "$mem") / nodes ))
+    for ((n = 0; n < nodes; n++)); do
+        numa+=(--numa "$((per >> 20))M,cpus=$((n % cpus))")
+    done
+fi
+
+cmd=(vng --run "$kernel" --disable-kvm --disable-microvm --cpus "$cpus"
+     --memory "$(to_bytes "$mem"),maxmem=$maxmem"
+     "${numa[@]}" "${verbose[@]}"
+     --qemu-opts="${opts[*]}")
+for a in "${append[@]}"; do cmd+=(--append "$a"); done
+if [ $# -gt 0 ]; then
+    cmd+=(--exec "$*")
+fi
+
+echo "QMP socket: $qmp" >&2
+if [ -n "$timeout" ]; then
+    timeout --foreground -k 10 "$timeout" "${cmd[@]}"
+else
+    "${cmd[@]}"
+fi

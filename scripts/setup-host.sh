@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install everything the build and the guest tests need. Quick and a no-op
+# when run again: every step checks first.
+source "$(dirname "$0")/common.sh"
+
+stamp=$VMR_CACHE/.host-ready-v1
+if [ -f "$stamp" ] && [ "${1:-}" != --force ] &&
+   command -v qemu-system-x86_64 >/dev/null && command -v bindgen >/dev/null &&
+   [ -x "$LIBCLANG_VENV/bin/vng" ] && command -v ccache >/dev/null; then
+    exit 0
+fi
+mkdir -p "$VMR_CACHE"
+
+# --- Debian packages --------------------------------------------------------
+pkgs=(flex bison bc libelf-dev libssl-dev cpio ccache udev make gcc git rsync
+      kmod busybox-static python3-venv socat zstd xz-utils libdw-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- QEMU 10 from bookworm-backports (fallback: bookworm's 7.2) ------------
+qemu_ok() {
+    command -v qemu-system-x86_64 >/dev/null &&
+    qemu-system-x86_64 -device help 2>/dev/null | grep -q virtio-mem-pci
+}
+if ! qemu_ok; then
+    log "installing QEMU from bookworm-backports"
+    if private_apt --with-system bookworm-backports -- -qq update &&
+       DEBIAN_FRONTEND=noninteractive private_apt --with-system bookworm-backports -- \
+           install -y -qq --no-install-recommends -t bookworm-backports \
+           qemu-system-x86 qemu-system-data ipxe-qemu seabios >/dev/null; then
+        :
+    else
+        echo "WARNING: bookworm-backports not reachable; installing bookworm's QEMU 7.2" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            qemu-system-x86 >/dev/null
+    fi
+    qemu_ok || die "QEMU with virtio-mem-pci could not be installed"
+fi
+log "$(qemu-system-x86_64 --version | head -n1)"
+
+# --- Rust: rust-src and bindgen-cli 0.73.2 ---------------------------------
+rustup component list --installed 2>/dev/null | grep -q '^rust-src' || {
+    log "rustup component add rust-src"; rustup component add rust-src >/dev/null; }
+if ! bindgen --version 2>/dev/null | grep -q ' 0\.73\.2'; then
+    log "cargo install bindgen-cli 0.73.2"
+    cargo install --locked --quiet --version 0.73.2 bindgen-cli
+fi
+
+# --- Python venv: libclang 18.1.1 and virtme-ng -----------------------------
+if [ ! -x "$LIBCLANG_VENV/bin/python" ]; then
+    python3 -m venv "$LIBCLANG_VENV"
+fi
+"$LIBCLANG_VENV/bin/pip" show libclang 2>/dev/null | grep -q '^Version: 18.1.1' ||
+    "$LIBCLANG_VENV/bin/pip" install -q 'libclang==18.1.1'
+"$LIBCLANG_VENV/bin/pip" show virtme-ng >/dev/null 2>&1 ||
+    "$LIBCLANG_VENV/bin/pip" install -q 'virtme-ng==1.42'
+touch "$stamp"
+log "host ready"

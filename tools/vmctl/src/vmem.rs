@@ -1,0 +1,296 @@
+//! virtio-mem-pci operations on top of QOM commands (`qom-list`, `qom-get`,
+//! `qom-set`).
+//!
+//! Devices created with `-device virtio-mem-pci,id=ID` live at
+//! `/machine/peripheral/ID`. The PCI proxy forwards the virtio-mem
+//! properties (`size`, `requested-size`, `block-size`, `node`, `memaddr`,
+//! `memdev`), so everything is read and written on the proxy.
+
+use std::fmt;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::json::Value;
+use crate::qmp::{self, Client};
+use crate::transport::Transport;
+
+/// Where QEMU puts devices that were given an id.
+pub const PERIPHERAL: &str = "/machine/peripheral";
+
+/// The QOM type of a virtio-mem-pci device, as `qom-list` reports children.
+pub const CHILD_TYPE: &str = "child<virtio-mem-pci>";
+
+/// How often [`wait_for_size`] polls `size` by default.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The QOM path of a device: `ID` becomes `/machine/peripheral/ID`; a
+/// string starting with `/` is taken as a full QOM path already.
+pub fn device_path(id: &str) -> String {
+    if id.starts_with('/') {
+        id.to_owned()
+    } else {
+        format!("{PERIPHERAL}/{id}")
+    }
+}
+
+/// Ids of all virtio-mem-pci devices, in QEMU's order.
+pub fn list_devices<S: Transport>(c: &mut Client<S>) -> Result<Vec<String>, qmp::Error> {
+    let children = c.execute(
+        "qom-list",
+        Some(Value::object([("path", Value::from(PERIPHERAL))])),
+    )?;
+    let children = children
+        .as_array()
+        .ok_or_else(|| qmp::Error::Protocol(format!("qom-list returned {children}")))?;
+    Ok(children
+        .iter()
+        .filter(|child| child.get("type").and_then(Value::as_str) == Some(CHILD_TYPE))
+        .filter_map(|child| child.get("name").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `qom-get` of property `prop` at QOM path `path`.
+pub fn qom_get<S: Transport>(
+    c: &mut Client<S>,
+    path: &str,
+    prop: &str,
+) -> Result<Value, qmp::Error> {
+    c.execute(
+        "qom-get",
+        Some(Value::object([
+            ("path", Value::from(path)),
+            ("property", Value::from(prop)),
+        ])),
+    )
+}
+
+/// `qom-set` of property `prop` at QOM path `path` to `value`.
+pub fn qom_set<S: Transport>(
+    c: &mut Client<S>,
+    path: &str,
+    prop: &str,
+    value: Value,
+) -> Result<(), qmp::Error> {
+    c.execute(
+        "qom-set",
+        Some(Value::object([
+            ("path", Value::from(path)),
+            ("property", Value::from(prop)),
+            ("value", value),
+        ])),
+    )
+    .map(drop)
+}
+
+/// `qom-get` of an unsigned integer property.
+pub fn qom_get_u64<S: Transport>(
+    c: &mut Client<S>,
+    path: &str,
+    prop: &str,
+) -> Result<u64, qmp::Error> {
+    let v = qom_get(c, path, prop)?;
+    v.as_u64().ok_or_else(|| {
+        qmp::Error::Protocol(format!(
+            "{path} property {prop} is {v}, not an unsigned integer"
+        ))
+    })
+}
+
+/// Everything `vmctl info` shows about one device. Sizes and addresses are
+/// in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device id.
+    pub id: String,
+    /// Memory currently plugged by the guest.
+    pub size: u64,
+    /// What the host asked the guest to plug.
+    pub requested_size: u64,
+    /// Plug/unplug granularity.
+    pub block_size: u64,
+    /// NUMA node.
+    pub node: u64,
+    /// Guest physical start address of the device's memory region.
+    pub memaddr: u64,
+    /// QOM path of the memory backend, e.g. `/objects/vmem0`.
+    pub memdev: String,
+    /// Size of the memory backend: the most the device can ever provide.
+    pub region_size: u64,
+}
+
+impl DeviceInfo {
+    /// Queries all fields of device `id`.
+    pub fn fetch<S: Transport>(c: &mut Client<S>, id: &str) -> Result<DeviceInfo, qmp::Error> {
+        let path = device_path(id);
+        let memdev = qom_get(c, &path, "memdev")?;
+        let memdev = memdev
+            .as_str()
+            .ok_or_else(|| qmp::Error::Protocol(format!("{path} memdev is {memdev}")))?
+            .to_owned();
+        Ok(DeviceInfo {
+            id: id.to_owned(),
+            size: qom_get_u64(c, &path, "size")?,
+            requested_size: qom_get_u64(c, &path, "requested-size")?,
+            block_size: qom_get_u64(c, &path, "block-size")?,
+            node: qom_get_u64(c, &path, "node")?,
+            memaddr: qom_get_u64(c, &path, "memaddr")?,
+            region_size: qom_get_u64(c, &memdev, "size")?,
+            memdev,
+        })
+    }
+
+    /// `(key, value)` pairs in `vmctl info` order.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("id", self.id.clone()),
+            ("size", self.size.to_string()),
+            ("requested-size", self.requested_size.to_string()),
+            ("block-size", self.block_size.to_string()),
+            ("node", self.node.to_string()),
+            ("memaddr", self.memaddr.to_string()),
+            ("region-size", self.region_size.to_string()),
+            ("memdev", self.memdev.clone()),
+        ]
+    }
+}
+
+/// One-line summary, as `vmctl list` prints it:
+/// `ID size=N requested-size=N block-size=N node=N memaddr=N`.
+impl fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} size={} requested-size={} block-size={} node={} memaddr={}",
+            self.id, self.size, self.requested_size, self.block_size, self.node, self.memaddr
+        )
+    }
+}
+
+/// Asks the guest to resize device `id` to `bytes` (sets `requested-size`).
+pub fn set_requested_size<S: Transport>(
+    c: &mut Client<S>,
+    id: &str,
+    bytes: u64,
+) -> Result<(), qmp::Error> {
+    qom_set(c, &device_path(id), "requested-size", Value::from(bytes))
+}
+
+/// Why [`wait_for_size`] failed.
+#[derive(Debug)]
+pub enum WaitError {
+    /// Talking to QEMU failed.
+    Qmp(qmp::Error),
+    /// The size did not reach the target in time.
+    Timeout {
+        /// The device id.
+        id: String,
+        /// The size waited for.
+        target: u64,
+        /// The last size read.
+        last: u64,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitError::Qmp(e) => e.fmt(f),
+            WaitError::Timeout {
+                id,
+                target,
+                last,
+                waited,
+            } => write!(
+                f,
+                "timed out after {:.1} s waiting for {id} size to reach {target}; \
+                 last size seen: {last}",
+                waited.as_secs_f64()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WaitError {}
+
+impl From<qmp::Error> for WaitError {
+    fn from(e: qmp::Error) -> WaitError {
+        WaitError::Qmp(e)
+    }
+}
+
+/// Polls `size` of device `id` every `interval` until it equals `target`,
+/// for at most `timeout`. Returns the final size.
+pub fn wait_for_size<S: Transport>(
+    c: &mut Client<S>,
+    id: &str,
+    target: u64,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<u64, WaitError> {
+    let path = device_path(id);
+    let start = Instant::now();
+    let deadline = start + timeout;
+    loop {
+        let size = qom_get_u64(c, &path, "size")?;
+        if size == target {
+            return Ok(size);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(WaitError::Timeout {
+                id: id.to_owned(),
+                target,
+                last: size,
+                waited: now - start,
+            });
+        }
+        thread::sleep(interval.min(deadline - now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_paths() {
+        assert_eq!(device_path("vm0"), "/machine/peripheral/vm0");
+        assert_eq!(device_path("/objects/mem0"), "/objects/mem0");
+    }
+
+    #[test]
+    fn summary_line_and_fields() {
+        let info = DeviceInfo {
+            id: "vm0".into(),
+            size: 1 << 30,
+            requested_size: 2 << 30,
+            block_size: 2 << 20,
+            node: 1,
+            memaddr: 1 << 32,
+            memdev: "/objects/vmem0".into(),
+            region_size: 4 << 30,
+        };
+        assert_eq!(
+            info.to_string(),
+            "vm0 size=1073741824 requested-size=2147483648 block-size=2097152 node=1 \
+             memaddr=4294967296"
+        );
+        let keys: Vec<_> = info.fields().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "size",
+                "requested-size",
+                "block-size",
+                "node",
+                "memaddr",
+                "region-size",
+                "memdev"
+            ]
+        );
+    }
+}

@@ -1,0 +1,581 @@
+//! End-to-end tests: the `vmctl` binary against a fake QMP server on a unix
+//! socket that answers like QEMU with virtio-mem-pci devices and a guest
+//! driver that plugs memory gradually.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vmctl::json::{self, Value};
+use vmctl::qmp::Client;
+use vmctl::vmem;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// How the fake server behaves.
+#[derive(Clone, Copy, Default)]
+struct Behaviour {
+    /// Before every reply, send an unrelated event and a stale reply, and
+    /// split the reply itself across two writes.
+    noisy: bool,
+    /// Act like a long-lived serial connection: no greeting, capabilities
+    /// already negotiated, and the tail of an old message pending.
+    serial_like: bool,
+    /// The guest never plugs anything.
+    stuck: bool,
+    /// Never answer anything.
+    silent: bool,
+}
+
+struct Device {
+    size: u64,
+    requested: u64,
+    block_size: u64,
+    node: u64,
+    memaddr: u64,
+    memdev: String,
+}
+
+struct State {
+    devices: BTreeMap<String, Device>,
+    backends: BTreeMap<String, u64>,
+    /// Bytes the "guest" plugs or unplugs per `size` query.
+    step: u64,
+    /// Every command received, for assertions.
+    log: Vec<Value>,
+}
+
+struct FakeQemu {
+    dir: PathBuf,
+    socket: PathBuf,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeQemu {
+    fn start(behaviour: Behaviour) -> FakeQemu {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vmctl-it-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("qmp.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+
+        let mut devices = BTreeMap::new();
+        for (i, id) in ["vm0", "vm1"].into_iter().enumerate() {
+            devices.insert(
+                id.to_owned(),
+                Device {
+                    size: if i == 0 { 0 } else { GIB },
+                    requested: if i == 0 { 0 } else { GIB },
+                    block_size: 2 * MIB,
+                    node: i as u64,
+                    memaddr: (4 + 8 * i as u64) * GIB,
+                    memdev: format!("/objects/vmem{i}"),
+                },
+            );
+        }
+        let backends = [("/objects/vmem0", 8 * GIB), ("/objects/vmem1", 8 * GIB)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let state = Arc::new(Mutex::new(State {
+            devices,
+            backends,
+            step: GIB,
+            log: Vec::new(),
+        }));
+
+        let shared = Arc::clone(&state);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                serve(conn, behaviour, &shared);
+            }
+        });
+        FakeQemu { dir, socket, state }
+    }
+
+    /// Runs the vmctl binary against this server.
+    fn vmctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vmctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("VMCTL_SOCKET")
+            .output()
+            .unwrap()
+    }
+
+    fn commands(&self) -> Vec<Value> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+impl Drop for FakeQemu {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[track_caller]
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "vmctl failed: {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Serves one client connection until it closes.
+fn serve(mut conn: UnixStream, behaviour: Behaviour, state: &Mutex<State>) {
+    let mut negotiated = behaviour.serial_like;
+    if behaviour.serial_like {
+        // The end of a message whose start an earlier client read.
+        conn.write_all(b"5}, \"id\": \"vmctl-1-7\"}\r\n").unwrap();
+    } else {
+        conn.write_all(
+            b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 0, \"major\": 10}, \
+              \"package\": \"fake\"}, \"capabilities\": [\"oob\"]}}\r\n",
+        )
+        .unwrap();
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            // QEMU's lexer drops control characters (used to resync it).
+            buf.retain(|&b| b >= 0x20 || b"\r\n\t".contains(&b));
+            let start = buf.iter().position(|b| !b.is_ascii_whitespace());
+            let Some(start) = start else {
+                buf.clear();
+                break;
+            };
+            buf.drain(..start);
+            let (cmd, used) = match json::parse_prefix(&buf) {
+                Ok(parsed) => parsed,
+                Err(e) if e.kind == json::ErrorKind::Incomplete => break,
+                Err(e) => panic!("client sent bad JSON: {e}"),
+            };
+            buf.drain(..used);
+            if behaviour.silent {
+                continue;
+            }
+            let reply = answer(&cmd, &mut negotiated, behaviour, state);
+            let mut text = String::new();
+            if behaviour.noisy {
+                text.push_str(
+                    "{\"timestamp\": {\"seconds\": 1700000000, \"microseconds\": 1}, \
+                     \"event\": \"MEMORY_DEVICE_SIZE_CHANGE\", \"data\": {\"id\": \"vm0\", \
+                     \"size\": 0, \"qom-path\": \"/machine/peripheral/vm0/virtio-backend\"}}\r\n",
+                );
+                text.push_str("{\"return\": 0, \"id\": \"vmctl-1-1\"}\r\n");
+                text.push_str("{\"return\": 0}\r\n");
+            }
+            text.push_str(&reply.to_string());
+            text.push_str("\r\n");
+            let bytes = text.as_bytes();
+            let split = if behaviour.noisy {
+                bytes.len() - 5
+            } else {
+                bytes.len()
+            };
+            conn.write_all(&bytes[..split]).unwrap();
+            conn.flush().unwrap();
+            if split < bytes.len() {
+                thread::sleep(Duration::from_millis(5));
+                conn.write_all(&bytes[split..]).unwrap();
+            }
+        }
+    }
+}
+
+fn error(class: &str, desc: String) -> Result<Value, (String, String)> {
+    Err((class.to_owned(), desc))
+}
+
+/// Builds QEMU's reply to `cmd`.
+fn answer(cmd: &Value, negotiated: &mut bool, behaviour: Behaviour, state: &Mutex<State>) -> Value {
+    let mut st = state.lock().unwrap();
+    st.log.push(cmd.clone());
+    let name = cmd.get("execute").and_then(Value::as_str).unwrap_or("");
+    let args = cmd
+        .get("arguments")
+        .cloned()
+        .unwrap_or(Value::object::<&str>([]));
+    let arg = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let result = if name == "qmp_capabilities" {
+        if *negotiated {
+            error(
+                "CommandNotFound",
+                "Capabilities negotiation is already complete, command ignored".into(),
+            )
+        } else {
+            *negotiated = true;
+            Ok(Value::object::<&str>([]))
+        }
+    } else if !*negotiated {
+        error(
+            "CommandNotFound",
+            "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+        )
+    } else {
+        match name {
+            "qom-list" if arg("path") == "/machine/peripheral" => {
+                let mut children = vec![
+                    child("type", "string"),
+                    child("net0", "child<virtio-net-pci>"),
+                ];
+                for id in st.devices.keys() {
+                    children.push(child(id, "child<virtio-mem-pci>"));
+                }
+                Ok(Value::Array(children))
+            }
+            "qom-get" => qom_get(&mut st, &arg("path"), &arg("property"), behaviour),
+            "qom-set" => {
+                let value = args.get("value").and_then(Value::as_u64);
+                qom_set(&mut st, &arg("path"), &arg("property"), value)
+            }
+            _ => error(
+                "CommandNotFound",
+                format!("The command {name} has not been found"),
+            ),
+        }
+    };
+    let mut reply = match result {
+        Ok(v) => Value::object([("return", v)]),
+        Err((class, desc)) => Value::object([(
+            "error",
+            Value::object([("class", Value::from(class)), ("desc", Value::from(desc))]),
+        )]),
+    };
+    if let Some(id) = cmd.get("id") {
+        reply.set("id", id.clone());
+    }
+    reply
+}
+
+fn child(name: &str, ty: &str) -> Value {
+    Value::object([("name", Value::from(name)), ("type", Value::from(ty))])
+}
+
+fn qom_get(
+    st: &mut State,
+    path: &str,
+    prop: &str,
+    behaviour: Behaviour,
+) -> Result<Value, (String, String)> {
+    if let Some(&size) = st.backends.get(path) {
+        return match prop {
+            "size" => Ok(Value::from(size)),
+            _ => error("GenericError", format!("Property '{prop}' not found")),
+        };
+    }
+    let step = st.step;
+    let Some(dev) = path
+        .strip_prefix("/machine/peripheral/")
+        .and_then(|id| st.devices.get_mut(id))
+    else {
+        return error("DeviceNotFound", format!("Device '{path}' not found"));
+    };
+    Ok(match prop {
+        "size" => {
+            // The guest driver catches up a bit with every query.
+            if !behaviour.stuck {
+                dev.size = if dev.size < dev.requested {
+                    (dev.size + step).min(dev.requested)
+                } else {
+                    dev.size.saturating_sub(step).max(dev.requested)
+                };
+            }
+            Value::from(dev.size)
+        }
+        "requested-size" => Value::from(dev.requested),
+        "block-size" => Value::from(dev.block_size),
+        "node" => Value::from(dev.node),
+        "memaddr" => Value::from(dev.memaddr),
+        "memdev" => Value::from(dev.memdev.as_str()),
+        _ => return error("GenericError", format!("Property '{prop}' not found")),
+    })
+}
+
+fn qom_set(
+    st: &mut State,
+    path: &str,
+    prop: &str,
+    value: Option<u64>,
+) -> Result<Value, (String, String)> {
+    let Some(id) = path.strip_prefix("/machine/peripheral/") else {
+        return error("DeviceNotFound", format!("Device '{path}' not found"));
+    };
+    let Some(dev) = st.devices.get(id) else {
+        return error("DeviceNotFound", format!("Device '{path}' not found"));
+    };
+    if prop != "requested-size" {
+        return error("GenericError", format!("Property '{prop}' not found"));
+    }
+    let Some(value) = value else {
+        return error("GenericError", "Parameter 'value' expects uint64".into());
+    };
+    let region = st.backends[&dev.memdev];
+    if value % dev.block_size != 0 {
+        return error(
+            "GenericError",
+            format!(
+                "'requested-size' has to be multiples of 'block-size' (0x{:x})",
+                dev.block_size
+            ),
+        );
+    }
+    if value > region {
+        return error(
+            "GenericError",
+            format!("'requested-size' cannot exceed the memory backend size(0x{region:x})"),
+        );
+    }
+    st.devices.get_mut(id).unwrap().requested = value;
+    Ok(Value::object::<&str>([]))
+}
+
+#[test]
+fn list_info_and_get() {
+    let qemu = FakeQemu::start(Behaviour::default());
+    assert_eq!(
+        ok(qemu.vmctl(&["list"])),
+        "vm0 size=0 requested-size=0 block-size=2097152 node=0 memaddr=4294967296\n\
+         vm1 size=1073741824 requested-size=1073741824 block-size=2097152 node=1 \
+         memaddr=12884901888\n"
+    );
+    assert_eq!(
+        ok(qemu.vmctl(&["info", "vm1"])),
+        "id=vm1\nsize=1073741824\nrequested-size=1073741824\nblock-size=2097152\nnode=1\n\
+         memaddr=12884901888\nregion-size=8589934592\nmemdev=/objects/vmem1\n"
+    );
+    assert_eq!(ok(qemu.vmctl(&["get", "vm0", "block-size"])), "2097152\n");
+    assert_eq!(
+        ok(qemu.vmctl(&["get", "vm0", "memdev"])),
+        "/objects/vmem0\n"
+    );
+    assert_eq!(
+        ok(qemu.vmctl(&["get", "/objects/vmem0", "size"])),
+        "8589934592\n"
+    );
+
+    let missing = qemu.vmctl(&["info", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("Device '/machine/peripheral/nope' not found"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // Every command carried a string id, all distinct.
+    let commands = qemu.commands();
+    let mut ids: Vec<String> = commands
+        .iter()
+        .map(|c| c.get("id").and_then(Value::as_str).unwrap().to_owned())
+        .collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+}
+
+fn set_size_then_wait(behaviour: Behaviour) {
+    let qemu = FakeQemu::start(behaviour);
+    let target = 4 * GIB + 130 * MIB;
+    assert_eq!(
+        ok(qemu.vmctl(&["set-size", "vm0", "4G+130M"])),
+        format!("{target}\n")
+    );
+    assert_eq!(
+        ok(qemu.vmctl(&["get", "vm0", "requested-size"])),
+        format!("{target}\n")
+    );
+    let start = Instant::now();
+    assert_eq!(
+        ok(qemu.vmctl(&["wait", "vm0", "4226M", "--wait-timeout-s", "20"])),
+        format!("{target}\n")
+    );
+    // The guest needs several polls (1 GiB each) to get there.
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        ok(qemu.vmctl(&["get", "vm0", "size"])),
+        format!("{target}\n")
+    );
+
+    // Shrinking, in one go.
+    assert_eq!(ok(qemu.vmctl(&["resize", "vm1", "0"])), "0\n");
+    assert_eq!(
+        ok(qemu.vmctl(&["info", "vm1"])).lines().nth(1),
+        Some("size=0")
+    );
+}
+
+#[test]
+fn set_size_then_wait_clean_server() {
+    set_size_then_wait(Behaviour::default());
+}
+
+#[test]
+fn set_size_then_wait_with_events_and_stale_replies() {
+    set_size_then_wait(Behaviour {
+        noisy: true,
+        ..Behaviour::default()
+    });
+}
+
+#[test]
+fn set_size_then_wait_on_a_serial_like_stream() {
+    set_size_then_wait(Behaviour {
+        noisy: true,
+        serial_like: true,
+        ..Behaviour::default()
+    });
+}
+
+#[test]
+fn wait_times_out_with_last_size() {
+    let qemu = FakeQemu::start(Behaviour {
+        stuck: true,
+        ..Behaviour::default()
+    });
+    ok(qemu.vmctl(&["set-size", "vm0", "2G"]));
+    let start = Instant::now();
+    let out = qemu.vmctl(&["resize", "vm0", "2G", "--wait-timeout-s", "0.4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    let err = stderr(&out);
+    assert!(err.contains("timed out"), "{err}");
+    assert!(err.contains("2147483648"), "{err}");
+    assert!(err.contains("last size seen: 0"), "{err}");
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn qemu_errors_are_reported() {
+    let qemu = FakeQemu::start(Behaviour::default());
+    let out = qemu.vmctl(&["set-size", "vm0", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("multiples of 'block-size'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = qemu.vmctl(&["set-size", "vm0", "9G"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot exceed"), "{}", stderr(&out));
+
+    // raw prints the whole reply, error or not.
+    let out = qemu.vmctl(&["raw", r#"{"execute":"no-such-command","id":"x"}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    let reply = json::parse(&stdout(&out)).unwrap();
+    assert_eq!(
+        reply
+            .get("error")
+            .and_then(|e| e.get("class"))
+            .and_then(Value::as_str),
+        Some("CommandNotFound")
+    );
+    let out = ok(qemu.vmctl(&[
+        "raw",
+        r#"{"execute":"qom-get","arguments":{"path":"/machine/peripheral/vm0","property":"node"}}"#,
+    ]));
+    assert_eq!(
+        json::parse(&out).unwrap().get("return"),
+        Some(&Value::from(0u64))
+    );
+}
+
+#[test]
+fn silent_peer_times_out() {
+    let qemu = FakeQemu::start(Behaviour {
+        silent: true,
+        ..Behaviour::default()
+    });
+    let start = Instant::now();
+    let out = qemu.vmctl(&["--timeout-ms", "300", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(stderr(&out).contains("no reply"), "{}", stderr(&out));
+}
+
+#[test]
+fn socket_from_environment_and_usage_errors() {
+    let qemu = FakeQemu::start(Behaviour::default());
+    let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
+        .args(["get", "vm1", "node"])
+        .env("VMCTL_SOCKET", &qemu.socket)
+        .output()
+        .unwrap();
+    assert_eq!(ok(out), "1\n");
+
+    let before = qemu.commands().len();
+    let out = qemu.vmctl(&["set-size", "vm0", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        qemu.commands().len(),
+        before,
+        "nothing must be sent on a usage error"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(ok(out).contains("vmctl [OPTIONS] resize ID SIZE"));
+}
+
+#[test]
+fn library_api_over_a_socket() {
+    let qemu = FakeQemu::start(Behaviour {
+        noisy: true,
+        ..Behaviour::default()
+    });
+    let stream = UnixStream::connect(Path::new(&qemu.socket)).unwrap();
+    let mut client = Client::new(stream, Duration::from_secs(5));
+    client.negotiate().unwrap();
+    // A second negotiation is answered with an error, which is tolerated.
+    client.negotiate().unwrap();
+    assert_eq!(vmem::list_devices(&mut client).unwrap(), ["vm0", "vm1"]);
+    vmem::set_requested_size(&mut client, "vm0", 2 * GIB).unwrap();
+    let size = vmem::wait_for_size(
+        &mut client,
+        "vm0",
+        2 * GIB,
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    assert_eq!(size, 2 * GIB);
+    let info = vmem::DeviceInfo::fetch(&mut client, "vm0").unwrap();
+    assert_eq!(info.requested_size, 2 * GIB);
+    assert_eq!(info.region_size, 8 * GIB);
+}
