@@ -8,8 +8,11 @@ source "$(dirname "$0")/common.sh"
 "$REPO/scripts/configure.sh"
 source "$REPO/scripts/toolchain.sh"
 
+# "cold": nothing compiled in the build directory yet; the ccache hit rate
+# printed with the time says whether the compiler cache helped.
 kind=warm
-[ -f "$KBUILD/arch/x86/boot/bzImage" ] || kind=cold
+[ -f "$KBUILD/init/main.o" ] || kind=cold
+ccache -z >/dev/null
 
 log "building kernel ($kind build, $(nproc) jobs)"
 start=$(date +%s)
@@ -28,6 +31,8 @@ rm -rf "$VMR_CACHE/modules"
 make -s -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" INSTALL_MOD_PATH="$VMR_CACHE/modules" \
     INSTALL_MOD_STRIP=1 modules_install >/dev/null
 kver=$(cat "$KBUILD/include/config/kernel.release")
-line=$(printf '%s %s build of %s: %dm%02ds' "$(date -u +%FT%TZ)" "$kind" "$kver" $((secs / 60)) $((secs % 60)))
+hits=$(ccache --print-stats 2>/dev/null | awk -F'\t' '$1 == "direct_cache_hit" || $1 == "preprocessed_cache_hit" { h += $2 } $1 == "cache_miss" { m = $2 } END { printf "%d/%d", h, h + m }')
+line=$(printf '%s %s build of %s: %dm%02ds (ccache hits %s)' "$(date -u +%FT%TZ)" "$kind" "$kver" \
+    $((secs / 60)) $((secs % 60)) "$hits")
 echo "$line" >>"$VMR_CACHE/build-times.log"
 echo "build time: $line"

@@ -19,11 +19,14 @@
 #   --append ARGS    extra kernel command line
 #   --qmp PATH       QMP socket path (default: $VMR_CACHE/run/qmp-PID.sock)
 #   --timeout SECS   kill the guest after this long (default: none)
+#   --autoload       let udev load a virtio-mem driver by modalias (by default
+#                    neither virtio_mem nor virtio_mem_rust is autoloaded, so
+#                    the test or the person picks one with insmod)
 #   --verbose        show the guest's kernel console
 # Without a command the guest starts an interactive shell.
 source "$(dirname "$0")/common.sh"
 
-mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=()
+mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
         --qmp) qmp=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
         --verbose|-v) verbose=(--verbose); shift ;;
+        --autoload) autoload=1; shift ;;
         --) shift; break ;;
         *) die "run-guest.sh: unknown option $1" ;;
     esac
@@ -120,10 +124,13 @@ if [ "$nodes" -gt 1 ]; then
     done
 fi
 
-cmd=(vng --run "$kernel" --disable-kvm --disable-microvm --cpus "$cpus"
-     --memory "$(to_bytes "$mem"),maxmem=$maxmem"
+# vng's --memory appends "M" to whatever it is given, so the memory size and
+# maxmem go to QEMU directly (a later -m overrides vng's default).
+opts=(-m "$(( $(to_bytes "$mem") >> 10 ))K,maxmem=$((maxmem >> 10))K" "${opts[@]}")
+cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" --disable-kvm --disable-microvm --cpus "$cpus"
      "${numa[@]}" "${verbose[@]}"
      --qemu-opts="${opts[*]}")
+[ $autoload = 1 ] || append+=("modprobe.blacklist=virtio_mem,virtio_mem_rust")
 for a in "${append[@]}"; do cmd+=(--append "$a"); done
 if [ $# -gt 0 ]; then
     cmd+=(--exec "$*")

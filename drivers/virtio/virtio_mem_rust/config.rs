@@ -2,8 +2,8 @@
 
 //! The device's configuration space: reading it and deciding whether it makes sense.
 
-use core::{fmt, mem::offset_of, ops::RangeInclusive};
-use kernel::{bindings::virtio_mem_config as Raw, device::Bound, prelude::*, virtio};
+use core::{mem::offset_of, ops::RangeInclusive};
+use kernel::{bindings::virtio_mem_config as Raw, device::Bound, fmt, prelude::*, virtio};
 
 /// The device configuration, as read from the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The test suite: everything it needs is installed and built first. Runs
+# vmctl's own tests, then boots guests with real QEMU virtio-mem-pci devices
+# and runs the kselftests in tools/testing/selftests/drivers/virtio_mem/
+# there. Every KTAP result is counted; the last line is "N passed, N failed".
+source "$(dirname "$0")/common.sh"
+
+"$REPO/scripts/setup-host.sh"
+"$REPO/scripts/build.sh"
+
+passed=0 failed=0
+results=$VMR_CACHE/test-results
+rm -rf "$results"; mkdir -p "$results"
+
+count() { # NAME PASSED FAILED
+    passed=$((passed + $2)); failed=$((failed + $3))
+    printf '== %s: %d passed, %d failed\n' "$1" "$2" "$3"
+}
+
+# --- vmctl, the QMP tool -----------------------------------------------------
+log "vmctl: cargo test"
+if (cd "$REPO/tools/vmctl" && cargo build --release --quiet && cargo test --release --quiet) \
+        >"$results/vmctl.log" 2>&1; then :; fi
+p=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1/p' "$results/vmctl.log" | paste -sd+ | bc)
+f=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\2/p' "$results/vmctl.log" | paste -sd+ | bc)
+if [ -z "$p" ]; then tail -n 30 "$results/vmctl.log"; p=0 f=1; fi
+[ "$f" = 0 ] || grep -E '^(test .* FAILED|failures:|---- )' "$results/vmctl.log" | head -n 20
+count vmctl "$p" "$f"
+VMCTL=$REPO/tools/vmctl/target/release/vmctl
+
+# --- guest tests ---------------------------------------------------------------
+kver=$(cat "$KBUILD/include/config/kernel.release")
+moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
+tests=$REPO/tools/testing/selftests/drivers/virtio_mem
+genv="VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$VMCTL"
+
+# guest NAME NSCRIPTS "run-guest options" "guest command"
+# NSCRIPTS: how many KTAP test scripts the command runs (a script that never
+# printed its header counts as one failure).
+guest() {
+    local name=$1 nscripts=$2 opts=$3 gcmd=$4 out=$results/$1.log
+    log "guest test: $name"
+    # shellcheck disable=SC2086
+    "$REPO/scripts/run-guest.sh" --timeout 600 $opts -- "cd $REPO && $genv $gcmd" \
+        </dev/null >"$out" 2>&1
+    local rc=$?
+    # Top-level KTAP lines only (subtests are indented).
+    local plan ok notok
+    plan=$(grep -E '^1\.\.[0-9]+$' "$out" | sed 's/^1\.\.//' | paste -sd+ | bc)
+    ok=$(grep -cE '^ok [0-9]+' "$out")
+    notok=$(grep -cE '^not ok [0-9]+' "$out")
+    plan=${plan:-0}
+    grep -E '^(not ok|# )' "$out" | head -n 40
+    local missing=$(( plan - ok - notok ))
+    local headers
+    headers=$(grep -c '^TAP version' "$out")
+    if [ "$headers" -lt "$nscripts" ]; then
+        echo "$name: only $headers of $nscripts test scripts started"
+        missing=$(( missing + nscripts - headers ))
+    fi
+    if [ "$missing" -gt 0 ] || [ "$plan" = 0 ]; then
+        echo "$name: guest exited with $rc after $((ok + notok)) of $plan results; last output:"
+        tail -n 25 "$out"
+        [ "$missing" -gt 0 ] || missing=1
+        notok=$((notok + missing))
+    elif [ "$rc" != 0 ] && [ "$notok" = 0 ]; then
+        echo "$name: guest exited with $rc"; tail -n 25 "$out"; notok=1
+    fi
+    count "$name" "$ok" "$notok"
+}
+
+guest probe 1 "--nodes 2 --vmem size=16G,block=2M,requested=1G,node=0,id=vm0 --vmem size=4G,block=1G,node=1,id=vm1" \
+    "VMR_DEVICES='vm0 vm1' $tests/probe.sh"
+guest no-device 2 "" "$tests/no_device.sh; $tests/kunit.sh"
+
+echo "test logs: $results"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=bash
+# Helpers for the virtio-mem guest tests: KTAP output, module loading, QMP.
+#
+# The tests run inside a guest booted by scripts/run-guest.sh and expect:
+#   VMR_KO_RUST  path of virtio_mem_rust.ko
+#   VMR_KO_C     path of the C driver's virtio_mem.ko
+#   VMCTL        path of the vmctl binary (speaks QMP over the guest's port)
+
+KTAP_N=0
+KTAP_PASS=0
+KTAP_FAIL=0
+KTAP_SKIP=0
+
+ktap_header() { echo "TAP version 13"; echo "1..$1"; }
+
+ktap_result() { # ok|not ok, description
+    KTAP_N=$((KTAP_N + 1))
+    echo "$1 $KTAP_N $2"
+}
+ktap_pass() { KTAP_PASS=$((KTAP_PASS + 1)); ktap_result ok "$1"; }
+ktap_fail() { KTAP_FAIL=$((KTAP_FAIL + 1)); ktap_result "not ok" "$1"; }
+ktap_skip() { KTAP_SKIP=$((KTAP_SKIP + 1)); ktap_result ok "$1 # SKIP $2"; }
+ktap_diag() { echo "# $*"; }
+
+# ktap_check DESC CMD...: pass if the command succeeds.
+ktap_check() {
+    local desc=$1; shift
+    if "$@"; then ktap_pass "$desc"; else ktap_fail "$desc"; fi
+}
+
+# ktap_eq DESC EXPECTED ACTUAL
+ktap_eq() {
+    if [ "$2" = "$3" ]; then
+        ktap_pass "$1"
+    else
+        ktap_diag "$1: expected '$2', got '$3'"
+        ktap_fail "$1"
+    fi
+}
+
+ktap_finish() {
+    ktap_diag "totals: pass:$KTAP_PASS fail:$KTAP_FAIL skip:$KTAP_SKIP"
+    [ "$KTAP_FAIL" = 0 ]
+}
+
+vmctl() { "$VMCTL" --port-name org.qemu.qmp0 "$@"; }
+
+# The value of KEY in `vmctl info ID`.
+qmp_info() { vmctl info "$1" | sed -n "s/^$2=//p"; }
+
+# The virtio device names (virtioN) of all virtio-mem devices (device id 24).
+virtio_mem_devices() {
+    local d
+    for d in /sys/bus/virtio/devices/*; do
+        [ "$(cat "$d/device" 2>/dev/null)" = 0x0018 ] && basename "$d"
+    done
+}
+
+# The driver bound to virtio device $1, or nothing.
+bound_driver() {
+    local link=/sys/bus/virtio/devices/$1/driver
+    [ -L "$link" ] && basename "$(readlink "$link")"
+}
+
+# The last value logged by our driver for device $1 under label $2
+# (e.g. "start address"), from the kernel log.
+logged() {
+    dmesg | sed -n "s/.*virtio_mem_rust $1: $2: //p" | tail -n1
+}
+
+# Kernel log lines that mean something went badly wrong.
+kernel_splats() {
+    dmesg | grep -E 'BUG:|WARNING:|Oops|Call Trace:|general protection|kernel panic|Out of memory' || true
+}
+
+hex_to_dec() { printf '%d' "$1"; }

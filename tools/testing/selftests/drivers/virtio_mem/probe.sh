@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Guest test: virtio_mem_rust binds every virtio-mem device and reports the
+# configuration QEMU reports over QMP; load, unload and load again work.
+#
+# Expects the guest to have been booted with the devices named in
+# VMR_DEVICES (QMP ids, e.g. "vm0 vm1") and NUMA nodes as QEMU set up.
+set -u
+source "$(dirname "$0")/lib.sh"
+
+read -ra qids <<<"${VMR_DEVICES:-vm0}"
+per_dev=8
+ktap_header $(( 3 + ${#qids[@]} * per_dev + 5 ))
+
+ktap_check "QMP reachable from the guest" vmctl list >/dev/null
+ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+
+mapfile -t vdevs < <(virtio_mem_devices)
+ktap_eq "one virtio device per virtio-mem-pci device" "${#qids[@]}" "${#vdevs[@]}"
+
+# Match QMP devices to virtio devices by the start address both report.
+for qid in "${qids[@]}"; do
+    memaddr=$(qmp_info "$qid" memaddr)
+    vdev=
+    for v in "${vdevs[@]}"; do
+        addr=$(logged "$v" "start address")
+        [ -n "$addr" ] && [ "$(hex_to_dec "$addr")" = "$memaddr" ] && vdev=$v
+    done
+    if [ -z "$vdev" ]; then
+        for ((k = 0; k < per_dev; k++)); do ktap_fail "$qid: no bound device reports start address $memaddr"; done
+        continue
+    fi
+    ktap_diag "$qid is $vdev"
+    ktap_eq "$qid: bound to virtio_mem_rust" virtio_mem_rust "$(bound_driver "$vdev")"
+    ktap_eq "$qid: start address matches QMP memaddr" "$memaddr" "$(hex_to_dec "$(logged "$vdev" "start address")")"
+    ktap_eq "$qid: region size matches QMP" "$(qmp_info "$qid" region-size)" "$(hex_to_dec "$(logged "$vdev" "region size")")"
+    ktap_eq "$qid: device block size matches QMP" "$(qmp_info "$qid" block-size)" "$(hex_to_dec "$(logged "$vdev" "device block size")")"
+    ktap_eq "$qid: requested size matches QMP" "$(qmp_info "$qid" requested-size)" "$(hex_to_dec "$(logged "$vdev" "requested size")")"
+    ktap_eq "$qid: plugged size matches QMP size" "$(qmp_info "$qid" size)" "$(hex_to_dec "$(logged "$vdev" "plugged size")")"
+    ktap_eq "$qid: node matches QMP node" "$(qmp_info "$qid" node)" "$(logged "$vdev" "nid")"
+    ktap_eq "$qid: unplugged memory reported inaccessible" yes "$(logged "$vdev" "unplugged memory is inaccessible")"
+done
+
+# Unload, check that every device is unbound, load again.
+ktap_check "unload virtio_mem_rust" rmmod virtio_mem_rust
+left=0
+for v in "${vdevs[@]}"; do [ -n "$(bound_driver "$v")" ] && left=$((left + 1)); done
+ktap_eq "no device bound after unload" 0 "$left"
+ktap_check "load virtio_mem_rust again" insmod "$VMR_KO_RUST"
+bound=0
+for v in "${vdevs[@]}"; do [ "$(bound_driver "$v")" = virtio_mem_rust ] && bound=$((bound + 1)); done
+ktap_eq "every device bound again after reload" "${#vdevs[@]}" "$bound"
+
+splats=$(kernel_splats)
+[ -z "$splats" ] || ktap_diag "$splats"
+ktap_eq "no kernel warnings or oopses" "" "$splats"
+ktap_finish
