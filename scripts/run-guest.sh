@@ -15,8 +15,9 @@
 #   --nodes N        NUMA nodes; boot memory is split evenly (default 1)
 #   --vmem SPEC      add a virtio-mem-pci device (repeatable):
 #                    size=16G[,block=2M][,requested=0][,node=0][,id=vmN]
-#                    [,backend=ram|memfd|file:PATH]
+#                    [,backend=ram|memfd|file:PATH][,memaddr=ADDR]
 #   --append ARGS    extra kernel command line
+#   --phys-bits N    guest physical address bits, 4-level paging (default: QEMU's)
 #   --qmp PATH       QMP socket path (default: $VMR_CACHE/run/qmp-PID.sock)
 #   --timeout SECS   kill the guest after this long (default: none)
 #   --autoload       let udev load a virtio-mem driver by modalias (by default
@@ -26,7 +27,7 @@
 # Without a command the guest starts an interactive shell.
 source "$(dirname "$0")/common.sh"
 
-mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0
+mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0 physbits=
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -35,6 +36,7 @@ while [ $# -gt 0 ]; do
         --nodes) nodes=$2; shift 2 ;;
         --vmem) vmems+=("$2"); shift 2 ;;
         --append) append+=("$2"); shift 2 ;;
+        --phys-bits) physbits=$2; shift 2 ;;
         --qmp) qmp=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
         --verbose|-v) verbose=(--verbose); shift ;;
@@ -71,13 +73,14 @@ opts=()
 region_total=0
 i=0
 for spec in "${vmems[@]}"; do
-    size= block= requested=0 node=0 id=vm$i backend=ram
+    size= block= requested=0 node=0 id=vm$i backend=ram memaddr=
     IFS=, read -ra kvs <<<"$spec"
     for kv in "${kvs[@]}"; do
         case "$kv" in
             size=*) size=${kv#size=} ;; block=*) block=${kv#block=} ;;
             requested=*) requested=${kv#requested=} ;; node=*) node=${kv#node=} ;;
             id=*) id=${kv#id=} ;; backend=*) backend=${kv#backend=} ;;
+            memaddr=*) memaddr=${kv#memaddr=} ;;
             *) die "bad --vmem item '$kv' in '$spec'" ;;
         esac
     done
@@ -92,6 +95,7 @@ for spec in "${vmems[@]}"; do
     esac
     dev="virtio-mem-pci,id=$id,memdev=mem-$id,node=$node,requested-size=$(to_bytes "$requested")"
     [ -n "$block" ] && dev+=",block-size=$(to_bytes "$block")"
+    [ -n "$memaddr" ] && dev+=",memaddr=$memaddr"
     opts+=(-device "$dev")
     i=$((i + 1))
 done
@@ -118,12 +122,19 @@ opts+=(-chardev "socket,id=qmpsrv,path=$qmp,server=on,wait=off"
 
 numa=()
 if [ "$nodes" -gt 1 ]; then
+    [ $((cpus % nodes)) = 0 ] || die "--cpus must be a multiple of --nodes"
     per=$(( $(to_bytes "$mem") / nodes ))
+    pernode=$((cpus / nodes))
     for ((n = 0; n < nodes; n++)); do
-        numa+=(--numa "$((per >> 20))M,cpus=$((n % cpus))")
+        first=$((n * pernode)) last=$(((n + 1) * pernode - 1))
+        numa+=(--numa "$((per >> 20))M,cpus=$first-$last")
     done
+    # One socket per node: CPUs of one socket share caches, and the kernel
+    # warns when cache siblings sit on different nodes.
+    opts+=(-smp "$cpus,sockets=$nodes,cores=$pernode,threads=1")
 fi
 
+[ -n "$physbits" ] && opts+=(-cpu "max,phys-bits=$physbits,la57=off")
 # vng's --memory appends "M" to whatever it is given, so the memory size and
 # maxmem go to QEMU directly (a later -m overrides vng's default).
 opts=(-m "$(( $(to_bytes "$mem") >> 10 ))K,maxmem=$((maxmem >> 10))K" "${opts[@]}")

@@ -46,6 +46,9 @@ ktap_finish() {
 
 vmctl() { "$VMCTL" --port-name org.qemu.qmp0 "$@"; }
 
+# Runs a command with its standard output discarded.
+quiet() { "$@" >/dev/null; }
+
 # The value of KEY in `vmctl info ID`.
 qmp_info() { vmctl info "$1" | sed -n "s/^$2=//p"; }
 

@@ -12,7 +12,7 @@ read -ra qids <<<"${VMR_DEVICES:-vm0}"
 per_dev=8
 ktap_header $(( 3 + ${#qids[@]} * per_dev + 5 ))
 
-ktap_check "QMP reachable from the guest" vmctl list >/dev/null
+ktap_check "QMP reachable from the guest" quiet vmctl list
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 
 mapfile -t vdevs < <(virtio_mem_devices)
