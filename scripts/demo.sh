@@ -13,7 +13,7 @@ qmp=$VMR_CACHE/run/qmp-demo.sock
 size=${VMR_DEMO_SIZE:-16G} requested=${VMR_DEMO_REQUESTED:-1G}
 
 show='echo "--- loading virtio_mem_rust"; insmod '"$ko"'; sleep 1;
-dmesg | grep virtio_mem_rust; echo "--- the device as QEMU sees it:"; '"$vmctl"' --port-name org.qemu.qmp0 info vm0'
+dmesg | grep "virtio_mem_rust virtio"; echo "--- the device as QEMU sees it:"; '"$vmctl"' --port-name org.qemu.qmp0 info vm0'
 
 cat <<MSG
 Booting a guest (TCG, 2G of boot memory) with a virtio-mem-pci device "vm0":
@@ -27,4 +27,4 @@ if [ -t 0 ] && [ -t 1 ]; then
         -- "$show; echo; echo 'VMCTL=$vmctl: try \$VMCTL resize vm0 2G, or exit to leave.'; VMCTL=$vmctl exec bash -i"
 fi
 exec "$REPO/scripts/run-guest.sh" --qmp "$qmp" --vmem "size=$size,requested=$requested,id=vm0" \
-    -- "$show; echo '--- asking QEMU for 2G (the driver sees the config change)'; $vmctl --port-name org.qemu.qmp0 set-size vm0 2G; sleep 1; $vmctl --port-name org.qemu.qmp0 info vm0" </dev/null
+    -- "$show; echo '--- asking QEMU for 2G: requested-size follows; size (plugged) stays until the plug path lands'; $vmctl --port-name org.qemu.qmp0 set-size vm0 2G; sleep 1; $vmctl --port-name org.qemu.qmp0 info vm0" </dev/null

@@ -438,15 +438,16 @@ impl<'a> Device<device::Core<'a>> {
         Ok(handle)
     }
 
-    /// Resets the device: it forgets its features and queues and stops using the driver's
-    /// buffers. Virtqueue requests fail with `EIO` afterwards.
+    /// Resets the device and deletes its virtqueue: the device stops using the driver's buffers
+    /// and forgets its features, and every [`Virtqueue`] handle answers `ENODEV` from then on.
+    /// The device stays unusable until it is bound again; the adapter does the same when the
+    /// device is unbound.
     pub fn reset(&self) {
         // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to our driver.
         unsafe { bindings::virtio_reset_device(self.as_raw()) };
+        self.teardown();
     }
-}
 
-impl<'a> Device<device::CoreInternal<'a>> {
     /// Quiets the device and revokes its virtqueue: reset if the driver got as far as
     /// `DRIVER_OK`, then delete the virtqueue, so no buffer of ours is used by the device and no
     /// callback runs afterwards.

@@ -66,11 +66,14 @@ bound_driver() {
     [ -L "$link" ] && basename "$(readlink "$link")"
 }
 
-# The last value logged by our driver for device $1 under label $2
+# The last value driver $1 logged for device $2 under label $3
 # (e.g. "start address"), from the kernel log.
-logged() {
-    dmesg | sed -n "s/.*virtio_mem_rust $1: $2: //p" | tail -n1
+logged_by() {
+    dmesg | sed -n "s/.*\] $1 $2: $3: //p" | tail -n1
 }
+
+# The same for our driver.
+logged() { logged_by virtio_mem_rust "$@"; }
 
 # Kernel log lines that mean something went badly wrong.
 kernel_splats() {

@@ -5,12 +5,15 @@
 #
 # Expects the guest to have been booted with the devices named in
 # VMR_DEVICES (QMP ids, e.g. "vm0 vm1") and NUMA nodes as QEMU set up.
+# Last, the C driver (virtio_mem.ko, the reference) is loaded on the same
+# devices and must have found the same layout.
 set -u
 source "$(dirname "$0")/lib.sh"
 
 read -ra qids <<<"${VMR_DEVICES:-vm0}"
 per_dev=8
-ktap_header $(( 3 + ${#qids[@]} * per_dev + 5 ))
+c_per_dev=6
+ktap_header $(( 3 + ${#qids[@]} * per_dev + 5 + 2 + ${#qids[@]} * c_per_dev ))
 
 ktap_check "QMP reachable from the guest" quiet vmctl list
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
@@ -50,6 +53,16 @@ ktap_check "load virtio_mem_rust again" insmod "$VMR_KO_RUST"
 bound=0
 for v in "${vdevs[@]}"; do [ "$(bound_driver "$v")" = virtio_mem_rust ] && bound=$((bound + 1)); done
 ktap_eq "every device bound again after reload" "${#vdevs[@]}" "$bound"
+
+# Side by side with the C driver: same devices, same view of them.
+ktap_check "unload virtio_mem_rust before loading the C driver" rmmod virtio_mem_rust
+ktap_check "load the C driver virtio_mem" insmod "$VMR_KO_C"
+for v in "${vdevs[@]}"; do
+    ktap_eq "$v: bound to the C driver" virtio_mem "$(bound_driver "$v")"
+    for label in "start address" "region size" "device block size" "nid" "memory block size"; do
+        ktap_eq "$v: C driver logs the same $label" "$(logged "$v" "$label")" "$(logged_by virtio_mem "$v" "$label")"
+    done
+done
 
 splats=$(kernel_splats)
 [ -z "$splats" ] || ktap_diag "$splats"
