@@ -710,7 +710,10 @@ mod tests {
         assert_eq!(offset_of!(bindings::virtio_mem_config, node_id), 8);
         assert_eq!(offset_of!(bindings::virtio_mem_config, addr), 16);
         assert_eq!(offset_of!(bindings::virtio_mem_config, region_size), 24);
-        assert_eq!(offset_of!(bindings::virtio_mem_config, usable_region_size), 32);
+        assert_eq!(
+            offset_of!(bindings::virtio_mem_config, usable_region_size),
+            32
+        );
         assert_eq!(offset_of!(bindings::virtio_mem_config, plugged_size), 40);
         assert_eq!(offset_of!(bindings::virtio_mem_config, requested_size), 48);
     }

@@ -52,52 +52,47 @@ impl DeviceConfig {
         if bs < page_size {
             return Err(ConfigError::BlockSizeBelowPage(bs, page_size));
         }
-        let misaligned = |v: u64| v & (bs - 1) != 0;
-        if misaligned(self.addr) {
-            return Err(ConfigError::Misaligned("addr", self.addr, bs));
-        }
         if self.region_size == 0 {
             return Err(ConfigError::EmptyRegion);
         }
-        if misaligned(self.region_size) {
-            return Err(ConfigError::Misaligned("region_size", self.region_size, bs));
+        let aligned = [
+            ("addr", self.addr),
+            ("region_size", self.region_size),
+            ("usable_region_size", self.usable_region_size),
+            ("plugged_size", self.plugged_size),
+            ("requested_size", self.requested_size),
+        ];
+        if let Some(&(field, value)) = aligned.iter().find(|(_, v)| v & (bs - 1) != 0) {
+            return Err(ConfigError::Misaligned(field, value, bs));
         }
         let last = self
             .addr
             .checked_add(self.region_size - 1)
             .ok_or(ConfigError::RegionWraps(self.addr, self.region_size))?;
-        if misaligned(self.usable_region_size) {
-            return Err(ConfigError::Misaligned("usable_region_size", self.usable_region_size, bs));
-        }
-        if self.usable_region_size > self.region_size {
-            return Err(ConfigError::Exceeds(
+        let bounded = [
+            (
                 "usable_region_size",
                 self.usable_region_size,
                 "region_size",
                 self.region_size,
-            ));
-        }
-        if misaligned(self.plugged_size) {
-            return Err(ConfigError::Misaligned("plugged_size", self.plugged_size, bs));
-        }
-        if self.plugged_size > self.region_size {
-            return Err(ConfigError::Exceeds(
+            ),
+            (
                 "plugged_size",
                 self.plugged_size,
                 "region_size",
                 self.region_size,
-            ));
-        }
-        if misaligned(self.requested_size) {
-            return Err(ConfigError::Misaligned("requested_size", self.requested_size, bs));
-        }
-        if self.requested_size > self.usable_region_size {
-            return Err(ConfigError::Exceeds(
+            ),
+            (
                 "requested_size",
                 self.requested_size,
                 "usable_region_size",
                 self.usable_region_size,
-            ));
+            ),
+        ];
+        if let Some(&(field, value, limit_field, limit)) =
+            bounded.iter().find(|&&(_, value, _, limit)| value > limit)
+        {
+            return Err(ConfigError::Exceeds(field, value, limit_field, limit));
         }
         if self.addr < *pluggable.start() || last > *pluggable.end() {
             return Err(ConfigError::NotPluggable {
@@ -146,7 +141,10 @@ impl fmt::Display for ConfigError {
                 write!(f, "block_size {bs:#x} is not a power of two")
             }
             Self::BlockSizeBelowPage(bs, page) => {
-                write!(f, "block_size {bs:#x} is smaller than the page size {page:#x}")
+                write!(
+                    f,
+                    "block_size {bs:#x} is smaller than the page size {page:#x}"
+                )
             }
             Self::Misaligned(field, value, bs) => {
                 write!(f, "{field} {value:#x} is not aligned to block_size {bs:#x}")
@@ -201,21 +199,38 @@ mod tests {
     #[test]
     fn accepts_a_sane_config() {
         assert_eq!(check(good()), Ok(()));
-        assert_eq!(check(DeviceConfig { block_size: GIB, addr: 8 * GIB, requested_size: 0, ..good() }), Ok(()));
+        assert_eq!(
+            check(DeviceConfig {
+                block_size: GIB,
+                addr: 8 * GIB,
+                requested_size: 0,
+                ..good()
+            }),
+            Ok(())
+        );
     }
 
     #[test]
     fn refuses_bad_block_sizes() {
         assert_eq!(
-            check(DeviceConfig { block_size: 3 * MIB, ..good() }),
+            check(DeviceConfig {
+                block_size: 3 * MIB,
+                ..good()
+            }),
             Err(ConfigError::BlockSizeNotPowerOfTwo(3 * MIB))
         );
         assert_eq!(
-            check(DeviceConfig { block_size: 0, ..good() }),
+            check(DeviceConfig {
+                block_size: 0,
+                ..good()
+            }),
             Err(ConfigError::BlockSizeNotPowerOfTwo(0))
         );
         assert_eq!(
-            check(DeviceConfig { block_size: 1024, ..good() }),
+            check(DeviceConfig {
+                block_size: 1024,
+                ..good()
+            }),
             Err(ConfigError::BlockSizeBelowPage(1024, PAGE))
         );
     }
@@ -223,33 +238,76 @@ mod tests {
     #[test]
     fn refuses_misaligned_fields() {
         assert_eq!(
-            check(DeviceConfig { addr: 4 * GIB + MIB, ..good() }),
+            check(DeviceConfig {
+                addr: 4 * GIB + MIB,
+                ..good()
+            }),
             Err(ConfigError::Misaligned("addr", 4 * GIB + MIB, 2 * MIB))
         );
         assert_eq!(
-            check(DeviceConfig { region_size: 16 * GIB + PAGE, ..good() }),
-            Err(ConfigError::Misaligned("region_size", 16 * GIB + PAGE, 2 * MIB))
+            check(DeviceConfig {
+                region_size: 16 * GIB + PAGE,
+                ..good()
+            }),
+            Err(ConfigError::Misaligned(
+                "region_size",
+                16 * GIB + PAGE,
+                2 * MIB
+            ))
         );
         assert_eq!(
-            check(DeviceConfig { requested_size: MIB, ..good() }),
+            check(DeviceConfig {
+                requested_size: MIB,
+                ..good()
+            }),
             Err(ConfigError::Misaligned("requested_size", MIB, 2 * MIB))
         );
     }
 
     #[test]
     fn refuses_sizes_that_do_not_fit() {
-        assert_eq!(check(DeviceConfig { region_size: 0, ..good() }), Err(ConfigError::EmptyRegion));
         assert_eq!(
-            check(DeviceConfig { usable_region_size: 32 * GIB, ..good() }),
-            Err(ConfigError::Exceeds("usable_region_size", 32 * GIB, "region_size", 16 * GIB))
+            check(DeviceConfig {
+                region_size: 0,
+                ..good()
+            }),
+            Err(ConfigError::EmptyRegion)
         );
         assert_eq!(
-            check(DeviceConfig { requested_size: 10 * GIB, ..good() }),
-            Err(ConfigError::Exceeds("requested_size", 10 * GIB, "usable_region_size", 8 * GIB))
+            check(DeviceConfig {
+                usable_region_size: 32 * GIB,
+                ..good()
+            }),
+            Err(ConfigError::Exceeds(
+                "usable_region_size",
+                32 * GIB,
+                "region_size",
+                16 * GIB
+            ))
         );
         assert_eq!(
-            check(DeviceConfig { plugged_size: 18 * GIB, ..good() }),
-            Err(ConfigError::Exceeds("plugged_size", 18 * GIB, "region_size", 16 * GIB))
+            check(DeviceConfig {
+                requested_size: 10 * GIB,
+                ..good()
+            }),
+            Err(ConfigError::Exceeds(
+                "requested_size",
+                10 * GIB,
+                "usable_region_size",
+                8 * GIB
+            ))
+        );
+        assert_eq!(
+            check(DeviceConfig {
+                plugged_size: 18 * GIB,
+                ..good()
+            }),
+            Err(ConfigError::Exceeds(
+                "plugged_size",
+                18 * GIB,
+                "region_size",
+                16 * GIB
+            ))
         );
     }
 
@@ -257,10 +315,19 @@ mod tests {
     fn refuses_regions_outside_the_pluggable_range() {
         let top = u64::MAX - 2 * MIB + 1;
         assert_eq!(
-            check(DeviceConfig { addr: top, region_size: 4 * MIB, usable_region_size: 0, requested_size: 0, ..good() }),
+            check(DeviceConfig {
+                addr: top,
+                region_size: 4 * MIB,
+                usable_region_size: 0,
+                requested_size: 0,
+                ..good()
+            }),
             Err(ConfigError::RegionWraps(top, 4 * MIB))
         );
-        let c = DeviceConfig { addr: 1 << 46, ..good() };
+        let c = DeviceConfig {
+            addr: 1 << 46,
+            ..good()
+        };
         assert!(matches!(check(c), Err(ConfigError::NotPluggable { .. })));
         assert!(matches!(
             DeviceConfig { addr: 0, ..good() }.validate(PAGE, &(GIB..=(1 << 46) - 1)),

@@ -9,9 +9,7 @@
 //!
 //! The upstream C driver, `drivers/virtio/virtio_mem.c`, is the reference this driver matches.
 
-use kernel::{
-    bindings, c_str, device::Core, memory_hotplug, page::PAGE_SIZE, prelude::*, virtio,
-};
+use kernel::{bindings, c_str, device::Core, memory_hotplug, page::PAGE_SIZE, prelude::*, virtio};
 
 mod config;
 
@@ -54,7 +52,9 @@ impl Mode {
         if sb_size < memory_block_size {
             Mode::SubBlock { sb_size }
         } else {
-            Mode::BigBlock { bb_size: device_block_size.max(memory_block_size) }
+            Mode::BigBlock {
+                bb_size: device_block_size.max(memory_block_size),
+            }
         }
     }
 }
@@ -98,7 +98,11 @@ impl virtio::Driver for VirtioMemDriver {
 
         dev_info!(dev, "start address: {:#x}\n", config.addr);
         dev_info!(dev, "region size: {:#x}\n", config.region_size);
-        dev_info!(dev, "usable region size: {:#x}\n", config.usable_region_size);
+        dev_info!(
+            dev,
+            "usable region size: {:#x}\n",
+            config.usable_region_size
+        );
         dev_info!(dev, "device block size: {:#x}\n", config.block_size);
         dev_info!(dev, "nid: {}\n", nid);
         dev_info!(dev, "memory block size: {:#x}\n", mbs);
@@ -111,11 +115,20 @@ impl virtio::Driver for VirtioMemDriver {
         dev_info!(
             dev,
             "unplugged memory is inaccessible: {}\n",
-            if dev.has_feature(bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) { "yes" } else { "no" }
+            if dev.has_feature(bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) {
+                "yes"
+            } else {
+                "no"
+            }
         );
 
         let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
-        Ok(VirtioMem { vq, config, nid, mode })
+        Ok(VirtioMem {
+            vq,
+            config,
+            nid,
+            mode,
+        })
     }
 
     fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
@@ -145,7 +158,11 @@ fn node_of(dev: &virtio::Device<kernel::device::Bound>, config: &DeviceConfig) -
         if let Some(nid) = memory_hotplug::pxm_to_node(config.node_id.into()) {
             return nid;
         }
-        dev_warn!(dev, "unknown ACPI proximity domain {}, using the node of the start address\n", config.node_id);
+        dev_warn!(
+            dev,
+            "unknown ACPI proximity domain {}, using the node of the start address\n",
+            config.node_id
+        );
     }
     memory_hotplug::phys_to_node(config.addr)
 }
