@@ -5,11 +5,12 @@
 //! C headers: [`include/linux/memory_hotplug.h`](srctree/include/linux/memory_hotplug.h),
 //! [`include/linux/memory.h`](srctree/include/linux/memory.h).
 //!
-//! Queries about where and in which units memory can be hot(un)plugged, and the NUMA node of
-//! hotplugged memory.
+//! Queries about where and in which units memory can be hot(un)plugged and the NUMA node of
+//! hotplugged memory; [`SystemRamRegion`], the exclusive reservation of a physical range that a
+//! driver manages as System RAM; [`MemoryGroup`], the memory group its memory blocks belong to.
 
-use crate::bindings;
-use core::ops::RangeInclusive;
+use crate::{bindings, prelude::*, str::CString};
+use core::{ops::RangeInclusive, ptr::NonNull};
 
 /// The size of a Linux memory block, the unit in which memory is added, onlined, offlined and
 /// removed (128 MiB on most x86-64 machines).
@@ -53,4 +54,117 @@ pub fn pageblock_size() -> u64 {
     // SAFETY: `pageblock_nr_pages` has no preconditions and is fixed at boot.
     let pages = unsafe { bindings::pageblock_nr_pages() };
     pages as u64 * crate::page::PAGE_SIZE as u64
+}
+
+/// The exclusive reservation of a physical address range whose memory a driver hotplugs as
+/// System RAM (a parent resource in `/proc/iomem`, named after the owner).
+///
+/// Only one reservation can cover a range, and the request fails while any of the range is in
+/// use, e.g. System RAM that an earlier driver added and left behind: holding a
+/// [`SystemRamRegion`] means that no memory of the range is in use by anybody else. User space
+/// cannot map the range through `/dev/mem`. The reservation is released on drop.
+///
+/// # Invariants
+///
+/// `res` points to a resource returned by `__request_region` that was not released yet.
+pub struct SystemRamRegion {
+    res: NonNull<bindings::resource>,
+    start: u64,
+    size: u64,
+    /// The resource's name; the resource points to it until released.
+    _name: CString,
+}
+
+// SAFETY: The resource is only touched through the resource tree's own locking.
+unsafe impl Send for SystemRamRegion {}
+// SAFETY: `&SystemRamRegion` only reads immutable fields.
+unsafe impl Sync for SystemRamRegion {}
+
+impl SystemRamRegion {
+    /// Reserves `[start, start + size)`, naming the reservation `name`. Fails with `EBUSY` if
+    /// any of the range is reserved or in use already.
+    pub fn request(start: u64, size: u64, name: CString) -> Result<Self> {
+        if size == 0 || start.checked_add(size - 1).is_none() {
+            return Err(EINVAL);
+        }
+        let flags = (bindings::IORESOURCE_SYSTEM_RAM | bindings::IORESOURCE_EXCLUSIVE) as c_int;
+        // SAFETY: `iomem_resource` is the root of the physical address space; `name` stays
+        // valid as long as the resource (it is stored next to it and dropped after release).
+        let res = unsafe {
+            bindings::__request_region(
+                core::ptr::addr_of_mut!(bindings::iomem_resource),
+                start,
+                size,
+                name.as_char_ptr(),
+                flags,
+            )
+        };
+        let res = NonNull::new(res).ok_or(EBUSY)?;
+        // The memory is not actually busy: memory hotplug adds its "System RAM" resources as
+        // children of this one.
+        // SAFETY: `res` is the valid resource we just requested; nobody else modifies it.
+        unsafe { (*res.as_ptr()).flags &= !(bindings::IORESOURCE_BUSY as c_ulong) };
+        Ok(Self { res, start, size, _name: name })
+    }
+
+    /// The first byte of the region.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The size of the region in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for SystemRamRegion {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant `res` was requested and not released; `__request_region`
+        // allocated it with `kmalloc`, and it is no longer in the resource tree after
+        // `release_resource`.
+        unsafe {
+            bindings::release_resource(self.res.as_ptr());
+            bindings::kfree(self.res.as_ptr().cast());
+        }
+    }
+}
+
+/// A dynamic memory group: the memory blocks a driver adds for one device, on one NUMA node,
+/// onlined and offlined in units of `unit_pages` pages. Unregistered on drop.
+///
+/// # Invariants
+///
+/// `id` is a memory group id returned by `memory_group_register_dynamic` and not unregistered.
+pub struct MemoryGroup {
+    id: c_int,
+}
+
+impl MemoryGroup {
+    /// Registers a dynamic memory group for node `nid` whose memory is managed in units of
+    /// `unit_pages` pages.
+    pub fn register_dynamic(nid: i32, unit_pages: usize) -> Result<Self> {
+        // SAFETY: `memory_group_register_dynamic` checks its arguments.
+        let id = unsafe { bindings::memory_group_register_dynamic(nid, unit_pages as c_ulong) };
+        if id < 0 {
+            return Err(Error::from_errno(id));
+        }
+        Ok(Self { id })
+    }
+
+    /// The group's id.
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+}
+
+impl Drop for MemoryGroup {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant `id` is registered. It fails (and the group stays) only
+        // while memory blocks are still in the group; that memory keeps using the group.
+        let ret = unsafe { bindings::memory_group_unregister(self.id) };
+        if ret != 0 {
+            pr_warn!("memory group {} still has memory blocks, left registered\n", self.id);
+        }
+    }
 }

@@ -108,6 +108,11 @@ impl<T: Driver + 'static> Adapter<T> {
         // INVARIANT: `vdev` is valid for the duration of `probe_callback()`.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
+        // `priv` is for the bound driver's use (this abstraction keeps the virtqueue there); a
+        // C driver bound before may have left its own pointer behind.
+        // SAFETY: `vdev` is valid and no driver is bound to it while it is being probed.
+        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+
         let ret = from_result(|| {
             let data = T::probe(dev);
             dev.as_ref().set_drvdata(data)?;

@@ -9,7 +9,15 @@
 //!
 //! The upstream C driver, `drivers/virtio/virtio_mem.c`, is the reference this driver matches.
 
-use kernel::{bindings, c_str, device::Core, memory_hotplug, page::PAGE_SIZE, prelude::*, virtio};
+use kernel::{
+    bindings, c_str,
+    device::Core,
+    memory_hotplug::{self, MemoryGroup, SystemRamRegion},
+    page::PAGE_SIZE,
+    prelude::*,
+    str::CString,
+    virtio,
+};
 
 mod config;
 
@@ -70,6 +78,22 @@ struct VirtioMem {
     nid: i32,
     /// Sub-block or big-block mode.
     mode: Mode,
+    /// The memory group the device's memory blocks are added to.
+    #[allow(dead_code)] // Held for the binding's lifetime; the plug path adds memory to it.
+    group: MemoryGroup,
+    /// The device's region, reserved for as long as the device is bound.
+    region: SystemRamRegion,
+}
+
+impl Mode {
+    /// The unit in which the device's memory is onlined and offlined: a memory block in
+    /// sub-block mode, a big block otherwise.
+    fn unit(&self, memory_block_size: u64) -> u64 {
+        match *self {
+            Mode::SubBlock { .. } => memory_block_size,
+            Mode::BigBlock { bb_size } => bb_size,
+        }
+    }
 }
 
 struct VirtioMemDriver;
@@ -122,21 +146,41 @@ impl virtio::Driver for VirtioMemDriver {
             }
         );
 
+        // Reserve the whole region: this fails while any of it is in use, e.g. memory that an
+        // earlier driver plugged and added and could not take back when it was unbound.
+        let name = CString::try_from_fmt(fmt!("{}", dev.as_ref().name()))?;
+        let region = SystemRamRegion::request(config.addr, config.region_size, name).inspect_err(
+            |_| {
+                dev_err!(
+                    dev,
+                    "refusing device: its region [{:#x}-{:#x}] is in use already (memory left \
+                     added by a driver bound earlier?)\n",
+                    config.addr,
+                    config.addr + config.region_size - 1
+                )
+            },
+        )?;
+        let unit_pages = usize::try_from(mode.unit(mbs) / PAGE_SIZE as u64)?;
+        let group = MemoryGroup::register_dynamic(nid, unit_pages)?;
+
         let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
         Ok(VirtioMem {
             vq,
             config,
             nid,
             mode,
+            group,
+            region,
         })
     }
 
     fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         dev_info!(
             dev,
-            "unbinding: region [{:#x}-{:#x}], node {}, {:?}\n",
-            this.config.addr,
-            this.config.addr + this.config.region_size - 1,
+            "unbinding: region [{:#x}-{:#x}], device block size {:#x}, node {}, {:?}\n",
+            this.region.start(),
+            this.region.start() + this.region.size() - 1,
+            this.config.block_size,
             this.nid,
             this.mode
         );
