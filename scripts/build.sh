@@ -20,7 +20,7 @@ rc=0
 make -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" bzImage modules >"$VMR_CACHE/build-last.log" 2>&1 || rc=$?
 secs=$(( $(date +%s) - start ))
 # Our own code must build without warnings: show any, fail on errors.
-grep -E -A6 '^(warning|error)(\[[A-Z0-9]+\])?:' "$VMR_CACHE/build-last.log" | head -n 200 >&2 || true
+grep -E -A6 '(^|: )(warning|error)(\[[A-Z0-9]+\])?:' "$VMR_CACHE/build-last.log" | head -n 200 >&2 || true
 if [ $rc != 0 ]; then
     tail -n 40 "$VMR_CACHE/build-last.log" >&2
     die "kernel build failed after ${secs}s (full log: $VMR_CACHE/build-last.log)"

@@ -69,10 +69,12 @@ guest() {
     count "$name" "$ok" "$notok"
 }
 
-guest probe 1 "--nodes 2 --vmem size=16G,block=2M,requested=1G,node=0,id=vm0 --vmem size=4G,block=1G,node=1,id=vm1" \
+guest probe 1 "--nodes 2 --vmem size=16G,block=2M,node=0,id=vm0 --vmem size=4G,block=1G,node=1,id=vm1" \
     "VMR_DEVICES='vm0 vm1' $tests/probe.sh"
 guest no-device 2 "" "$tests/no_device.sh; $tests/kunit.sh"
-guest in-use 1 "--vmem size=4G,requested=512M,id=vm0" "$tests/in_use.sh"
+guest in-use 1 "--vmem size=4G,id=vm0" "$tests/in_use.sh"
+guest plug 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,requested=1G,id=vm0" \
+    "$tests/plug.sh"
 guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 40)),id=vm0" \
     "$tests/bad_config.sh"
 

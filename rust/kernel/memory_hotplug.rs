@@ -10,7 +10,7 @@
 //! driver manages as System RAM; [`MemoryGroup`], the memory group its memory blocks belong to.
 
 use crate::{bindings, prelude::*, str::CString};
-use core::{ops::RangeInclusive, ptr::NonNull};
+use core::{mem::ManuallyDrop, ops::RangeInclusive, ptr::NonNull};
 
 /// The size of a Linux memory block, the unit in which memory is added, onlined, offlined and
 /// removed (128 MiB on most x86-64 machines).
@@ -62,7 +62,13 @@ pub fn pageblock_size() -> u64 {
 /// Only one reservation can cover a range, and the request fails while any of the range is in
 /// use, e.g. System RAM that an earlier driver added and left behind: holding a
 /// [`SystemRamRegion`] means that no memory of the range is in use by anybody else. User space
-/// cannot map the range through `/dev/mem`. The reservation is released on drop.
+/// cannot map the range through `/dev/mem`.
+///
+/// Memory is added to and removed from the system through the region, which keeps count. On
+/// drop the reservation is released if nothing is added any more; otherwise the added memory
+/// stays in use by the kernel, so the reservation and the resource names stay too (they live in
+/// kernel memory, not in the module that may be unloaded), and a later request of the range
+/// fails.
 ///
 /// # Invariants
 ///
@@ -71,8 +77,12 @@ pub struct SystemRamRegion {
     res: NonNull<bindings::resource>,
     start: u64,
     size: u64,
-    /// The resource's name; the resource points to it until released.
-    _name: CString,
+    /// Bytes currently added to the system through this region.
+    added: u64,
+    /// The reservation's name; the resource points to it until released.
+    name: ManuallyDrop<CString>,
+    /// The name of the "System RAM" resources of added memory.
+    ram_name: ManuallyDrop<CString>,
 }
 
 // SAFETY: The resource is only touched through the resource tree's own locking.
@@ -81,12 +91,14 @@ unsafe impl Send for SystemRamRegion {}
 unsafe impl Sync for SystemRamRegion {}
 
 impl SystemRamRegion {
-    /// Reserves `[start, start + size)`, naming the reservation `name`. Fails with `EBUSY` if
+    /// Reserves `[start, start + size)`, naming the reservation `name`; memory added through it
+    /// will be named `ram_name`, which must read `System RAM (<driver>)`. Fails with `EBUSY` if
     /// any of the range is reserved or in use already.
-    pub fn request(start: u64, size: u64, name: CString) -> Result<Self> {
+    pub fn request(start: u64, size: u64, name: CString, ram_name: &CStr) -> Result<Self> {
         if size == 0 || start.checked_add(size - 1).is_none() {
             return Err(EINVAL);
         }
+        let ram_name = CString::try_from_fmt(fmt!("{ram_name}"))?;
         let flags = (bindings::IORESOURCE_SYSTEM_RAM | bindings::IORESOURCE_EXCLUSIVE) as c_int;
         // SAFETY: `iomem_resource` is the root of the physical address space; `name` stays
         // valid as long as the resource (it is stored next to it and dropped after release).
@@ -104,7 +116,14 @@ impl SystemRamRegion {
         // children of this one.
         // SAFETY: `res` is the valid resource we just requested; nobody else modifies it.
         unsafe { (*res.as_ptr()).flags &= !(bindings::IORESOURCE_BUSY as c_ulong) };
-        Ok(Self { res, start, size, _name: name })
+        Ok(Self {
+            res,
+            start,
+            size,
+            added: 0,
+            name: ManuallyDrop::new(name),
+            ram_name: ManuallyDrop::new(ram_name),
+        })
     }
 
     /// The first byte of the region.
@@ -116,16 +135,92 @@ impl SystemRamRegion {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// Bytes currently added to the system through this region.
+    pub fn added(&self) -> u64 {
+        self.added
+    }
+
+    /// Checks that `[start, start + size)` is non-empty, inside the region and aligned to the
+    /// memory block size, as adding and removing memory requires.
+    fn check_range(&self, start: u64, size: u64) -> Result {
+        // The memory block size is a power of two.
+        let mask = memory_block_size().wrapping_sub(1);
+        let end = start.checked_add(size).ok_or(EINVAL)?;
+        if size == 0
+            || start < self.start
+            || end > self.start + self.size
+            || (start | size) & mask != 0
+        {
+            return Err(EINVAL);
+        }
+        Ok(())
+    }
+
+    /// Adds `[start, start + size)`, a memory-block aligned part of the region, to the system as
+    /// driver-managed System RAM of `group`. Depending on the onlining policy
+    /// (`memhp_default_state`), the kernel onlines the new memory blocks at once; otherwise user
+    /// space does.
+    ///
+    /// The memory must be accessible (plugged, for a device that plugs memory) before it is
+    /// added: from then on the kernel may use it.
+    pub fn add_memory(&mut self, group: &MemoryGroup, start: u64, size: u64) -> Result {
+        self.check_range(start, size)?;
+        let flags = bindings::MHP_MERGE_RESOURCE | bindings::MHP_NID_IS_MGID;
+        // SAFETY: The range is inside our exclusive reservation and aligned; `ram_name` lives
+        // as long as memory added through the region (see `Drop`); with `MHP_NID_IS_MGID` the
+        // group id stands for the node.
+        crate::error::to_result(unsafe {
+            bindings::add_memory_driver_managed(
+                group.id(),
+                start,
+                size,
+                self.ram_name.as_char_ptr(),
+                flags,
+            )
+        })?;
+        self.added += size;
+        Ok(())
+    }
+
+    /// Removes `[start, start + size)`, added by [`Self::add_memory`], from the system. All of
+    /// its memory blocks must be offline; fails with `EBUSY` otherwise.
+    pub fn remove_memory(&mut self, start: u64, size: u64) -> Result {
+        self.check_range(start, size)?;
+        if size > self.added {
+            return Err(EINVAL);
+        }
+        // SAFETY: The range is inside our reservation; `remove_memory` checks that it is
+        // offline and refuses otherwise.
+        crate::error::to_result(unsafe { bindings::remove_memory(start, size) })?;
+        self.added -= size;
+        Ok(())
+    }
 }
 
 impl Drop for SystemRamRegion {
     fn drop(&mut self) {
+        if self.added > 0 {
+            pr_warn!(
+                "{:#x} bytes of [{:#x}-{:#x}] stay added to the system; keeping the region \
+                 reserved\n",
+                self.added,
+                self.start,
+                self.start + self.size - 1
+            );
+            // The resources (ours and those of the added memory) point to the names: keep
+            // both, and the reservation, for good.
+            return;
+        }
         // SAFETY: By the type invariant `res` was requested and not released; `__request_region`
         // allocated it with `kmalloc`, and it is no longer in the resource tree after
-        // `release_resource`.
+        // `release_resource`. No memory was left added, so nothing points to the names any
+        // more, and they are dropped only here.
         unsafe {
             bindings::release_resource(self.res.as_ptr());
             bindings::kfree(self.res.as_ptr().cast());
+            ManuallyDrop::drop(&mut self.name);
+            ManuallyDrop::drop(&mut self.ram_name);
         }
     }
 }
@@ -164,7 +259,10 @@ impl Drop for MemoryGroup {
         // while memory blocks are still in the group; that memory keeps using the group.
         let ret = unsafe { bindings::memory_group_unregister(self.id) };
         if ret != 0 {
-            pr_warn!("memory group {} still has memory blocks, left registered\n", self.id);
+            pr_warn!(
+                "memory group {} still has memory blocks, left registered\n",
+                self.id
+            );
         }
     }
 }

@@ -365,15 +365,27 @@ impl Device<device::Bound> {
     /// accessors, it expects the field to lie within the configuration space the device type
     /// defines. May sleep.
     pub fn read_config<F: ConfigField>(&self, offset: usize) -> Result<F> {
-        let offset = u32::try_from(offset).map_err(|_| EINVAL)?;
-        let mut buf = [0u8; 8];
-        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to a driver, so its
-        // transport's config ops are set; `buf` has room for `F::SIZE <= 8` bytes.
-        unsafe {
-            bindings::virtio_cread_le(self.as_raw(), offset, buf.as_mut_ptr().cast(), F::SIZE)
-        };
-        Ok(F::from_le(&buf))
+        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to a driver.
+        unsafe { read_config_raw(self.as_raw(), offset) }
     }
+}
+
+/// Reads a little-endian config field of type `F` at `offset`.
+///
+/// # Safety
+///
+/// `vdev` must be a valid `struct virtio_device` bound to a driver (so that its transport's
+/// config ops are set up).
+unsafe fn read_config_raw<F: ConfigField>(
+    vdev: *mut bindings::virtio_device,
+    offset: usize,
+) -> Result<F> {
+    let offset = u32::try_from(offset).map_err(|_| EINVAL)?;
+    let mut buf = [0u8; 8];
+    // SAFETY: `vdev` is valid and bound (function safety requirement); `buf` has room for
+    // `F::SIZE <= 8` bytes.
+    unsafe { bindings::virtio_cread_le(vdev, offset, buf.as_mut_ptr().cast(), F::SIZE) };
+    Ok(F::from_le(&buf))
 }
 
 impl<'a> Device<device::Core<'a>> {
@@ -408,6 +420,7 @@ impl<'a> Device<device::Core<'a>> {
                 }),
                 state <- new_mutex!(VqState {
                     vq: core::ptr::null_mut(),
+                    vdev: raw,
                     out,
                     inp,
                     busy: false,
@@ -425,20 +438,13 @@ impl<'a> Device<device::Core<'a>> {
             return Err(ENOMEM);
         }
 
-        {
-            let mut state = inner.state.lock();
-            state.vq = vq;
-            // SAFETY: `vq` is a valid virtqueue that no buffer has been added to yet, so its
-            // callback cannot run before `priv` is set. `done` lives in `inner`, which outlives
-            // the virtqueue: the reference held through `priv_` below is only dropped after the
-            // virtqueue has been deleted (see `Device::teardown`).
-            unsafe { (*vq).priv_ = inner.done.get().cast() };
-        }
+        inner.state.lock().vq = vq;
 
-        // Keep one reference for the adapter: `teardown` revokes the virtqueue through it.
+        // Keep one reference for the adapter and the virtqueue callback: `teardown` revokes
+        // the virtqueue and releases it. No buffer was added yet, so no callback ran before.
         let handle = Virtqueue { inner };
         let keep = handle.inner.clone();
-        // SAFETY: See above; `priv` is ours and was NULL.
+        // SAFETY: `priv` is ours (see above) and was NULL.
         unsafe { (*raw).priv_ = Arc::into_raw(keep).cast_mut().cast() };
         Ok(handle)
     }
@@ -539,13 +545,19 @@ unsafe impl Sync for Device {}
 unsafe impl Sync for Device<device::Bound> {}
 
 /// The virtqueue callback: the device has used a buffer. Runs in interrupt context.
+///
+/// `vq->priv` belongs to the transport (virtio-pci keeps the queue's notify address there), so
+/// the callback finds our state through the device's `priv`, which `find_vq` points at the
+/// `VqInner` that owns the virtqueue.
 extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
-    // SAFETY: The virtio core passes the valid virtqueue this callback was registered for.
-    let done = unsafe { (*vq).priv_ }.cast::<bindings::completion>();
-    if !done.is_null() {
-        // SAFETY: `priv_` points to the `done` completion of the `VqInner` that owns this
-        // virtqueue, which lives until the virtqueue is deleted (see `find_vq`).
-        unsafe { bindings::complete(done) };
+    // SAFETY: The virtio core passes the valid virtqueue this callback was registered for, whose
+    // device is valid too.
+    let inner = unsafe { (*(*vq).vdev).priv_ }.cast::<VqInner>();
+    if !inner.is_null() {
+        // SAFETY: A non-NULL `priv` is the `Arc<VqInner>` reference that `find_vq` stored and
+        // `teardown` releases only after the virtqueue is deleted, i.e. after every callback
+        // has returned; `done` is a valid completion.
+        unsafe { bindings::complete((*inner).done.get()) };
     }
 }
 
@@ -569,6 +581,8 @@ unsafe impl Sync for VqInner {}
 struct VqState {
     /// The virtqueue, or NULL once the device was unbound and the virtqueue deleted.
     vq: *mut bindings::virtqueue,
+    /// The device; only used while `vq` is not NULL, i.e. while the device is bound.
+    vdev: *mut bindings::virtio_device,
     /// Bounce buffer for requests (kmalloc memory, so the device can reach it).
     out: KVec<u8>,
     /// Bounce buffer for answers.
@@ -594,7 +608,8 @@ impl VqState {
 }
 
 /// A virtqueue for request/answer exchanges with a device: the driver puts a request in an
-/// out-buffer and the device writes its answer into an in-buffer.
+/// out-buffer and the device writes its answer into an in-buffer. It also reads the device's
+/// configuration space, so that work items, which hold no bound device, can do both.
 ///
 /// Handles are cheap to clone; all of them stop working (`ENODEV`) once the device is unbound.
 #[derive(Clone)]
@@ -603,6 +618,18 @@ pub struct Virtqueue {
 }
 
 impl Virtqueue {
+    /// Reads a config field as [`Device::read_config`] does, while the device is bound
+    /// (`ENODEV` afterwards). May sleep.
+    pub fn read_config<F: ConfigField>(&self, offset: usize) -> Result<F> {
+        let st = self.inner.state.lock();
+        if st.vq.is_null() {
+            return Err(ENODEV);
+        }
+        // SAFETY: `vq` is not NULL, so the device is still bound: `teardown` clears `vq` under
+        // this lock before the device is unbound.
+        unsafe { read_config_raw(st.vdev, offset) }
+    }
+
     /// Sends `request` to the device and waits up to `timeout` for its answer, which is copied
     /// into `answer`. Returns the number of bytes the device wrote.
     ///

@@ -3,7 +3,8 @@
 //! The device's configuration space: reading it and deciding whether it makes sense.
 
 use core::{mem::offset_of, ops::RangeInclusive};
-use kernel::{bindings::virtio_mem_config as Raw, device::Bound, fmt, prelude::*, virtio};
+pub(crate) use kernel::bindings::virtio_mem_config as Raw;
+use kernel::{device::Bound, fmt, prelude::*, virtio};
 
 /// The device configuration, as read from the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

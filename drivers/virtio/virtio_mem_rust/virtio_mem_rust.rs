@@ -6,6 +6,9 @@
 //! blocks of it on the host's request. The driver is split by concern:
 //!
 //! - [`config`]: the device's configuration space, read and validated at probe.
+//! - [`protocol`]: the requests on the virtqueue and the device's answers.
+//! - [`plug`]: which part of the region to plug next.
+//! - [`worker`]: the run loop that follows the requested size, with retries.
 //!
 //! The upstream C driver, `drivers/virtio/virtio_mem.c`, is the reference this driver matches.
 
@@ -16,12 +19,19 @@ use kernel::{
     page::PAGE_SIZE,
     prelude::*,
     str::CString,
+    sync::Arc,
     virtio,
 };
 
 mod config;
+mod plug;
+mod protocol;
+mod worker;
 
 use config::DeviceConfig;
+use plug::Geometry;
+use protocol::{REQ_SIZE, RESP_SIZE};
+use worker::Worker;
 
 kernel::virtio_device_table!(ID_TABLE, [virtio::DeviceId::new(bindings::VIRTIO_ID_MEM)]);
 
@@ -32,11 +42,6 @@ kernel::module_virtio_driver! {
     description: "Virtio-mem paravirtualized memory hotplug driver (Rust)",
     license: "GPL",
 }
-
-/// Size of a request on the virtqueue (`struct virtio_mem_req`).
-const REQ_SIZE: usize = core::mem::size_of::<bindings::virtio_mem_req>();
-/// Size of an answer on the virtqueue (`struct virtio_mem_resp`).
-const RESP_SIZE: usize = core::mem::size_of::<bindings::virtio_mem_resp>();
 
 /// How the device's memory is managed, decided at probe (see the C driver's SBM and BBM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,20 +74,14 @@ impl Mode {
 
 /// A bound virtio-mem device.
 struct VirtioMem {
-    /// The virtqueue for guest requests.
-    #[allow(dead_code)] // Used by the plug and unplug paths.
-    vq: virtio::Virtqueue,
+    /// The run loop, which owns the virtqueue, the region and the memory group.
+    worker: Arc<Worker>,
     /// The configuration read at probe.
     config: DeviceConfig,
     /// The NUMA node memory of this device is added to.
     nid: i32,
     /// Sub-block or big-block mode.
     mode: Mode,
-    /// The memory group the device's memory blocks are added to.
-    #[allow(dead_code)] // Held for the binding's lifetime; the plug path adds memory to it.
-    group: MemoryGroup,
-    /// The device's region, reserved for as long as the device is bound.
-    region: SystemRamRegion,
 }
 
 impl Mode {
@@ -149,8 +148,9 @@ impl virtio::Driver for VirtioMemDriver {
         // Reserve the whole region: this fails while any of it is in use, e.g. memory that an
         // earlier driver plugged and added and could not take back when it was unbound.
         let name = CString::try_from_fmt(fmt!("{}", dev.as_ref().name()))?;
-        let region = SystemRamRegion::request(config.addr, config.region_size, name).inspect_err(
-            |_| {
+        let ram_name = c_str!("System RAM (virtio_mem)");
+        let region = SystemRamRegion::request(config.addr, config.region_size, name, ram_name)
+            .inspect_err(|_| {
                 dev_err!(
                     dev,
                     "refusing device: its region [{:#x}-{:#x}] is in use already (memory left \
@@ -158,39 +158,50 @@ impl virtio::Driver for VirtioMemDriver {
                     config.addr,
                     config.addr + config.region_size - 1
                 )
-            },
-        )?;
-        let unit_pages = usize::try_from(mode.unit(mbs) / PAGE_SIZE as u64)?;
-        let group = MemoryGroup::register_dynamic(nid, unit_pages)?;
+            })?;
+        let unit = mode.unit(mbs);
+        let group = MemoryGroup::register_dynamic(nid, usize::try_from(unit / PAGE_SIZE as u64)?)?;
+        let geometry = Geometry::new(
+            config.addr,
+            config.region_size,
+            unit,
+            config.block_size,
+            *pluggable.start(),
+        )
+        .ok_or(EINVAL)?;
 
         let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
+        let worker = Worker::new(dev, vq, geometry, group, region)?;
+        // Requests need the device ready; then plug what is requested already.
+        dev.ready();
+        worker.kick();
         Ok(VirtioMem {
-            vq,
+            worker,
             config,
             nid,
             mode,
-            group,
-            region,
         })
     }
 
     fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        this.worker.stop();
         dev_info!(
             dev,
-            "unbinding: region [{:#x}-{:#x}], device block size {:#x}, node {}, {:?}\n",
-            this.region.start(),
-            this.region.start() + this.region.size() - 1,
+            "unbinding: region [{:#x}-{:#x}], device block size {:#x}, node {}, {:?}, plugged {:#x}\n",
+            this.config.addr,
+            this.config.addr + this.config.region_size - 1,
             this.config.block_size,
             this.nid,
-            this.mode
+            this.mode,
+            this.worker.plugged()
         );
     }
 
     fn config_changed<'bound>(
-        dev: &'bound virtio::Device<kernel::device::Bound>,
-        _this: Pin<&Self::Data<'bound>>,
+        _dev: &'bound virtio::Device<kernel::device::Bound>,
+        this: Pin<&Self::Data<'bound>>,
     ) {
-        dev_dbg!(dev, "config changed\n");
+        this.worker.kick();
     }
 }
 

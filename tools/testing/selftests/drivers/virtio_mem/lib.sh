@@ -81,3 +81,40 @@ kernel_splats() {
 }
 
 hex_to_dec() { printf '%d' "$1"; }
+
+# MemTotal in kB.
+memtotal_kb() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+
+# Bytes of all "System RAM (virtio_mem)" ranges in /proc/iomem.
+virtio_mem_ram_bytes() {
+    local total=0 range start end
+    while read -r range; do
+        start=0x${range%-*} end=0x${range#*-}
+        total=$((total + end - start + 1))
+    done < <(sed -n 's/^ *\([0-9a-f]*-[0-9a-f]*\) : System RAM (virtio_mem)$/\1/p' /proc/iomem)
+    echo "$total"
+}
+
+# Waits up to $2 seconds until MemTotal is $1 kB; prints the last value seen.
+wait_memtotal_kb() {
+    local want=$1 deadline=$((SECONDS + $2)) now
+    while now=$(memtotal_kb); [ "$now" != "$want" ] && [ $SECONDS -lt "$deadline" ]; do
+        sleep 0.2
+    done
+    echo "$now"
+}
+
+# Sizes like 4G, 130M, 4G+130M -> bytes.
+to_bytes() {
+    local total=0 part n
+    IFS=+ read -ra parts <<<"$1"
+    for part in "${parts[@]}"; do
+        n=${part%[KMGT]}
+        case "$part" in
+            *K) n=$((n << 10)) ;; *M) n=$((n << 20)) ;;
+            *G) n=$((n << 30)) ;; *T) n=$((n << 40)) ;;
+        esac
+        total=$((total + n))
+    done
+    echo "$total"
+}
