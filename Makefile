@@ -2,14 +2,18 @@
 #
 #   make run     boot a guest with virtio_mem_rust and a virtio-mem device
 #   make check   install, build and run every test; ends with "N passed, N failed"
+#   make bench   time plugging: the C driver and ours in one guest, with the ratio
 #   make build   fetch, overlay, configure and build the kernel (+ modules)
 #   make setup   install the host tools only
 #   make vmctl   build the QMP control tool
 
-.PHONY: run check build setup vmctl overlay clean-build
+.PHONY: run check bench build setup vmctl overlay clean-build
 
 run: setup build vmctl
 	scripts/demo.sh
+
+bench:
+	scripts/bench.sh
 
 check:
 	scripts/test.sh

@@ -17,6 +17,7 @@
 #                    size=16G[,block=2M][,requested=0][,node=0][,id=vmN]
 #                    [,backend=ram|memfd|file:PATH][,memaddr=ADDR]
 #   --append ARGS    extra kernel command line
+#   --rodir G=H      show host directory H read-only at G in the guest
 #   --phys-bits N    guest physical address bits, 4-level paging (default: QEMU's)
 #   --qmp PATH       QMP socket path (default: $VMR_CACHE/run/qmp-PID.sock)
 #   --timeout SECS   kill the guest after this long (default: none)
@@ -27,7 +28,7 @@
 # Without a command the guest starts an interactive shell.
 source "$(dirname "$0")/common.sh"
 
-mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0 physbits=
+mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0 physbits= rodirs=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -37,6 +38,7 @@ while [ $# -gt 0 ]; do
         --vmem) vmems+=("$2"); shift 2 ;;
         --append) append+=("$2"); shift 2 ;;
         --phys-bits) physbits=$2; shift 2 ;;
+        --rodir) rodirs+=(--rodir "$2"); shift 2 ;;
         --qmp) qmp=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
         --verbose|-v) verbose=(--verbose); shift ;;
@@ -139,7 +141,7 @@ fi
 # maxmem go to QEMU directly (a later -m overrides vng's default).
 opts=(-m "$(( $(to_bytes "$mem") >> 10 ))K,maxmem=$((maxmem >> 10))K" "${opts[@]}")
 cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" --disable-kvm --disable-microvm --cpus "$cpus"
-     "${numa[@]}" "${verbose[@]}"
+     "${numa[@]}" "${verbose[@]}" "${rodirs[@]}"
      --qemu-opts="${opts[*]}")
 [ $autoload = 1 ] || append+=("modprobe.blacklist=virtio_mem,virtio_mem_rust")
 for a in "${append[@]}"; do cmd+=(--append "$a"); done

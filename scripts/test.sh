@@ -75,6 +75,15 @@ guest no-device 2 "" "$tests/no_device.sh; $tests/kunit.sh"
 guest in-use 1 "--vmem size=4G,id=vm0" "$tests/in_use.sh"
 guest plug 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,requested=1G,id=vm0" \
     "$tests/plug.sh"
+guest numa 1 "--nodes 2 --append memhp_default_state=online_movable --vmem size=4G,block=2M,requested=1G,node=0,id=vm0 --vmem size=4G,block=1G,requested=2G,node=1,id=vm1" \
+    "$tests/numa.sh"
+# The region of this one is backed by a file on the host's tmpfs.
+backing=/dev/shm/vmr-backing-$$
+trap 'rm -f "$backing"' EXIT
+rm -f "$backing"
+guest backing 1 "--append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=16G,block=2M,id=vm0,backend=file:$backing" \
+    "VMR_BACKING=/mnt/${backing##*/} $tests/backing.sh"
+rm -f "$backing"
 guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 40)),id=vm0" \
     "$tests/bad_config.sh"
 

@@ -99,7 +99,7 @@ virtio_mem_ram_bytes() {
 wait_memtotal_kb() {
     local want=$1 deadline=$((SECONDS + $2)) now
     while now=$(memtotal_kb); [ "$now" != "$want" ] && [ $SECONDS -lt "$deadline" ]; do
-        sleep 0.2
+        sleep 0.05
     done
     echo "$now"
 }

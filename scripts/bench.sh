@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make bench`: one kernel, one guest, the C driver and virtio_mem_rust side
+# by side. Each driver gets an 8G and a 16G device of its own (2M blocks,
+# auto-onlined movable); plugging 0 -> 8G and 0 -> 16G is timed until the
+# device reports the size and MemTotal shows it. Prints both times and the
+# ratio Rust/C (below 1.0: ours is faster).
+source "$(dirname "$0")/common.sh"
+"$REPO/scripts/setup-host.sh"
+"$REPO/scripts/build.sh" >/dev/null
+(cd "$REPO/tools/vmctl" && cargo build --release --quiet)
+
+kver=$(cat "$KBUILD/include/config/kernel.release")
+moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
+genv="VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$REPO/tools/vmctl/target/release/vmctl"
+vmems=()
+for d in c8:8G r8:8G c16:16G r16:16G; do
+    vmems+=(--vmem "size=${d#*:},block=2M,id=${d%%:*}")
+done
+"$REPO/scripts/run-guest.sh" --mem 4G --timeout 1800 --append memhp_default_state=online_movable \
+    "${vmems[@]}" -- "cd $REPO && export $genv && scripts/bench-guest.sh" </dev/null
