@@ -41,6 +41,16 @@ kernel::module_virtio_driver! {
     authors: ["virtio-mem-rust developers"],
     description: "Virtio-mem paravirtualized memory hotplug driver (Rust)",
     license: "GPL",
+    params: {
+        force_bbm: bool {
+            default: false,
+            description: "Force Big Block Mode. Default is 0 (auto-selection)",
+        },
+        bbm_block_size: u64 {
+            default: 0,
+            description: "Big Block size in bytes. Default is 0 (auto-detection).",
+        },
+    },
 }
 
 /// How the device's memory is managed, decided at probe (see the C driver's SBM and BBM).
@@ -58,16 +68,35 @@ enum Mode {
     },
 }
 
+/// The mode's inputs: the device, the kernel's block sizes and the module parameters.
+#[derive(Clone, Copy, Debug)]
+struct ModeInputs {
+    device_block_size: u64,
+    pageblock_size: u64,
+    memory_block_size: u64,
+    force_bbm: bool,
+    bbm_block_size: u64,
+}
+
 impl Mode {
-    /// Picks the mode as the C driver does: sub-blocks when at least two fit in a memory block.
-    fn choose(device_block_size: u64, pageblock_size: u64, memory_block_size: u64) -> Self {
-        let sb_size = device_block_size.max(pageblock_size);
-        if sb_size < memory_block_size {
-            Mode::SubBlock { sb_size }
-        } else {
-            Mode::BigBlock {
-                bb_size: device_block_size.max(memory_block_size),
-            }
+    /// Picks the mode as the C driver does: sub-blocks when at least two fit in a memory block
+    /// (unless `force_bbm`); big blocks of at least a memory block and a device block otherwise,
+    /// or of `bbm_block_size` if that is a bigger power of two. Returns why `bbm_block_size`
+    /// was ignored, if it was.
+    fn choose(i: ModeInputs) -> (Self, Option<&'static str>) {
+        let sb_size = i.device_block_size.max(i.pageblock_size);
+        if sb_size < i.memory_block_size && !i.force_bbm {
+            return (Mode::SubBlock { sb_size }, None);
+        }
+        let bb_size = i.device_block_size.max(i.memory_block_size);
+        match i.bbm_block_size {
+            0 => (Mode::BigBlock { bb_size }, None),
+            b if !b.is_power_of_two() => (
+                Mode::BigBlock { bb_size },
+                Some("bbm_block_size is not a power of 2"),
+            ),
+            b if b < bb_size => (Mode::BigBlock { bb_size }, Some("bbm_block_size is too small")),
+            b => (Mode::BigBlock { bb_size: b }, None),
         }
     }
 }
@@ -117,7 +146,16 @@ impl virtio::Driver for VirtioMemDriver {
 
         let nid = node_of(dev, &config);
         let mbs = memory_hotplug::memory_block_size();
-        let mode = Mode::choose(config.block_size, memory_hotplug::pageblock_size(), mbs);
+        let (mode, ignored) = Mode::choose(ModeInputs {
+            device_block_size: config.block_size,
+            pageblock_size: memory_hotplug::pageblock_size(),
+            memory_block_size: mbs,
+            force_bbm: module_parameters::force_bbm.value(),
+            bbm_block_size: module_parameters::bbm_block_size.value(),
+        });
+        if let Some(why) = ignored {
+            dev_warn!(dev, "{}\n", why);
+        }
 
         dev_info!(dev, "start address: {:#x}\n", config.addr);
         dev_info!(dev, "region size: {:#x}\n", config.region_size);
@@ -220,4 +258,48 @@ fn node_of(dev: &virtio::Device<kernel::device::Bound>, config: &DeviceConfig) -
         );
     }
     memory_hotplug::phys_to_node(config.addr)
+}
+
+#[kunit_tests(virtio_mem_rust_mode)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn inputs(device_block_size: u64) -> ModeInputs {
+        ModeInputs {
+            device_block_size,
+            pageblock_size: 4 * MIB,
+            memory_block_size: 128 * MIB,
+            force_bbm: false,
+            bbm_block_size: 0,
+        }
+    }
+
+    #[test]
+    fn sub_blocks_when_two_fit_in_a_memory_block() {
+        assert_eq!(Mode::choose(inputs(2 * MIB)).0, Mode::SubBlock { sb_size: 4 * MIB });
+        assert_eq!(Mode::choose(inputs(64 * MIB)).0, Mode::SubBlock { sb_size: 64 * MIB });
+        assert_eq!(Mode::choose(inputs(128 * MIB)).0, Mode::BigBlock { bb_size: 128 * MIB });
+        assert_eq!(Mode::choose(inputs(GIB)).0, Mode::BigBlock { bb_size: GIB });
+    }
+
+    #[test]
+    fn module_parameters() {
+        let forced = ModeInputs { force_bbm: true, ..inputs(2 * MIB) };
+        assert_eq!(Mode::choose(forced), (Mode::BigBlock { bb_size: 128 * MIB }, None));
+        let big = ModeInputs { bbm_block_size: GIB, ..forced };
+        assert_eq!(Mode::choose(big), (Mode::BigBlock { bb_size: GIB }, None));
+        let odd = ModeInputs { bbm_block_size: 3 * GIB, ..forced };
+        assert_eq!(
+            Mode::choose(odd),
+            (Mode::BigBlock { bb_size: 128 * MIB }, Some("bbm_block_size is not a power of 2"))
+        );
+        let small = ModeInputs { bbm_block_size: 64 * MIB, ..forced };
+        assert_eq!(
+            Mode::choose(small),
+            (Mode::BigBlock { bb_size: 128 * MIB }, Some("bbm_block_size is too small"))
+        );
+    }
 }

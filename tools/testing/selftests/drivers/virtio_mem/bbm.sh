@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Guest test: the C driver's module parameters force_bbm and bbm_block_size:
+# with 1G big blocks forced on a 2M-block device, the driver plugs whole big
+# blocks only (2G+100M requested -> 2G plugged).
+set -u
+source "$(dirname "$0")/lib.sh"
+
+ktap_header 5
+base_kb=$(memtotal_kb)
+vdev=$(virtio_mem_devices)
+ktap_check "load with force_bbm=1 bbm_block_size=1G" insmod "$VMR_KO_RUST" force_bbm=1 bbm_block_size=$((1 << 30))
+ktap_eq "big block size logged" 0x40000000 "$(logged "$vdev" "big block size")"
+vmctl set-size vm0 2G+100M >/dev/null
+ktap_eq "plugged whole big blocks" "$(to_bytes 2G)" "$(vmctl wait vm0 2G --wait-timeout-s 300 2>&1 | tail -n1)"
+kb=$(wait_memtotal_kb $((base_kb + (2 << 20))) 120)
+ktap_eq "MemTotal grew by 2G (kB)" $((2 << 20)) $((kb - base_kb))
+splats=$(kernel_splats)
+[ -z "$splats" ] || ktap_diag "$splats"
+ktap_eq "no kernel warnings or oopses" "" "$splats"
+ktap_finish
