@@ -75,6 +75,7 @@ guest no-device 2 "" "$tests/no_device.sh; $tests/kunit.sh"
 guest in-use 1 "--vmem size=4G,id=vm0" "$tests/in_use.sh"
 guest plug 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,requested=1G,id=vm0" \
     "$tests/plug.sh"
+guest offline 1 "--vmem size=8G,block=2M,id=vm0" "$tests/offline.sh"
 guest bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/bbm.sh"
 guest numa 1 "--nodes 2 --append memhp_default_state=online_movable --vmem size=4G,block=2M,requested=1G,node=0,id=vm0 --vmem size=4G,block=1G,requested=2G,node=1,id=vm1" \
     "$tests/numa.sh"

@@ -7,9 +7,12 @@
 //!
 //! Queries about where and in which units memory can be hot(un)plugged and the NUMA node of
 //! hotplugged memory; [`SystemRamRegion`], the exclusive reservation of a physical range that a
-//! driver manages as System RAM; [`MemoryGroup`], the memory group its memory blocks belong to.
+//! driver manages as System RAM; [`MemoryGroup`], the memory group its memory blocks belong to;
+//! [`MemoryNotifier`], which tells a handler when memory goes online or offline.
 
-use crate::{bindings, prelude::*, str::CString};
+use crate::{
+    bindings, container_of, error::to_result, prelude::*, str::CString, sync::Arc, types::Opaque,
+};
 use core::{mem::ManuallyDrop, ops::RangeInclusive, ptr::NonNull};
 
 /// The size of a Linux memory block, the unit in which memory is added, onlined, offlined and
@@ -264,5 +267,126 @@ impl Drop for MemoryGroup {
                 self.id
             );
         }
+    }
+}
+
+/// What happens to a range of memory, as the memory notifier reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryEvent {
+    /// The memory is about to be onlined; a handler can veto.
+    GoingOnline,
+    /// The memory was onlined.
+    Online,
+    /// Onlining was cancelled after `GoingOnline`.
+    CancelOnline,
+    /// The memory is about to be offlined; a handler can veto.
+    GoingOffline,
+    /// The memory was offlined.
+    Offline,
+    /// Offlining was cancelled after `GoingOffline`.
+    CancelOffline,
+}
+
+impl MemoryEvent {
+    fn from_action(action: c_ulong) -> Option<Self> {
+        let action = bindings::memory_block_state::try_from(action).ok()?;
+        Some(match action {
+            bindings::memory_block_state_MEM_GOING_ONLINE => Self::GoingOnline,
+            bindings::memory_block_state_MEM_ONLINE => Self::Online,
+            bindings::memory_block_state_MEM_CANCEL_ONLINE => Self::CancelOnline,
+            bindings::memory_block_state_MEM_GOING_OFFLINE => Self::GoingOffline,
+            bindings::memory_block_state_MEM_OFFLINE => Self::Offline,
+            bindings::memory_block_state_MEM_CANCEL_OFFLINE => Self::CancelOffline,
+            _ => return None,
+        })
+    }
+}
+
+/// A physical memory range that a memory event is about (whole memory blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRange {
+    /// First byte.
+    pub start: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Receives memory events; see [`MemoryNotifier`].
+pub trait MemoryNotifierHandler: Send + Sync {
+    /// Called for every memory event in the system, with the memory hotplug lock held: it must
+    /// not add or remove memory, nor wait for anything that does. An error returned for
+    /// `GoingOnline` or `GoingOffline` vetoes the operation; for other events it is ignored.
+    fn notify(this: &Arc<Self>, event: MemoryEvent, range: MemoryRange) -> Result;
+}
+
+/// A registered memory notifier: `handler` hears about memory going online and offline until
+/// the notifier is dropped (which waits for a running notification to finish).
+#[pin_data(PinnedDrop)]
+pub struct MemoryNotifier<H: MemoryNotifierHandler> {
+    handler: Arc<H>,
+    #[pin]
+    nb: Opaque<bindings::notifier_block>,
+}
+
+// SAFETY: The notifier block is only touched by the notifier chain under its own lock; the
+// handler is `Send + Sync`.
+unsafe impl<H: MemoryNotifierHandler> Send for MemoryNotifier<H> {}
+// SAFETY: See above.
+unsafe impl<H: MemoryNotifierHandler> Sync for MemoryNotifier<H> {}
+
+impl<H: MemoryNotifierHandler + 'static> MemoryNotifier<H> {
+    /// Registers `handler` for memory events.
+    pub fn new(handler: Arc<H>) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            handler,
+            nb <- Opaque::try_ffi_init(|slot: *mut bindings::notifier_block| {
+                // SAFETY: `slot` is valid for writes and pinned; the handler is initialized
+                // already (fields are initialized in order), so a notification may come at once.
+                unsafe {
+                    slot.write(bindings::notifier_block {
+                        notifier_call: Some(Self::callback),
+                        ..Default::default()
+                    });
+                    to_result(bindings::register_memory_notifier(slot))
+                }
+            }),
+        })
+    }
+
+    unsafe extern "C" fn callback(
+        nb: *mut bindings::notifier_block,
+        action: c_ulong,
+        data: *mut c_void,
+    ) -> c_int {
+        let Some(event) = MemoryEvent::from_action(action) else {
+            return bindings::NOTIFY_DONE as c_int;
+        };
+        // SAFETY: `nb` is the `nb` field of a registered, hence live, `MemoryNotifier<H>`
+        // (`Opaque<T>` has the layout of `T`).
+        let this =
+            unsafe { &*container_of!(nb.cast::<Opaque<bindings::notifier_block>>(), Self, nb) };
+        // SAFETY: The memory notifier chain passes a valid `struct memory_notify`.
+        let mhp = unsafe { &*data.cast::<bindings::memory_notify>() };
+        let shift = crate::page::PAGE_SHIFT;
+        let range = MemoryRange {
+            start: (mhp.start_pfn as u64) << shift,
+            size: (mhp.nr_pages as u64) << shift,
+        };
+        match H::notify(&this.handler, event, range) {
+            Ok(()) => bindings::NOTIFY_OK as c_int,
+            // `notifier_from_errno()`.
+            Err(e) => {
+                (bindings::NOTIFY_STOP_MASK as c_int)
+                    | (bindings::NOTIFY_OK as c_int - e.to_errno())
+            }
+        }
+    }
+}
+
+#[pinned_drop]
+impl<H: MemoryNotifierHandler> PinnedDrop for MemoryNotifier<H> {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: `nb` was registered in `new`; unregistering waits for running notifications.
+        unsafe { bindings::unregister_memory_notifier(self.nb.get()) };
     }
 }

@@ -95,7 +95,10 @@ impl Mode {
                 Mode::BigBlock { bb_size },
                 Some("bbm_block_size is not a power of 2"),
             ),
-            b if b < bb_size => (Mode::BigBlock { bb_size }, Some("bbm_block_size is too small")),
+            b if b < bb_size => (
+                Mode::BigBlock { bb_size },
+                Some("bbm_block_size is too small"),
+            ),
             b => (Mode::BigBlock { bb_size: b }, None),
         }
     }
@@ -121,6 +124,14 @@ impl Mode {
             Mode::SubBlock { .. } => memory_block_size,
             Mode::BigBlock { bb_size } => bb_size,
         }
+    }
+}
+
+impl Drop for VirtioMem {
+    fn drop(&mut self) {
+        // Normally done at unbind already; this covers a probe that failed after creating the
+        // worker, whose memory notifier holds a reference to it.
+        self.worker.stop();
     }
 }
 
@@ -210,6 +221,7 @@ impl virtio::Driver for VirtioMemDriver {
 
         let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
         let worker = Worker::new(dev, vq, geometry, group, region)?;
+        worker.watch_memory()?;
         // Requests need the device ready; then plug what is requested already.
         dev.ready();
         worker.kick();
@@ -279,27 +291,57 @@ mod tests {
 
     #[test]
     fn sub_blocks_when_two_fit_in_a_memory_block() {
-        assert_eq!(Mode::choose(inputs(2 * MIB)).0, Mode::SubBlock { sb_size: 4 * MIB });
-        assert_eq!(Mode::choose(inputs(64 * MIB)).0, Mode::SubBlock { sb_size: 64 * MIB });
-        assert_eq!(Mode::choose(inputs(128 * MIB)).0, Mode::BigBlock { bb_size: 128 * MIB });
+        assert_eq!(
+            Mode::choose(inputs(2 * MIB)).0,
+            Mode::SubBlock { sb_size: 4 * MIB }
+        );
+        assert_eq!(
+            Mode::choose(inputs(64 * MIB)).0,
+            Mode::SubBlock { sb_size: 64 * MIB }
+        );
+        assert_eq!(
+            Mode::choose(inputs(128 * MIB)).0,
+            Mode::BigBlock { bb_size: 128 * MIB }
+        );
         assert_eq!(Mode::choose(inputs(GIB)).0, Mode::BigBlock { bb_size: GIB });
     }
 
     #[test]
     fn module_parameters() {
-        let forced = ModeInputs { force_bbm: true, ..inputs(2 * MIB) };
-        assert_eq!(Mode::choose(forced), (Mode::BigBlock { bb_size: 128 * MIB }, None));
-        let big = ModeInputs { bbm_block_size: GIB, ..forced };
+        let forced = ModeInputs {
+            force_bbm: true,
+            ..inputs(2 * MIB)
+        };
+        assert_eq!(
+            Mode::choose(forced),
+            (Mode::BigBlock { bb_size: 128 * MIB }, None)
+        );
+        let big = ModeInputs {
+            bbm_block_size: GIB,
+            ..forced
+        };
         assert_eq!(Mode::choose(big), (Mode::BigBlock { bb_size: GIB }, None));
-        let odd = ModeInputs { bbm_block_size: 3 * GIB, ..forced };
+        let odd = ModeInputs {
+            bbm_block_size: 3 * GIB,
+            ..forced
+        };
         assert_eq!(
             Mode::choose(odd),
-            (Mode::BigBlock { bb_size: 128 * MIB }, Some("bbm_block_size is not a power of 2"))
+            (
+                Mode::BigBlock { bb_size: 128 * MIB },
+                Some("bbm_block_size is not a power of 2")
+            )
         );
-        let small = ModeInputs { bbm_block_size: 64 * MIB, ..forced };
+        let small = ModeInputs {
+            bbm_block_size: 64 * MIB,
+            ..forced
+        };
         assert_eq!(
             Mode::choose(small),
-            (Mode::BigBlock { bb_size: 128 * MIB }, Some("bbm_block_size is too small"))
+            (
+                Mode::BigBlock { bb_size: 128 * MIB },
+                Some("bbm_block_size is too small")
+            )
         );
     }
 }

@@ -7,16 +7,28 @@
 //! and one memory add per batch of units (see [`crate::plug`]). A `NACK`, `BUSY` or a failed
 //! exchange is retried from a delayed work item, with the delay doubling from 5 s to 300 s; an
 //! `ERROR` or an answer outside the protocol stops the device with a message.
+//!
+//! When user space onlines memory (no auto-onlining), added memory stays offline until it does.
+//! So that a burst of plugs cannot fill the guest with offline memory (whose memmap still costs
+//! memory), at most [`Worker::offline_limit`] bytes are added and not yet online at a time; the
+//! memory notifier counts onlined and offlined memory of the region and resumes plugging when
+//! half of that is online again.
 
 use crate::{
     config::Raw,
     plug::Geometry,
     protocol::{self, Refusal, Request, SendError},
 };
-use core::mem::offset_of;
+use core::{
+    mem::offset_of,
+    sync::atomic::{AtomicBool, AtomicI64, Ordering},
+};
 use kernel::{
     device,
-    memory_hotplug::{MemoryGroup, SystemRamRegion},
+    memory_hotplug::{
+        MemoryEvent, MemoryGroup, MemoryNotifier, MemoryNotifierHandler, MemoryRange,
+        SystemRamRegion,
+    },
     new_mutex,
     prelude::*,
     sync::{aref::ARef, Arc, Mutex},
@@ -33,6 +45,9 @@ const RETRY_MIN_SECS: u32 = 5;
 /// Longest retry delay, in seconds.
 const RETRY_MAX_SECS: u32 = 300;
 
+/// Offline memory the driver allows at least (more if two units are bigger), as the C driver.
+const OFFLINE_LIMIT_MIN: u64 = 1 << 30;
+
 /// Mutable state of the run loop.
 struct State {
     /// The device's reserved region; `None` once unbound.
@@ -47,6 +62,8 @@ struct State {
     stopped: bool,
     /// Whether the "cannot unplug yet" message was logged for the current request.
     told_unplug: bool,
+    /// The memory notifier, registered while bound (it holds a reference to the worker).
+    notifier: Option<Pin<KBox<MemoryNotifier<Worker>>>>,
 }
 
 /// The per-device run loop, shared by its work items and the driver's data.
@@ -58,6 +75,11 @@ pub(crate) struct Worker {
     vq: virtio::Virtqueue,
     geometry: Geometry,
     group: MemoryGroup,
+    /// Bytes of the region that are added but offline (a signed count, updated from the memory
+    /// notifier without the state lock, which is held while memory is added and onlined).
+    offline: AtomicI64,
+    /// Plugging waits for memory to be onlined.
+    waiting_for_online: AtomicBool,
     #[pin]
     state: Mutex<State>,
     #[pin]
@@ -106,6 +128,8 @@ impl Worker {
                 vq,
                 geometry,
                 group,
+                offline: AtomicI64::new(0),
+                waiting_for_online: AtomicBool::new(false),
                 state <- new_mutex!(State {
                     region: Some(region),
                     added_end: geometry.first,
@@ -113,12 +137,25 @@ impl Worker {
                     stopping: false,
                     stopped: false,
                     told_unplug: false,
+                    notifier: None,
                 }),
                 work <- new_work!("virtio_mem_rust::Worker::work"),
                 retry <- new_delayed_work!("virtio_mem_rust::Worker::retry"),
             }),
             GFP_KERNEL,
         )
+    }
+
+    /// Registers the memory notifier that tracks onlining of the region's memory.
+    pub(crate) fn watch_memory(self: &Arc<Self>) -> Result {
+        let notifier = KBox::pin_init(MemoryNotifier::new(self.clone()), GFP_KERNEL)?;
+        self.state.lock().notifier = Some(notifier);
+        Ok(())
+    }
+
+    /// The most memory that may be added and still offline.
+    pub(crate) fn offline_limit(&self) -> u64 {
+        (2 * self.geometry.unit.get()).max(OFFLINE_LIMIT_MIN)
     }
 
     /// Queues a run now (the device's config changed). Callable from atomic context.
@@ -128,9 +165,18 @@ impl Worker {
     }
 
     /// Stops the run loop for unbind and waits until no work item runs or is queued. Memory
-    /// that stays added keeps its region reserved.
+    /// that stays added keeps its region reserved. Only the first call does anything.
     pub(crate) fn stop(self: &Arc<Self>) {
-        self.state.lock().stopping = true;
+        // Unregister the notifier first (it could queue work, and it holds a reference).
+        let notifier = {
+            let mut st = self.state.lock();
+            if st.stopping {
+                return;
+            }
+            st.stopping = true;
+            st.notifier.take()
+        };
+        drop(notifier);
         cancel_arc_work_sync::<Worker, 0>(self);
         cancel_arc_delayed_work_sync::<Worker, 1>(self);
 
@@ -184,8 +230,17 @@ impl Worker {
         st.told_unplug = false;
 
         let usable_end = self.addr + usable;
+        self.waiting_for_online.store(false, Ordering::Relaxed);
         while let Some((addr, size)) = self.geometry.next_plug(st.added_end, requested, usable_end)
         {
+            // Keep added-but-offline memory within the limit; the notifier resumes us.
+            let offline = u64::try_from(self.offline.load(Ordering::Relaxed)).unwrap_or(0);
+            let room = self.offline_limit().saturating_sub(offline);
+            let size = size.min(room - room % self.geometry.unit);
+            if size == 0 {
+                self.waiting_for_online.store(true, Ordering::Relaxed);
+                return;
+            }
             if let Err(again) = self.plug_and_add(&mut st, addr, size) {
                 if again {
                     self.retry_later(&mut st);
@@ -241,7 +296,10 @@ impl Worker {
         let Some(region) = st.region.as_mut() else {
             return Err(false);
         };
+        // Counted as offline before it is added: auto-onlining reports it online during the add.
+        self.offline.fetch_add(size as i64, Ordering::Relaxed);
         if let Err(e) = region.add_memory(&self.group, addr, size) {
+            self.offline.fetch_sub(size as i64, Ordering::Relaxed);
             dev_err!(
                 self.dev.as_ref(),
                 "adding memory [{:#x}-{:#x}] failed ({:?}); unplugging it again\n",
@@ -271,5 +329,31 @@ impl Worker {
         st.retry_secs = (st.retry_secs * 2).min(RETRY_MAX_SECS);
         let _ =
             workqueue::system_freezable().enqueue_delayed::<Arc<Worker>, 1>(self.clone(), delay);
+    }
+}
+
+impl MemoryNotifierHandler for Worker {
+    fn notify(this: &Arc<Self>, event: MemoryEvent, range: MemoryRange) -> Result {
+        let end = range.start + range.size;
+        if end <= this.geometry.first || range.start >= this.geometry.end {
+            return Ok(());
+        }
+        let size = range.size as i64;
+        match event {
+            MemoryEvent::Online => {
+                let offline = this.offline.fetch_sub(size, Ordering::Relaxed) - size;
+                let resume = (this.offline_limit() / 2) as i64;
+                // The notifier is unregistered before the work items are cancelled at unbind,
+                // so this cannot queue work after that.
+                if offline <= resume && this.waiting_for_online.swap(false, Ordering::Relaxed) {
+                    this.kick();
+                }
+            }
+            MemoryEvent::Offline => {
+                this.offline.fetch_add(size, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
