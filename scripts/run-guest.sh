@@ -51,20 +51,7 @@ done
 kernel=$KBUILD/arch/x86/boot/bzImage
 [ -f "$kernel" ] || die "no kernel at $kernel: run 'make build' first"
 
-# Sizes like 2G, 130M, 4G+130M -> bytes.
-to_bytes() {
-    local total=0 part n
-    IFS=+ read -ra parts <<<"$1"
-    for part in "${parts[@]}"; do
-        n=${part%[KkMmGgTt]}
-        case "$part" in
-            *[Kk]) n=$((n << 10)) ;; *[Mm]) n=$((n << 20)) ;;
-            *[Gg]) n=$((n << 30)) ;; *[Tt]) n=$((n << 40)) ;;
-        esac
-        total=$((total + n))
-    done
-    echo "$total"
-}
+source "$REPO/tools/testing/selftests/drivers/virtio_mem/sizes.sh"
 
 mkdir -p "$VMR_CACHE/run"
 qmp=${qmp:-$VMR_CACHE/run/qmp-$$.sock}

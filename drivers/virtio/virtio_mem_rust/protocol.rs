@@ -147,6 +147,14 @@ pub(crate) fn send(vq: &virtio::Virtqueue, req: &Request) -> Result<Option<Block
 mod tests {
     use super::*;
 
+    /// An answer as the device encodes it: type `ty`, and `state` for `STATE` requests.
+    fn answer(ty: u16, state: u16) -> [u8; RESP_SIZE] {
+        let mut b = [0u8; RESP_SIZE];
+        b[0..2].copy_from_slice(&ty.to_le_bytes());
+        b[8..10].copy_from_slice(&state.to_le_bytes());
+        b
+    }
+
     #[test]
     fn sizes_match_the_spec() {
         assert_eq!(REQ_SIZE, 24);
@@ -196,11 +204,7 @@ mod tests {
             addr: 0,
             nb_blocks: 1,
         };
-        let ans = |ty: u16| {
-            let mut b = [0u8; RESP_SIZE];
-            b[0..2].copy_from_slice(&ty.to_le_bytes());
-            b
-        };
+        let ans = |ty| answer(ty, 0);
         assert_eq!(decode(&plug, &ans(0)), Ok(None));
         assert_eq!(decode(&plug, &ans(1)), Err(Refusal::Nack));
         assert_eq!(decode(&plug, &ans(2)), Err(Refusal::Busy));
@@ -226,11 +230,7 @@ mod tests {
             addr: 0,
             nb_blocks: 4,
         };
-        let ans = |state: u16| {
-            let mut b = [0u8; RESP_SIZE];
-            b[8..10].copy_from_slice(&state.to_le_bytes());
-            b
-        };
+        let ans = |state| answer(0, state);
         assert_eq!(decode(&req, &ans(0)), Ok(Some(BlockState::Plugged)));
         assert_eq!(decode(&req, &ans(1)), Ok(Some(BlockState::Unplugged)));
         assert_eq!(decode(&req, &ans(2)), Ok(Some(BlockState::Mixed)));

@@ -7,6 +7,8 @@
 #   VMR_KO_C     path of the C driver's virtio_mem.ko
 #   VMCTL        path of the vmctl binary (speaks QMP over the guest's port)
 
+source "$(dirname "${BASH_SOURCE[0]}")/sizes.sh"
+
 KTAP_N=0
 KTAP_PASS=0
 KTAP_FAIL=0
@@ -102,19 +104,4 @@ wait_memtotal_kb() {
         sleep 0.05
     done
     echo "$now"
-}
-
-# Sizes like 4G, 130M, 4G+130M -> bytes.
-to_bytes() {
-    local total=0 part n
-    IFS=+ read -ra parts <<<"$1"
-    for part in "${parts[@]}"; do
-        n=${part%[KMGT]}
-        case "$part" in
-            *K) n=$((n << 10)) ;; *M) n=$((n << 20)) ;;
-            *G) n=$((n << 30)) ;; *T) n=$((n << 40)) ;;
-        esac
-        total=$((total + n))
-    done
-    echo "$total"
 }
