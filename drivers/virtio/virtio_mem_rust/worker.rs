@@ -230,17 +230,18 @@ impl Worker {
         st.told_unplug = false;
 
         let usable_end = self.addr + usable;
-        self.waiting_for_online.store(false, Ordering::Relaxed);
         while let Some((addr, size)) = self.geometry.next_plug(st.added_end, requested, usable_end)
         {
-            // Keep added-but-offline memory within the limit; the notifier resumes us.
-            let offline = u64::try_from(self.offline.load(Ordering::Relaxed)).unwrap_or(0);
+            // Keep added-but-offline memory within the limit; the notifier resumes us. Announce
+            // the wait before looking, so that memory onlined in between still wakes us.
+            self.waiting_for_online.store(true, Ordering::SeqCst);
+            let offline = u64::try_from(self.offline.load(Ordering::SeqCst)).unwrap_or(0);
             let room = self.offline_limit().saturating_sub(offline);
             let size = size.min(room - room % self.geometry.unit);
             if size == 0 {
-                self.waiting_for_online.store(true, Ordering::Relaxed);
                 return;
             }
+            self.waiting_for_online.store(false, Ordering::SeqCst);
             if let Err(again) = self.plug_and_add(&mut st, addr, size) {
                 if again {
                     self.retry_later(&mut st);
@@ -297,9 +298,9 @@ impl Worker {
             return Err(false);
         };
         // Counted as offline before it is added: auto-onlining reports it online during the add.
-        self.offline.fetch_add(size as i64, Ordering::Relaxed);
+        self.offline.fetch_add(size as i64, Ordering::SeqCst);
         if let Err(e) = region.add_memory(&self.group, addr, size) {
-            self.offline.fetch_sub(size as i64, Ordering::Relaxed);
+            self.offline.fetch_sub(size as i64, Ordering::SeqCst);
             dev_err!(
                 self.dev.as_ref(),
                 "adding memory [{:#x}-{:#x}] failed ({:?}); unplugging it again\n",
@@ -341,16 +342,16 @@ impl MemoryNotifierHandler for Worker {
         let size = range.size as i64;
         match event {
             MemoryEvent::Online => {
-                let offline = this.offline.fetch_sub(size, Ordering::Relaxed) - size;
+                let offline = this.offline.fetch_sub(size, Ordering::SeqCst) - size;
                 let resume = (this.offline_limit() / 2) as i64;
                 // The notifier is unregistered before the work items are cancelled at unbind,
                 // so this cannot queue work after that.
-                if offline <= resume && this.waiting_for_online.swap(false, Ordering::Relaxed) {
+                if offline <= resume && this.waiting_for_online.swap(false, Ordering::SeqCst) {
                     this.kick();
                 }
             }
             MemoryEvent::Offline => {
-                this.offline.fetch_add(size, Ordering::Relaxed);
+                this.offline.fetch_add(size, Ordering::SeqCst);
             }
             _ => {}
         }
