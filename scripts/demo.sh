@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job: boot a guest with virtio_mem_rust and a virtio-mem device.
-# With a terminal, the guest loads the driver, shows what it found and
-# leaves you in a shell; resize the device from the host with the vmctl
-# command printed below (or from the guest shell: $VMCTL resize vm0 SIZE).
-# Without a terminal it runs a scripted demo and exits.
+# The main job: boot a guest with virtio_mem_rust and a virtio-mem device and
+# show it follow resizes. With a terminal, the guest loads the driver, shows
+# what it found and leaves you in a shell; resize the device from the host
+# with the vmctl command printed below (or from the guest shell:
+# $VMCTL resize vm0 SIZE). Without a terminal it runs a scripted demo.
 source "$(dirname "$0")/common.sh"
 
 kver=$(cat "$KBUILD/include/config/kernel.release")
@@ -11,20 +11,19 @@ ko=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio/virtio_mem_rust/vi
 vmctl=$REPO/tools/vmctl/target/release/vmctl
 qmp=$VMR_CACHE/run/qmp-demo.sock
 size=${VMR_DEMO_SIZE:-16G} requested=${VMR_DEMO_REQUESTED:-1G}
-
-show='echo "--- loading virtio_mem_rust"; insmod '"$ko"'; sleep 1;
-dmesg | grep "virtio_mem_rust virtio"; echo "--- the device as QEMU sees it:"; '"$vmctl"' --port-name org.qemu.qmp0 info vm0'
+genv="VMR_KO_RUST=$ko VMCTL=$vmctl VMR_DEMO_REQUESTED=$requested"
 
 cat <<MSG
-Booting a guest (TCG, 2G of boot memory) with a virtio-mem-pci device "vm0":
-region $size, requested $requested. From another terminal on the host:
+Booting a guest (TCG, 2G of boot memory, new memory onlined movable) with a
+virtio-mem-pci device "vm0": region $size, requested $requested. From another
+terminal on the host:
   $vmctl --socket $qmp info vm0
   $vmctl --socket $qmp resize vm0 4G
 MSG
 
+guest=("$REPO/scripts/run-guest.sh" --qmp "$qmp" --append memhp_default_state=online_movable
+       --vmem "size=$size,requested=$requested,id=vm0")
 if [ -t 0 ] && [ -t 1 ]; then
-    exec "$REPO/scripts/run-guest.sh" --qmp "$qmp" --vmem "size=$size,requested=$requested,id=vm0" \
-        -- "$show; echo; echo 'VMCTL=$vmctl: try \$VMCTL resize vm0 2G, or exit to leave.'; VMCTL=$vmctl exec bash -i"
+    exec "${guest[@]}" -- "cd $REPO && export $genv VMR_DEMO_INTERACTIVE=1 && scripts/demo-guest.sh"
 fi
-exec "$REPO/scripts/run-guest.sh" --qmp "$qmp" --vmem "size=$size,requested=$requested,id=vm0" \
-    -- "$show; echo '--- asking QEMU for 2G: requested-size follows; size (plugged) stays until the plug path lands'; $vmctl --port-name org.qemu.qmp0 set-size vm0 2G; sleep 1; $vmctl --port-name org.qemu.qmp0 info vm0" </dev/null
+exec "${guest[@]}" -- "cd $REPO && export $genv && scripts/demo-guest.sh" </dev/null

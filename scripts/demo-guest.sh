@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Guest side of scripts/demo.sh. Environment: VMR_KO_RUST, VMCTL, VMR_DEMO_REQUESTED,
+# VMR_DEMO_INTERACTIVE.
+source "$(dirname "$0")/../tools/testing/selftests/drivers/virtio_mem/lib.sh"
+
+show() {
+    vmctl info vm0 | head -3
+    grep MemTotal /proc/meminfo
+    grep 'System RAM (virtio_mem)' /proc/iomem
+}
+
+echo "--- loading virtio_mem_rust (requested at boot: $VMR_DEMO_REQUESTED)"
+insmod "$VMR_KO_RUST"
+vmctl wait vm0 "$VMR_DEMO_REQUESTED" >/dev/null
+dmesg | grep "virtio_mem_rust virtio"
+show
+if [ -n "${VMR_DEMO_INTERACTIVE:-}" ]; then
+    echo
+    echo "VMCTL=$VMCTL: try \$VMCTL resize vm0 4G, or exit to leave."
+    exec bash -i
+fi
+# request:plugged (4G+130M plugs whole 128M memory blocks: 4G+128M)
+for step in 4G:4G 4G+130M:4G+128M 8G:8G; do
+    echo
+    echo "--- asking for ${step%%:*}"
+    vmctl set-size vm0 "${step%%:*}" >/dev/null
+    vmctl wait vm0 "${step#*:}" --wait-timeout-s 300 >/dev/null
+    sleep 0.5
+    show
+done
