@@ -353,7 +353,7 @@ impl<H: MemoryNotifierHandler + 'static> MemoryNotifier<H> {
         })
     }
 
-    unsafe extern "C" fn callback(
+    extern "C" fn callback(
         nb: *mut bindings::notifier_block,
         action: c_ulong,
         data: *mut c_void,
