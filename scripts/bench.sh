@@ -9,9 +9,7 @@ source "$(dirname "$0")/common.sh"
 "$REPO/scripts/build.sh" >/dev/null
 (cd "$REPO/tools/vmctl" && cargo build --release --quiet)
 
-kver=$(cat "$KBUILD/include/config/kernel.release")
-moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
-genv="VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$REPO/tools/vmctl/target/release/vmctl"
+genv=$(guest_env)
 vmems=()
 for d in c8:8G r8:8G c16:16G r16:16G; do
     vmems+=(--vmem "size=${d#*:},block=2M,id=${d%%:*}")

@@ -72,3 +72,14 @@ private_apt() {
         -o APT::Get::List-Cleanup=0 \
         "$@"
 }
+
+# Where the guests find what they need, all on the host filesystem they see:
+# the two drivers' modules and vmctl. Prints "VAR=value ..." for `export` in
+# a guest command line.
+VMCTL_BIN=$REPO/tools/vmctl/target/release/vmctl
+guest_env() {
+    local kver moddir
+    kver=$(cat "$KBUILD/include/config/kernel.release")
+    moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
+    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$VMCTL_BIN"
+}

@@ -6,12 +6,10 @@
 # $VMCTL resize vm0 SIZE). Without a terminal it runs a scripted demo.
 source "$(dirname "$0")/common.sh"
 
-kver=$(cat "$KBUILD/include/config/kernel.release")
-ko=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio/virtio_mem_rust/virtio_mem_rust.ko
-vmctl=$REPO/tools/vmctl/target/release/vmctl
+vmctl=$VMCTL_BIN
 qmp=$VMR_CACHE/run/qmp-demo.sock
 size=${VMR_DEMO_SIZE:-16G} requested=${VMR_DEMO_REQUESTED:-1G}
-genv="VMR_KO_RUST=$ko VMCTL=$vmctl VMR_DEMO_REQUESTED=$requested"
+genv="$(guest_env) VMR_DEMO_REQUESTED=$requested"
 
 cat <<MSG
 Booting a guest (TCG, 2G of boot memory, new memory onlined movable) with a

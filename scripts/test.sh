@@ -26,13 +26,10 @@ f=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\2/p' "$
 if [ -z "$p" ]; then tail -n 30 "$results/vmctl.log"; p=0 f=1; fi
 [ "$f" = 0 ] || grep -E '^(test .* FAILED|failures:|---- )' "$results/vmctl.log" | head -n 20
 count vmctl "$p" "$f"
-VMCTL=$REPO/tools/vmctl/target/release/vmctl
 
 # --- guest tests ---------------------------------------------------------------
-kver=$(cat "$KBUILD/include/config/kernel.release")
-moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
 tests=$REPO/tools/testing/selftests/drivers/virtio_mem
-genv="VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$VMCTL"
+genv=$(guest_env)
 
 # guest NAME NSCRIPTS "run-guest options" "guest command"
 # NSCRIPTS: how many KTAP test scripts the command runs (a script that never

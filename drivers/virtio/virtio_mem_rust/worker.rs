@@ -181,7 +181,7 @@ impl Worker {
         cancel_arc_delayed_work_sync::<Worker, 1>(self);
 
         let mut st = self.state.lock();
-        let added = st.added_end - self.geometry.first;
+        let added = self.plugged_in(&st);
         if added > 0 {
             dev_warn!(
                 self.dev.as_ref(),
@@ -196,7 +196,12 @@ impl Worker {
 
     /// Bytes plugged and added by this binding.
     pub(crate) fn plugged(&self) -> u64 {
-        self.state.lock().added_end - self.geometry.first
+        self.plugged_in(&self.state.lock())
+    }
+
+    /// Bytes plugged and added, from the locked state.
+    fn plugged_in(&self, st: &State) -> u64 {
+        st.added_end - self.geometry.first
     }
 
     /// One run: plug toward the requested size until it is met or something stops us.
@@ -213,7 +218,7 @@ impl Worker {
                 return self.retry_later(&mut st);
             }
         };
-        let plugged = st.added_end - self.geometry.first;
+        let plugged = self.plugged_in(&st);
         if requested < plugged {
             if !st.told_unplug {
                 dev_info!(
