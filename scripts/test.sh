@@ -83,6 +83,10 @@ rm -f "$backing"
 guest backing 1 "--append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=16G,block=2M,id=vm0,backend=file:$backing" \
     "VMR_BACKING=/mnt/${backing##*/} $tests/backing.sh"
 rm -f "$backing"
+guest partial 1 "--rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing" \
+    "VMR_BACKING=/mnt/${backing##*/} $tests/partial.sh"
+rm -f "$backing"
+guest unplug-all 1 "--vmem size=4G,block=2M,id=vm0" "$tests/unplug_all.sh"
 guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 40)),id=vm0" \
     "$tests/bad_config.sh"
 

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
+#include <linux/mm.h>
 #include <linux/mmzone.h>
+#include <linux/page-flags.h>
+#include <linux/page_ref.h>
 #include <linux/pageblock-flags.h>
 
 #ifdef CONFIG_RUST_MEMORY_HOTPLUG_ABSTRACTIONS
@@ -8,6 +11,56 @@
 __rust_helper unsigned long rust_helper_pageblock_nr_pages(void)
 {
 	return pageblock_nr_pages;
+}
+
+__rust_helper struct page *rust_helper_pfn_to_page(unsigned long pfn)
+{
+	return pfn_to_page(pfn);
+}
+
+__rust_helper unsigned long rust_helper_page_to_pfn(const struct page *page)
+{
+	return page_to_pfn(page);
+}
+
+__rust_helper bool rust_helper_PageOffline(const struct page *page)
+{
+	return PageOffline(page);
+}
+
+__rust_helper bool rust_helper_PageDirty(const struct page *page)
+{
+	return PageDirty(page);
+}
+
+__rust_helper void rust_helper_SetPageDirty(struct page *page)
+{
+	SetPageDirty(page);
+}
+
+__rust_helper void rust_helper_ClearPageDirty(struct page *page)
+{
+	ClearPageDirty(page);
+}
+
+__rust_helper int rust_helper_page_ref_count(const struct page *page)
+{
+	return page_ref_count(page);
+}
+
+__rust_helper void rust_helper_page_ref_inc(struct page *page)
+{
+	page_ref_inc(page);
+}
+
+__rust_helper bool rust_helper_page_ref_dec_and_test(struct page *page)
+{
+	return page_ref_dec_and_test(page);
+}
+
+__rust_helper bool rust_helper_is_zone_movable_page(const struct page *page)
+{
+	return is_zone_movable_page(page);
 }
 
 #endif /* CONFIG_RUST_MEMORY_HOTPLUG_ABSTRACTIONS */

@@ -8,7 +8,12 @@
 //! Queries about where and in which units memory can be hot(un)plugged and the NUMA node of
 //! hotplugged memory; [`SystemRamRegion`], the exclusive reservation of a physical range that a
 //! driver manages as System RAM; [`MemoryGroup`], the memory group its memory blocks belong to;
-//! [`MemoryNotifier`], which tells a handler when memory goes online or offline.
+//! [`MemoryNotifier`], which tells a handler when memory goes online or offline;
+//! [`OnlinePageCallback`], which lets a handler keep pages of memory being onlined offline.
+
+mod online_page;
+
+pub use online_page::{OnlinePageCallback, OnlinePageHandler, OnliningPages, SplitPages};
 
 use crate::{
     bindings, container_of, error::to_result, prelude::*, str::CString, sync::Arc, types::Opaque,
@@ -311,12 +316,111 @@ pub struct MemoryRange {
     pub size: u64,
 }
 
+/// One memory event, as a [`MemoryNotifierHandler`] receives it.
+///
+/// # Invariants
+///
+/// The memory notifier chain is running for `event` on the memory blocks of `range`, so their
+/// memmap is initialized.
+pub struct MemoryNotification {
+    event: MemoryEvent,
+    range: MemoryRange,
+}
+
+impl MemoryNotification {
+    /// What happens to the memory.
+    pub fn event(&self) -> MemoryEvent {
+        self.event
+    }
+
+    /// The memory it happens to.
+    pub fn range(&self) -> MemoryRange {
+        self.range
+    }
+
+    /// Whether the memory belongs (or, going online, will belong) to `ZONE_MOVABLE`.
+    pub fn is_movable(&self) -> bool {
+        let pfn = (self.range.start >> crate::page::PAGE_SHIFT) as c_ulong;
+        // SAFETY: By the type invariant the memmap of the range is initialized; the zone is
+        // set before memory goes online and kept until it went offline.
+        unsafe { bindings::is_zone_movable_page(bindings::pfn_to_page(pfn)) }
+    }
+
+    /// Checks that `[start, start + size)` is a non-empty, page-aligned part of the range and
+    /// returns its pfns.
+    fn pfns(&self, start: u64, size: u64) -> Result<core::ops::Range<c_ulong>> {
+        let end = start.checked_add(size).ok_or(EINVAL)?;
+        let mask = crate::page::PAGE_SIZE as u64 - 1;
+        if size == 0
+            || start < self.range.start
+            || end > self.range.start + self.range.size
+            || (start | size) & mask != 0
+        {
+            return Err(EINVAL);
+        }
+        let shift = crate::page::PAGE_SHIFT;
+        Ok((start >> shift) as c_ulong..(end >> shift) as c_ulong)
+    }
+
+    /// While memory goes offline ([`MemoryEvent::GoingOffline`]): drops the reference of the
+    /// pages of `[start, start + size)`, which the handler's driver keeps offline
+    /// (`PageOffline()` with one reference), so that offlining skips them as unused. Undo it
+    /// with [`Self::reacquire_offline_pages`] if offlining is cancelled. Fails with `EINVAL`,
+    /// changing nothing, for another event, a range outside the event's, or any page that is not
+    /// `PageOffline()` with exactly one reference.
+    pub fn release_offline_pages(&self, start: u64, size: u64) -> Result {
+        if self.event != MemoryEvent::GoingOffline {
+            return Err(EINVAL);
+        }
+        let pfns = self.pfns(start, size)?;
+        // SAFETY: The memmap of the range is initialized (type invariant).
+        let ok = pfns.clone().all(|pfn| unsafe {
+            let page = bindings::pfn_to_page(pfn);
+            bindings::PageOffline(page) && bindings::page_ref_count(page) == 1
+        });
+        if !ok {
+            return Err(EINVAL);
+        }
+        for pfn in pfns {
+            // SAFETY: An offline page with one reference: ours, as the caller keeps it offline.
+            // Offlining treats `PageOffline()` pages without references as never used.
+            unsafe { bindings::page_ref_dec_and_test(bindings::pfn_to_page(pfn)) };
+        }
+        Ok(())
+    }
+
+    /// While offlining is cancelled ([`MemoryEvent::CancelOffline`]): takes back the reference
+    /// that [`Self::release_offline_pages`] dropped. Fails with `EINVAL`, changing nothing, for
+    /// another event, a range outside the event's, or any page that is not `PageOffline()`
+    /// without references.
+    pub fn reacquire_offline_pages(&self, start: u64, size: u64) -> Result {
+        if self.event != MemoryEvent::CancelOffline {
+            return Err(EINVAL);
+        }
+        let pfns = self.pfns(start, size)?;
+        // SAFETY: The memmap of the range is initialized (type invariant).
+        let ok = pfns.clone().all(|pfn| unsafe {
+            let page = bindings::pfn_to_page(pfn);
+            bindings::PageOffline(page) && bindings::page_ref_count(page) == 0
+        });
+        if !ok {
+            return Err(EINVAL);
+        }
+        for pfn in pfns {
+            // SAFETY: The page is offline without references: the caller released it when
+            // offlining began, and takes its reference back.
+            unsafe { bindings::page_ref_inc(bindings::pfn_to_page(pfn)) };
+        }
+        Ok(())
+    }
+}
+
 /// Receives memory events; see [`MemoryNotifier`].
 pub trait MemoryNotifierHandler: Send + Sync {
     /// Called for every memory event in the system, with the memory hotplug lock held: it must
     /// not add or remove memory, nor wait for anything that does. An error returned for
     /// `GoingOnline` or `GoingOffline` vetoes the operation; for other events it is ignored.
-    fn notify(this: &Arc<Self>, event: MemoryEvent, range: MemoryRange) -> Result;
+    fn notify(this: &Arc<Self>, notification: &MemoryNotification) -> Result;
 }
 
 /// A registered memory notifier: `handler` hears about memory going online and offline until
@@ -372,7 +476,9 @@ impl<H: MemoryNotifierHandler + 'static> MemoryNotifier<H> {
             start: (mhp.start_pfn as u64) << shift,
             size: (mhp.nr_pages as u64) << shift,
         };
-        match H::notify(&this.handler, event, range) {
+        // INVARIANT: The chain runs for `event` on `range`.
+        let notification = MemoryNotification { event, range };
+        match H::notify(&this.handler, &notification) {
             Ok(()) => bindings::NOTIFY_OK as c_int,
             // `notifier_from_errno()`.
             Err(e) => {

@@ -52,6 +52,16 @@ impl Geometry {
         })
     }
 
+    /// The most units plugged with one request and added with one call: one request carries at
+    /// most `u16::MAX` device blocks, and a batch is at most [`MAX_BATCH`] (but one unit).
+    pub(crate) fn max_units(&self) -> u64 {
+        let per_request = NonZeroU64::new(self.unit.get() / self.block_size)
+            .map_or(1, |blocks_per_unit| {
+                (u64::from(u16::MAX) / blocks_per_unit).max(1)
+            });
+        per_request.min((MAX_BATCH / self.unit).max(1))
+    }
+
     /// The next range to plug, as `(start, size)`, given that `[first, added_end)` is plugged
     /// and added, the device asks for `requested` bytes and allows plugging below
     /// `usable_end`. `None` when nothing (more) can be plugged: the request is met to within a
@@ -69,15 +79,7 @@ impl Geometry {
             return None;
         }
         let room = usable_end.min(self.end).saturating_sub(added_end) / unit;
-        // One request carries at most u16::MAX device blocks.
-        let per_request = NonZeroU64::new(unit.get() / self.block_size)
-            .map_or(1, |blocks_per_unit| {
-                (u64::from(u16::MAX) / blocks_per_unit).max(1)
-            });
-        let units = ((want - plugged) / unit)
-            .min(room)
-            .min(per_request)
-            .min((MAX_BATCH / unit).max(1));
+        let units = ((want - plugged) / unit).min(room).min(self.max_units());
         (units > 0).then(|| (added_end, units * unit.get()))
     }
 }

@@ -8,10 +8,12 @@
 //! - [`config`]: the device's configuration space, read and validated at probe.
 //! - [`protocol`]: the requests on the virtqueue and the device's answers.
 //! - [`plug`]: which part of the region to plug next.
+//! - [`sbm`]: sub-block mode, the state of every memory block and its sub-blocks.
 //! - [`worker`]: the run loop that follows the requested size, with retries.
 //!
 //! The upstream C driver, `drivers/virtio/virtio_mem.c`, is the reference this driver matches.
 
+use core::num::NonZeroU64;
 use kernel::{
     bindings, c_str,
     device::Core,
@@ -26,6 +28,7 @@ use kernel::{
 mod config;
 mod plug;
 mod protocol;
+mod sbm;
 mod worker;
 
 use config::DeviceConfig;
@@ -220,7 +223,22 @@ impl virtio::Driver for VirtioMemDriver {
         .ok_or(EINVAL)?;
 
         let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
-        let worker = Worker::new(dev, vq, geometry, group, region)?;
+        let sb_size = match mode {
+            Mode::SubBlock { sb_size } => Some(NonZeroU64::new(sb_size).ok_or(EINVAL)?),
+            Mode::BigBlock { .. } => None,
+        };
+        if config.plugged_size > 0 {
+            dev_info!(dev, "unplugging all memory is required\n");
+        }
+        let worker = Worker::new(
+            dev,
+            vq,
+            geometry,
+            sb_size,
+            config.plugged_size,
+            group,
+            region,
+        )?;
         worker.watch_memory()?;
         // Requests need the device ready; then plug what is requested already.
         dev.ready();

@@ -18,16 +18,18 @@ use crate::{
     config::Raw,
     plug::Geometry,
     protocol::{self, Refusal, Request, SendError},
+    sbm::{BlockState, OnlineDecision, SubBlocks, Transition},
 };
 use core::{
     mem::offset_of,
+    num::NonZeroU64,
     sync::atomic::{AtomicBool, AtomicI64, Ordering},
 };
 use kernel::{
     device,
     memory_hotplug::{
-        MemoryEvent, MemoryGroup, MemoryNotifier, MemoryNotifierHandler, MemoryRange,
-        SystemRamRegion,
+        MemoryEvent, MemoryGroup, MemoryNotification, MemoryNotifier, MemoryNotifierHandler,
+        OnlinePageCallback, OnlinePageHandler, OnliningPages, SystemRamRegion,
     },
     new_mutex,
     prelude::*,
@@ -52,7 +54,8 @@ const OFFLINE_LIMIT_MIN: u64 = 1 << 30;
 struct State {
     /// The device's reserved region; `None` once unbound.
     region: Option<SystemRamRegion>,
-    /// End of the plugged and added run of units `[geometry.first, added_end)`.
+    /// Big-block mode: end of the plugged and added run of big blocks `[geometry.first,
+    /// added_end)`.
     added_end: u64,
     /// Delay before the next retry.
     retry_secs: u32,
@@ -60,13 +63,25 @@ struct State {
     stopping: bool,
     /// The device answered with nonsense or `ERROR`: no more requests until rebound.
     stopped: bool,
+    /// The device has memory plugged from before we were bound: unplug it all first.
+    unplug_all: bool,
     /// Whether the "cannot unplug yet" message was logged for the current request.
     told_unplug: bool,
+    /// Whether the message that the online-page callback is taken was logged.
+    told_no_callback: bool,
     /// The memory notifier, registered while bound (it holds a reference to the worker).
     notifier: Option<Pin<KBox<MemoryNotifier<Worker>>>>,
+    /// Sub-block mode: the online-page callback, registered while an added block is partly
+    /// plugged (it holds a reference to the worker). Dropped without holding `blocks`, which
+    /// the callback takes.
+    online_cb: Option<OnlinePageCallback<Worker>>,
 }
 
 /// The per-device run loop, shared by its work items and the driver's data.
+///
+/// Lock order: `state`, then `blocks`. The memory notifier and the online-page callback take
+/// only `blocks` (they run while memory is added, with `state` held), so `blocks` is never held
+/// while adding, removing, onlining or offlining memory.
 #[pin_data]
 pub(crate) struct Worker {
     dev: ARef<virtio::Device>,
@@ -75,6 +90,8 @@ pub(crate) struct Worker {
     vq: virtio::Virtqueue,
     geometry: Geometry,
     group: MemoryGroup,
+    /// Sub-block mode (`blocks` tracks the region) rather than big-block mode.
+    sub_blocks: bool,
     /// Bytes of the region that are added but offline (a signed count, updated from the memory
     /// notifier without the state lock, which is held while memory is added and onlined).
     offline: AtomicI64,
@@ -82,6 +99,10 @@ pub(crate) struct Worker {
     waiting_for_online: AtomicBool,
     #[pin]
     state: Mutex<State>,
+    /// Sub-block mode: the state of every memory block; its `removing` flag stops onlining and
+    /// the notifier's kicks at unbind in both modes.
+    #[pin]
+    blocks: Mutex<SubBlocks>,
     #[pin]
     work: Work<Worker, 0>,
     #[pin]
@@ -113,14 +134,24 @@ impl WorkItem<1> for Worker {
 }
 
 impl Worker {
-    /// Creates the run loop of a device; nothing runs until [`Worker::kick`].
+    /// Creates the run loop of a device; nothing runs until [`Worker::kick`]. `sb_size` is
+    /// the sub-block size in sub-block mode (`None`: big-block mode); `plugged_size` is what
+    /// the device has plugged already.
     pub(crate) fn new(
         dev: &virtio::Device<device::Bound>,
         vq: virtio::Virtqueue,
         geometry: Geometry,
+        sb_size: Option<NonZeroU64>,
+        plugged_size: u64,
         group: MemoryGroup,
         region: SystemRamRegion,
     ) -> Result<Arc<Self>> {
+        let sbm = SubBlocks::new(
+            geometry.first,
+            geometry.end,
+            geometry.unit,
+            sb_size.unwrap_or(geometry.unit),
+        );
         Arc::pin_init(
             try_pin_init!(Worker {
                 dev: dev.into(),
@@ -128,6 +159,7 @@ impl Worker {
                 vq,
                 geometry,
                 group,
+                sub_blocks: sb_size.is_some(),
                 offline: AtomicI64::new(0),
                 waiting_for_online: AtomicBool::new(false),
                 state <- new_mutex!(State {
@@ -136,9 +168,13 @@ impl Worker {
                     retry_secs: RETRY_MIN_SECS,
                     stopping: false,
                     stopped: false,
+                    unplug_all: plugged_size > 0,
                     told_unplug: false,
+                    told_no_callback: false,
                     notifier: None,
+                    online_cb: None,
                 }),
+                blocks <- new_mutex!(sbm),
                 work <- new_work!("virtio_mem_rust::Worker::work"),
                 retry <- new_delayed_work!("virtio_mem_rust::Worker::retry"),
             }),
@@ -167,41 +203,106 @@ impl Worker {
     /// Stops the run loop for unbind and waits until no work item runs or is queued. Memory
     /// that stays added keeps its region reserved. Only the first call does anything.
     pub(crate) fn stop(self: &Arc<Self>) {
-        // Unregister the notifier first (it could queue work, and it holds a reference).
-        let notifier = {
+        {
             let mut st = self.state.lock();
             if st.stopping {
                 return;
             }
             st.stopping = true;
-            st.notifier.take()
-        };
-        drop(notifier);
+        }
+        // From here on memory of the region is not onlined and the notifier queues no work.
+        self.blocks.lock().removing = true;
         cancel_arc_work_sync::<Worker, 0>(self);
         cancel_arc_delayed_work_sync::<Worker, 1>(self);
 
         let mut st = self.state.lock();
-        let added = self.plugged_in(&st);
+        if self.sub_blocks {
+            self.remove_offline_blocks(&mut st);
+        }
+        // Unregister the notifier, then the online-page callback: no partly plugged block is
+        // offline any more, so nothing that needs the callback can be onlined.
+        st.notifier = None;
+        st.online_cb = None;
+        let added = st.region.as_ref().map_or(0, |r| r.added());
         if added > 0 {
             dev_warn!(
                 self.dev.as_ref(),
-                "{:#x} bytes of memory stay added to the system (unplug is not supported yet); \
-                 the region stays reserved, so the device cannot be bound again\n",
-                added
+                "{:#x} bytes of memory stay added to the system ({:#x} plugged; unplug is not \
+                 supported yet); the region stays reserved, so the device cannot be bound again\n",
+                added,
+                self.plugged_in(&st)
             );
         }
         // Releases the reservation, or keeps it while memory stays added.
         st.region = None;
     }
 
-    /// Bytes plugged and added by this binding.
+    /// At unbind: removes the blocks that are offline. Partly plugged ones must go: without
+    /// the online-page callback, onlining them would hand unplugged memory to the kernel; the
+    /// others are not in use either, and removing them lets the device be bound again. If
+    /// nothing stays added, everything is unplugged (`UNPLUG_ALL`); otherwise the device keeps
+    /// the removed blocks plugged until the next driver unplugs them.
+    fn remove_offline_blocks(&self, st: &mut State) {
+        let (len, mb_size) = {
+            let b = self.blocks.lock();
+            (b.len(), b.mb_size().get())
+        };
+        for mb in 0..len {
+            let addr = {
+                let b = self.blocks.lock();
+                if b.state(mb) != BlockState::Offline {
+                    continue;
+                }
+                b.block_addr(mb)
+            };
+            let Some(region) = st.region.as_mut() else {
+                return;
+            };
+            match region.remove_memory(addr, mb_size) {
+                Ok(()) => {
+                    self.offline.fetch_sub(mb_size as i64, Ordering::SeqCst);
+                    self.blocks.lock().set_state(mb, BlockState::Unused);
+                }
+                Err(e) => dev_err!(
+                    self.dev.as_ref(),
+                    "removing the offline block [{:#x}-{:#x}] failed: {:?}\n",
+                    addr,
+                    addr + mb_size - 1,
+                    e
+                ),
+            }
+        }
+        let nothing_added = !matches!(st.region.as_ref(), Some(r) if r.added() > 0);
+        if nothing_added && self.plugged_in(st) > 0 && !st.stopped {
+            match protocol::send(&self.vq, &Request::UnplugAll) {
+                Ok(_) => {
+                    let mut b = self.blocks.lock();
+                    let per = b.sbs_per_mb();
+                    for mb in 0..len {
+                        b.set_plugged(mb, 0, per, false);
+                    }
+                }
+                Err(e) => dev_warn!(
+                    self.dev.as_ref(),
+                    "unplugging all memory at unbind failed ({:?}); the next driver will\n",
+                    e
+                ),
+            }
+        }
+    }
+
+    /// Bytes plugged by this binding.
     pub(crate) fn plugged(&self) -> u64 {
         self.plugged_in(&self.state.lock())
     }
 
-    /// Bytes plugged and added, from the locked state.
+    /// Bytes plugged by this binding, from the locked state.
     fn plugged_in(&self, st: &State) -> u64 {
-        st.added_end - self.geometry.first
+        if self.sub_blocks {
+            self.blocks.lock().plugged_bytes()
+        } else {
+            st.added_end - self.geometry.first
+        }
     }
 
     /// One run: plug toward the requested size until it is met or something stops us.
@@ -218,6 +319,20 @@ impl Worker {
                 return self.retry_later(&mut st);
             }
         };
+        if st.unplug_all {
+            // Memory plugged before we were bound (e.g. before a reboot or by another driver)
+            // is not added by us: start from nothing.
+            if let Err(again) = self.request(&mut st, &Request::UnplugAll) {
+                if again {
+                    self.retry_later(&mut st);
+                }
+                return;
+            }
+            dev_info!(self.dev.as_ref(), "unplugged all memory plugged from before\n");
+            st.unplug_all = false;
+            // The usable region may have shrunk.
+            return self.kick();
+        }
         let plugged = self.plugged_in(&st);
         if requested < plugged {
             if !st.told_unplug {
@@ -233,29 +348,258 @@ impl Worker {
             return;
         }
         st.told_unplug = false;
-
         let usable_end = self.addr + usable;
+        if self.sub_blocks {
+            self.plug_sbm(&mut st, requested, usable_end);
+        } else {
+            self.plug_bbm(&mut st, requested, usable_end);
+        }
+    }
+
+    /// Room for more added-but-offline memory, in bytes (a multiple of the unit). Announces the
+    /// wait for onlining before looking, so that memory onlined in between still wakes us; the
+    /// caller clears it if it goes on.
+    fn offline_room(&self) -> u64 {
+        self.waiting_for_online.store(true, Ordering::SeqCst);
+        let offline = u64::try_from(self.offline.load(Ordering::SeqCst)).unwrap_or(0);
+        let room = self.offline_limit().saturating_sub(offline);
+        room - room % self.geometry.unit
+    }
+
+    /// Big-block mode: plug and add whole big blocks, one contiguous run from the start.
+    fn plug_bbm(self: &Arc<Self>, st: &mut State, requested: u64, usable_end: u64) {
         while let Some((addr, size)) = self.geometry.next_plug(st.added_end, requested, usable_end)
         {
-            // Keep added-but-offline memory within the limit; the notifier resumes us. Announce
-            // the wait before looking, so that memory onlined in between still wakes us.
-            self.waiting_for_online.store(true, Ordering::SeqCst);
-            let offline = u64::try_from(self.offline.load(Ordering::SeqCst)).unwrap_or(0);
-            let room = self.offline_limit().saturating_sub(offline);
-            let size = size.min(room - room % self.geometry.unit);
+            // Keep added-but-offline memory within the limit; the notifier resumes us.
+            let size = size.min(self.offline_room());
             if size == 0 {
                 return;
             }
             self.waiting_for_online.store(false, Ordering::SeqCst);
-            if let Err(again) = self.plug_and_add(&mut st, addr, size) {
+            if let Err(again) = self.plug_and_add(st, addr, size) {
                 if again {
-                    self.retry_later(&mut st);
+                    self.retry_later(st);
                 }
                 return;
             }
             st.added_end = addr + size;
             st.retry_secs = RETRY_MIN_SECS;
         }
+    }
+
+    /// Sub-block mode: plug sub-blocks into partly plugged blocks first, then add new memory
+    /// blocks, whole ones in batches and the rest as one partly plugged block.
+    fn plug_sbm(self: &Arc<Self>, st: &mut State, requested: u64, usable_end: u64) {
+        if let Err(e) = self.blocks.lock().grow(usable_end) {
+            dev_err!(self.dev.as_ref(), "tracking the usable region failed: {:?}\n", e);
+            return self.retry_later(st);
+        }
+        let (sb_size, sbs_per_mb) = {
+            let b = self.blocks.lock();
+            (b.sb_size(), b.sbs_per_mb())
+        };
+        // Sub-blocks one request can carry.
+        let max_sbs_per_request = usize::try_from(
+            (u64::from(u16::MAX) * self.geometry.block_size.get() / sb_size).max(1),
+        )
+        .unwrap_or(usize::MAX);
+        loop {
+            let plugged = self.blocks.lock().plugged_bytes();
+            let want = usize::try_from(requested.saturating_sub(plugged) / sb_size)
+                .unwrap_or(usize::MAX);
+            if want == 0 {
+                break;
+            }
+            let done = match self.plug_partial(st, want.min(max_sbs_per_request)) {
+                Ok(done) => done,
+                Err(again) => {
+                    if again {
+                        self.retry_later(st);
+                    }
+                    break;
+                }
+            };
+            if done {
+                st.retry_secs = RETRY_MIN_SECS;
+                continue;
+            }
+            // New blocks: whole ones while a whole one is wanted, then one partly plugged.
+            let whole = want / sbs_per_mb;
+            let room = usize::try_from(self.offline_room() / self.geometry.unit)
+                .unwrap_or(usize::MAX);
+            if room == 0 {
+                break;
+            }
+            let (max_blocks, nr_sbs) = if whole > 0 {
+                let max = usize::try_from(self.geometry.max_units()).unwrap_or(1);
+                (whole.min(max).min(room), None)
+            } else {
+                if !self.ensure_online_callback(st) {
+                    break;
+                }
+                (1, Some(want.min(max_sbs_per_request)))
+            };
+            self.waiting_for_online.store(false, Ordering::SeqCst);
+            let Some((mb, count)) = self.blocks.lock().unused_run(max_blocks) else {
+                // The usable region is full.
+                break;
+            };
+            let nr_sbs = nr_sbs.unwrap_or(count * sbs_per_mb);
+            if let Err(again) = self.plug_new_blocks(st, mb, nr_sbs) {
+                if again {
+                    self.retry_later(st);
+                }
+                break;
+            }
+            st.retry_secs = RETRY_MIN_SECS;
+        }
+        // Give the online-page callback back when no added block needs it.
+        let needed = self.blocks.lock().any_partial_added();
+        if !needed {
+            st.online_cb = None;
+        }
+    }
+
+    /// Registers the online-page callback unless it is registered; says whether it is.
+    fn ensure_online_callback(self: &Arc<Self>, st: &mut State) -> bool {
+        if st.online_cb.is_some() {
+            return true;
+        }
+        match OnlinePageCallback::register(self.addr, self.geometry.end - self.addr, self.clone())
+        {
+            Ok(cb) => {
+                st.online_cb = Some(cb);
+                true
+            }
+            Err(e) => {
+                if !st.told_no_callback {
+                    dev_warn!(
+                        self.dev.as_ref(),
+                        "cannot register the online-page callback ({:?}; another driver, such as \
+                         virtio_mem, holds it?): plugging whole memory blocks only\n",
+                        e
+                    );
+                    st.told_no_callback = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// Plugs up to `max_sbs` sub-blocks into a partly plugged block, if there is one that is not
+    /// in a transition. `Ok(false)` if there is none.
+    fn plug_partial(&self, st: &mut State, max_sbs: usize) -> Result<bool, bool> {
+        // Hold the block states during the request, so that the block is not onlined or
+        // offlined meanwhile.
+        let mut b = self.blocks.lock();
+        let Some(mb) = b.next_partial() else {
+            return Ok(false);
+        };
+        let Some((sb, count)) = b.unplugged_run(mb, max_sbs) else {
+            return Ok(false);
+        };
+        let sb_size = b.sb_size().get();
+        let addr = b.block_addr(mb) + sb as u64 * sb_size;
+        let size = count as u64 * sb_size;
+        let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
+        self.request(st, &Request::Plug { addr, nb_blocks })?;
+        b.set_plugged(mb, sb, count, true);
+        if let BlockState::Online { .. } = b.state(mb) {
+            // The pages were kept offline when the block was onlined: hand them over.
+            let res = match st.online_cb.as_mut() {
+                Some(cb) => cb.fake_online(addr, size),
+                None => Err(ENOENT),
+            };
+            if let Err(e) = res {
+                dev_err!(
+                    self.dev.as_ref(),
+                    "cannot online the plugged pages [{:#x}-{:#x}] ({:?}); they stay unused\n",
+                    addr,
+                    addr + size - 1,
+                    e
+                );
+            }
+        }
+        Ok(true)
+    }
+
+    /// Plugs the first `nr_sbs` sub-blocks from block `mb` on (unused blocks) and adds their
+    /// blocks to the system.
+    fn plug_new_blocks(&self, st: &mut State, mb: usize, nr_sbs: usize) -> Result<(), bool> {
+        let (addr, sb_size, sbs_per_mb, mb_size) = {
+            let b = self.blocks.lock();
+            (b.block_addr(mb), b.sb_size().get(), b.sbs_per_mb(), b.mb_size().get())
+        };
+        let nr_blocks = nr_sbs.div_ceil(sbs_per_mb);
+        let size = nr_sbs as u64 * sb_size;
+        let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
+        self.request(st, &Request::Plug { addr, nb_blocks })?;
+        // Mark them added before adding: onlining during the add looks them up.
+        self.set_new_blocks(mb, nr_blocks, nr_sbs, true);
+        let added = nr_blocks as u64 * mb_size;
+        if let Err(e) = self.add(st, addr, added) {
+            self.set_new_blocks(mb, nr_blocks, nr_sbs, false);
+            return self.unplug_after_failed_add(st, addr, size, nb_blocks, e);
+        }
+        Ok(())
+    }
+
+    /// Marks `nr_blocks` blocks from `mb` on as added with their first `nr_sbs` sub-blocks
+    /// plugged, or back as unused and unplugged.
+    fn set_new_blocks(&self, mb: usize, nr_blocks: usize, nr_sbs: usize, added: bool) {
+        let mut b = self.blocks.lock();
+        let per = b.sbs_per_mb();
+        for i in 0..nr_blocks {
+            let sbs = (nr_sbs - i * per).min(per);
+            b.set_plugged(mb + i, 0, sbs, added);
+            let state = if added {
+                BlockState::Offline
+            } else {
+                BlockState::Unused
+            };
+            b.set_state(mb + i, state);
+        }
+    }
+
+    /// Adds `[addr, addr + size)` (plugged) to the system, counting it offline until onlined.
+    fn add(&self, st: &mut State, addr: u64, size: u64) -> Result {
+        let region = st.region.as_mut().ok_or(ENODEV)?;
+        // Counted as offline before it is added: auto-onlining reports it online during the add.
+        self.offline.fetch_add(size as i64, Ordering::SeqCst);
+        region.add_memory(&self.group, addr, size).inspect_err(|_| {
+            self.offline.fetch_sub(size as i64, Ordering::SeqCst);
+        })
+    }
+
+    /// After adding `[addr, addr + size)` failed with `e`, unplugs its plugged part (`plugged`
+    /// bytes, `nb_blocks` device blocks) again.
+    fn unplug_after_failed_add(
+        &self,
+        st: &mut State,
+        addr: u64,
+        plugged: u64,
+        nb_blocks: u16,
+        e: Error,
+    ) -> Result<(), bool> {
+        dev_err!(
+            self.dev.as_ref(),
+            "adding memory [{:#x}-{:#x}] failed ({:?}); unplugging it again\n",
+            addr,
+            addr + plugged - 1,
+            e
+        );
+        if let Err(e) = protocol::send(&self.vq, &Request::Unplug { addr, nb_blocks }) {
+            dev_err!(
+                self.dev.as_ref(),
+                "unplugging [{:#x}-{:#x}] failed too ({:?}); stopping until it is bound again\n",
+                addr,
+                addr + plugged - 1,
+                e
+            );
+            st.stopped = true;
+            return Err(false);
+        }
+        Err(true)
     }
 
     /// Reads the requested and usable region sizes.
@@ -266,65 +610,45 @@ impl Worker {
         ))
     }
 
-    /// Plugs `[addr, addr + size)` at the device and adds it to the system. On failure, says
-    /// whether to retry later (`Err(true)`) or not (`Err(false)`: unbound or stopped).
-    fn plug_and_add(&self, st: &mut State, addr: u64, size: u64) -> Result<(), bool> {
-        let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
-        match protocol::send(&self.vq, &Request::Plug { addr, nb_blocks }) {
-            Ok(_) => {}
-            Err(SendError::Transport(e)) if e == ENODEV => return Err(false),
+    /// Sends `req`. On failure, says whether to retry later (`Err(true)`: refused for now or the
+    /// exchange failed) or not (`Err(false)`: unbound, or the device answered `ERROR` or
+    /// nonsense, which stops the device).
+    fn request(&self, st: &mut State, req: &Request) -> Result<(), bool> {
+        match protocol::send(&self.vq, req) {
+            Ok(_) => Ok(()),
+            Err(SendError::Transport(e)) if e == ENODEV => Err(false),
             Err(
                 e @ (SendError::Transport(_) | SendError::Refused(Refusal::Nack | Refusal::Busy)),
             ) => {
                 dev_info!(
                     self.dev.as_ref(),
-                    "plugging [{:#x}-{:#x}] failed ({:?}); retrying in {} s\n",
-                    addr,
-                    addr + size - 1,
+                    "{:?} failed ({:?}); retrying in {} s\n",
+                    req,
                     e,
                     st.retry_secs
                 );
-                return Err(true);
+                Err(true)
             }
             Err(SendError::Refused(r)) => {
                 dev_err!(
                     self.dev.as_ref(),
-                    "device answered {:?} to PLUG [{:#x}-{:#x}]; stopping until it is bound again\n",
+                    "device answered {:?} to {:?}; stopping until it is bound again\n",
                     r,
-                    addr,
-                    addr + size - 1
+                    req
                 );
                 st.stopped = true;
-                return Err(false);
+                Err(false)
             }
         }
+    }
 
-        let Some(region) = st.region.as_mut() else {
-            return Err(false);
-        };
-        // Counted as offline before it is added: auto-onlining reports it online during the add.
-        self.offline.fetch_add(size as i64, Ordering::SeqCst);
-        if let Err(e) = region.add_memory(&self.group, addr, size) {
-            self.offline.fetch_sub(size as i64, Ordering::SeqCst);
-            dev_err!(
-                self.dev.as_ref(),
-                "adding memory [{:#x}-{:#x}] failed ({:?}); unplugging it again\n",
-                addr,
-                addr + size - 1,
-                e
-            );
-            if let Err(e) = protocol::send(&self.vq, &Request::Unplug { addr, nb_blocks }) {
-                dev_err!(
-                    self.dev.as_ref(),
-                    "unplugging [{:#x}-{:#x}] failed too ({:?}); stopping until it is bound again\n",
-                    addr,
-                    addr + size - 1,
-                    e
-                );
-                st.stopped = true;
-                return Err(false);
-            }
-            return Err(true);
+    /// Plugs `[addr, addr + size)` at the device and adds it to the system (big-block mode).
+    /// On failure, says whether to retry later (`Err(true)`) or not (`Err(false)`).
+    fn plug_and_add(&self, st: &mut State, addr: u64, size: u64) -> Result<(), bool> {
+        let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
+        self.request(st, &Request::Plug { addr, nb_blocks })?;
+        if let Err(e) = self.add(st, addr, size) {
+            return self.unplug_after_failed_add(st, addr, size, nb_blocks, e);
         }
         Ok(())
     }
@@ -339,19 +663,29 @@ impl Worker {
 }
 
 impl MemoryNotifierHandler for Worker {
-    fn notify(this: &Arc<Self>, event: MemoryEvent, range: MemoryRange) -> Result {
+    fn notify(this: &Arc<Self>, n: &MemoryNotification) -> Result {
+        let range = n.range();
         let end = range.start + range.size;
         if end <= this.geometry.first || range.start >= this.geometry.end {
             return Ok(());
+        }
+        let event = n.event();
+        let mut b = this.blocks.lock();
+        if this.sub_blocks {
+            this.track_blocks(&mut b, n)?;
+        } else if event == MemoryEvent::GoingOnline && b.removing {
+            return Err(EBUSY);
         }
         let size = range.size as i64;
         match event {
             MemoryEvent::Online => {
                 let offline = this.offline.fetch_sub(size, Ordering::SeqCst) - size;
                 let resume = (this.offline_limit() / 2) as i64;
-                // The notifier is unregistered before the work items are cancelled at unbind,
-                // so this cannot queue work after that.
-                if offline <= resume && this.waiting_for_online.swap(false, Ordering::SeqCst) {
+                // Not after unbind began: it cancels the work items after setting `removing`.
+                if offline <= resume
+                    && !b.removing
+                    && this.waiting_for_online.swap(false, Ordering::SeqCst)
+                {
                     this.kick();
                 }
             }
@@ -361,5 +695,114 @@ impl MemoryNotifierHandler for Worker {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Sub-block mode: keeps the block states in step with a memory event. Vetoes onlining of
+    /// blocks that are not added by us or while unbinding. When a block goes offline, drops
+    /// the reference of its unplugged (kept offline) pages so that offlining skips them, and
+    /// takes it back if offlining is cancelled.
+    fn track_blocks(&self, b: &mut SubBlocks, n: &MemoryNotification) -> Result {
+        let range = n.range();
+        let t = match n.event() {
+            MemoryEvent::GoingOnline => Transition::GoingOnline,
+            MemoryEvent::Online => Transition::Online {
+                movable: n.is_movable(),
+            },
+            MemoryEvent::CancelOnline => Transition::CancelOnline,
+            MemoryEvent::GoingOffline => Transition::GoingOffline,
+            MemoryEvent::Offline => Transition::Offline,
+            MemoryEvent::CancelOffline => Transition::CancelOffline,
+        };
+        if t == Transition::GoingOnline && b.removing {
+            return Err(EBUSY);
+        }
+        let mb_size = b.mb_size().get();
+        let sb_size = b.sb_size().get();
+        let mut addr = range.start - range.start % mb_size;
+        let mut result = Ok(());
+        while addr < range.start + range.size {
+            let Some(mb) = b.block_of(addr) else {
+                addr += mb_size;
+                continue;
+            };
+            match b.transition(mb, t) {
+                Ok(_) => {}
+                Err(state) => {
+                    let refusing = if t == Transition::GoingOnline {
+                        ", refusing"
+                    } else {
+                        ""
+                    };
+                    dev_warn!(
+                        self.dev.as_ref(),
+                        "memory block [{:#x}-{:#x}]: {:?} in state {:?}{}\n",
+                        addr,
+                        addr + mb_size - 1,
+                        t,
+                        state,
+                        refusing
+                    );
+                    if t == Transition::GoingOnline {
+                        result = Err(EBUSY);
+                    }
+                    addr += mb_size;
+                    continue;
+                }
+            }
+            let block = b.block_addr(mb);
+            let runs = b.unplugged_runs(mb).map(|(sb, count)| {
+                (block + sb as u64 * sb_size, count as u64 * sb_size)
+            });
+            match t {
+                Transition::GoingOffline => {
+                    for (start, size) in runs {
+                        if let Err(e) = n.release_offline_pages(start, size) {
+                            dev_err!(
+                                self.dev.as_ref(),
+                                "cannot release the unplugged pages [{:#x}-{:#x}] for offlining \
+                                 ({:?}); refusing\n",
+                                start,
+                                start + size - 1,
+                                e
+                            );
+                            // Offlining is cancelled: the cancel event takes back what was
+                            // released.
+                            result = Err(EBUSY);
+                            break;
+                        }
+                    }
+                }
+                Transition::CancelOffline => {
+                    for (start, size) in runs {
+                        // Fails (harmlessly) for runs a refused offlining did not release.
+                        let _ = n.reacquire_offline_pages(start, size);
+                    }
+                }
+                _ => {}
+            }
+            addr += mb_size;
+        }
+        result
+    }
+}
+
+impl OnlinePageHandler for Worker {
+    fn online_pages(this: &Arc<Self>, pages: OnliningPages) {
+        let b = this.blocks.lock();
+        match b.online_decision(pages.start(), pages.size()) {
+            OnlineDecision::Online => pages.online(),
+            OnlineDecision::KeepOffline => pages.keep_offline(),
+            OnlineDecision::PerSubBlock => {
+                for p in pages.split(b.sb_size().get()) {
+                    if b.is_plugged_at(p.start()) {
+                        p.online();
+                    } else {
+                        p.keep_offline();
+                    }
+                }
+            }
+        }
     }
 }

@@ -20,8 +20,8 @@ ktap_header 6
 ktap_check "the backing file is visible" test -f "$VMR_BACKING"
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vmctl set-size vm0 4G+130M >/dev/null
-size=$(vmctl wait vm0 4G+128M --wait-timeout-s 300 2>&1 | tail -n1)
-ktap_eq "plugged 4G+128M of the 16G region" "$(to_bytes 4G+128M)" "$size"
+size=$(vmctl wait vm0 4G+130M --wait-timeout-s 300 2>&1 | tail -n1)
+ktap_eq "plugged 4G+130M of the 16G region (a block with one 2M sub-block)" "$(to_bytes 4G+130M)" "$size"
 ktap_diag "allocated on the host after plugging: $(allocated) bytes"
 
 # Use the plugged memory: a 3G file on the guest's own tmpfs.

@@ -1,0 +1,479 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Sub-block mode: the state of every Linux memory block of the region and which of its
+//! sub-blocks are plugged.
+//!
+//! A memory block is added to the system whole, but only its plugged sub-blocks may be used:
+//!
+//! ```text
+//!             plug + add                user space or auto-online
+//!   Unused ---------------> Offline ------------------------------> Online {movable}
+//!     ^                      |   ^  <------------------------------   |
+//!     |     add failed:      |   |   offline (unplugged pages were   |
+//!     +----------------------+   |   released at GoingOffline)       |
+//!           unplug               |                                   |
+//!                   GoingOnline -+-> Online      GoingOffline -------+-> Offline
+//!                   (cancel: back to Offline)    (cancel: back to Online)
+//! ```
+//!
+//! Each block has a bitmap of plugged sub-blocks. When a block is onlined, its plugged
+//! sub-blocks go to the page allocator and the others stay offline (the online-page callback
+//! asks [`SubBlocks::online_decision`]); plugging a sub-block of an online block hands its
+//! pages over at once. Blocks in a transition (`GoingOnline`, `GoingOffline`) are left alone by
+//! the run loop until the memory notifier reports the outcome.
+
+use core::num::NonZeroU64;
+use kernel::{bitmap::BitmapVec, prelude::*};
+
+/// The state of one memory block of the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlockState {
+    /// Not added to the system.
+    Unused,
+    /// Added and offline.
+    Offline,
+    /// Being onlined.
+    GoingOnline,
+    /// Online, in `ZONE_MOVABLE` or a kernel zone.
+    Online { movable: bool },
+    /// Being offlined.
+    GoingOffline { movable: bool },
+}
+
+impl BlockState {
+    /// Whether the block is added to the system.
+    pub(crate) fn is_added(self) -> bool {
+        self != BlockState::Unused
+    }
+}
+
+/// One memory block: its state and its plugged sub-blocks.
+struct Block {
+    state: BlockState,
+    plugged: BitmapVec,
+    /// Number of plugged sub-blocks.
+    nr_plugged: usize,
+}
+
+/// How the pages of a chunk being onlined are to be handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnlineDecision {
+    /// All of it is plugged: online it.
+    Online,
+    /// None of it is plugged (or it is not ours): keep it offline.
+    KeepOffline,
+    /// Mixed: decide sub-block by sub-block.
+    PerSubBlock,
+}
+
+/// A memory event, as the block states see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transition {
+    GoingOnline,
+    Online { movable: bool },
+    CancelOnline,
+    GoingOffline,
+    Offline,
+    CancelOffline,
+}
+
+/// The sub-block state of a region: blocks from `first` on, growing with the usable region.
+pub(crate) struct SubBlocks {
+    /// Address of block 0: the first memory-block aligned, hotpluggable address of the region.
+    first: u64,
+    /// End of the region.
+    end: u64,
+    mb_size: NonZeroU64,
+    sb_size: NonZeroU64,
+    sbs_per_mb: usize,
+    blocks: KVec<Block>,
+    /// Number of plugged sub-blocks in all blocks.
+    nr_plugged: u64,
+    /// Set at unbind: no more onlining.
+    pub(crate) removing: bool,
+}
+
+impl SubBlocks {
+    /// The state of a region whose memory blocks of `mb_size` start at `first` (aligned) and
+    /// end before `end`, with sub-blocks of `sb_size` (which divides `mb_size`).
+    pub(crate) fn new(first: u64, end: u64, mb_size: NonZeroU64, sb_size: NonZeroU64) -> Self {
+        Self {
+            first,
+            end,
+            mb_size,
+            sb_size,
+            sbs_per_mb: (mb_size.get() / sb_size) as usize,
+            blocks: KVec::new(),
+            nr_plugged: 0,
+            removing: false,
+        }
+    }
+
+    /// Size of a sub-block.
+    pub(crate) fn sb_size(&self) -> NonZeroU64 {
+        self.sb_size
+    }
+
+    /// Size of a memory block.
+    pub(crate) fn mb_size(&self) -> NonZeroU64 {
+        self.mb_size
+    }
+
+    /// Sub-blocks per memory block.
+    pub(crate) fn sbs_per_mb(&self) -> usize {
+        self.sbs_per_mb
+    }
+
+    /// Number of blocks tracked.
+    pub(crate) fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Tracks every whole block below `usable_end` (and the region's end). The usable region
+    /// only grows while the driver is bound.
+    pub(crate) fn grow(&mut self, usable_end: u64) -> Result {
+        let end = usable_end.min(self.end);
+        let want = (end.saturating_sub(self.first) / self.mb_size) as usize;
+        while self.blocks.len() < want {
+            let plugged = BitmapVec::new(self.sbs_per_mb, GFP_KERNEL)?;
+            self.blocks.push(
+                Block {
+                    state: BlockState::Unused,
+                    plugged,
+                    nr_plugged: 0,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Address of block `mb`.
+    pub(crate) fn block_addr(&self, mb: usize) -> u64 {
+        self.first + mb as u64 * self.mb_size.get()
+    }
+
+    /// The block containing `addr`, if tracked.
+    pub(crate) fn block_of(&self, addr: u64) -> Option<usize> {
+        let mb = (addr.checked_sub(self.first)? / self.mb_size) as usize;
+        (mb < self.blocks.len()).then_some(mb)
+    }
+
+    /// The state of block `mb`.
+    pub(crate) fn state(&self, mb: usize) -> BlockState {
+        self.blocks
+            .get(mb)
+            .map_or(BlockState::Unused, |b| b.state)
+    }
+
+    /// Sets the state of block `mb`.
+    pub(crate) fn set_state(&mut self, mb: usize, state: BlockState) {
+        if let Some(b) = self.blocks.get_mut(mb) {
+            b.state = state;
+        }
+    }
+
+    /// Bytes plugged in all blocks.
+    pub(crate) fn plugged_bytes(&self) -> u64 {
+        self.nr_plugged * self.sb_size.get()
+    }
+
+    /// Number of plugged sub-blocks of block `mb`.
+    pub(crate) fn nr_plugged(&self, mb: usize) -> usize {
+        self.blocks.get(mb).map_or(0, |b| b.nr_plugged)
+    }
+
+    /// Whether block `mb` has plugged and unplugged sub-blocks.
+    pub(crate) fn is_partial(&self, mb: usize) -> bool {
+        let n = self.nr_plugged(mb);
+        n > 0 && n < self.sbs_per_mb
+    }
+
+    /// Whether any added block is partly plugged (and needs the online-page callback).
+    pub(crate) fn any_partial_added(&self) -> bool {
+        (0..self.blocks.len()).any(|mb| self.state(mb).is_added() && self.is_partial(mb))
+    }
+
+    /// Whether sub-block `sb` of block `mb` is plugged.
+    pub(crate) fn is_plugged(&self, mb: usize, sb: usize) -> bool {
+        self.blocks
+            .get(mb)
+            .is_some_and(|b| sb < self.sbs_per_mb && b.plugged.next_bit(sb) == Some(sb))
+    }
+
+    /// Marks `count` sub-blocks of block `mb` from `sb` on as plugged (or unplugged).
+    pub(crate) fn set_plugged(&mut self, mb: usize, sb: usize, count: usize, plugged: bool) {
+        let sbs = self.sbs_per_mb;
+        let Some(b) = self.blocks.get_mut(mb) else {
+            return;
+        };
+        for i in sb..(sb + count).min(sbs) {
+            let was = b.plugged.next_bit(i) == Some(i);
+            if was == plugged {
+                continue;
+            }
+            if plugged {
+                b.plugged.set_bit(i);
+                b.nr_plugged += 1;
+                self.nr_plugged += 1;
+            } else {
+                b.plugged.clear_bit(i);
+                b.nr_plugged -= 1;
+                self.nr_plugged -= 1;
+            }
+        }
+    }
+
+    /// The first run of unplugged sub-blocks of block `mb`, at most `max` long, as
+    /// `(sb, count)`.
+    pub(crate) fn unplugged_run(&self, mb: usize, max: usize) -> Option<(usize, usize)> {
+        let b = self.blocks.get(mb)?;
+        let sb = b.plugged.next_zero_bit(0)?;
+        let run_end = if sb + 1 < self.sbs_per_mb {
+            b.plugged.next_bit(sb + 1).unwrap_or(self.sbs_per_mb)
+        } else {
+            self.sbs_per_mb
+        };
+        let count = (run_end - sb).min(max);
+        (count > 0).then_some((sb, count))
+    }
+
+    /// The runs of unplugged sub-blocks of block `mb`, as `(sb, count)`.
+    pub(crate) fn unplugged_runs(&self, mb: usize) -> UnpluggedRuns<'_> {
+        UnpluggedRuns {
+            sbm: self,
+            mb,
+            next: 0,
+        }
+    }
+
+    /// A partly plugged block to plug more sub-blocks into, not in a transition: online kernel
+    /// blocks first (their memory cannot be unplugged easily anyway), then online movable ones,
+    /// then offline ones, as the C driver does.
+    pub(crate) fn next_partial(&self) -> Option<usize> {
+        let order = [
+            BlockState::Online { movable: false },
+            BlockState::Online { movable: true },
+            BlockState::Offline,
+        ];
+        order.iter().find_map(|want| {
+            (0..self.blocks.len()).find(|&mb| self.state(mb) == *want && self.is_partial(mb))
+        })
+    }
+
+    /// The first run of unused blocks, at most `max` long, as `(mb, count)`.
+    pub(crate) fn unused_run(&self, max: usize) -> Option<(usize, usize)> {
+        let mb = (0..self.blocks.len()).find(|&mb| self.state(mb) == BlockState::Unused)?;
+        let count = (mb..self.blocks.len())
+            .take(max)
+            .take_while(|&i| self.state(i) == BlockState::Unused)
+            .count();
+        (count > 0).then_some((mb, count))
+    }
+
+    /// How the pages `[addr, addr + size)` of a block being onlined are to be handled.
+    pub(crate) fn online_decision(&self, addr: u64, size: u64) -> OnlineDecision {
+        let Some(mb) = self.block_of(addr) else {
+            return OnlineDecision::KeepOffline;
+        };
+        let offset = addr - self.block_addr(mb);
+        let sb = (offset / self.sb_size) as usize;
+        let last = ((offset + size.max(1) - 1) / self.sb_size) as usize;
+        if last >= self.sbs_per_mb {
+            return OnlineDecision::KeepOffline;
+        }
+        let plugged = (sb..=last).filter(|&i| self.is_plugged(mb, i)).count();
+        if plugged == last - sb + 1 {
+            OnlineDecision::Online
+        } else if plugged == 0 {
+            OnlineDecision::KeepOffline
+        } else {
+            OnlineDecision::PerSubBlock
+        }
+    }
+
+    /// Whether the sub-block at `addr` is plugged.
+    pub(crate) fn is_plugged_at(&self, addr: u64) -> bool {
+        self.block_of(addr).is_some_and(|mb| {
+            let sb = ((addr - self.block_addr(mb)) / self.sb_size) as usize;
+            self.is_plugged(mb, sb)
+        })
+    }
+
+    /// Applies a memory event to block `mb`. Returns the state it had, or `Err` with that state
+    /// if the event does not fit it (going online is then vetoed).
+    pub(crate) fn transition(&mut self, mb: usize, t: Transition) -> Result<BlockState, BlockState> {
+        let old = self.state(mb);
+        let new = match (old, t) {
+            (BlockState::Offline, Transition::GoingOnline) if !self.removing => {
+                BlockState::GoingOnline
+            }
+            (BlockState::GoingOnline, Transition::Online { movable }) => {
+                BlockState::Online { movable }
+            }
+            (BlockState::GoingOnline, Transition::CancelOnline) => BlockState::Offline,
+            (BlockState::Online { movable }, Transition::GoingOffline) => {
+                BlockState::GoingOffline { movable }
+            }
+            (BlockState::GoingOffline { .. }, Transition::Offline) => BlockState::Offline,
+            (BlockState::GoingOffline { movable }, Transition::CancelOffline) => {
+                BlockState::Online { movable }
+            }
+            _ => return Err(old),
+        };
+        self.set_state(mb, new);
+        Ok(old)
+    }
+}
+
+/// Iterator over the runs of unplugged sub-blocks of a block.
+pub(crate) struct UnpluggedRuns<'a> {
+    sbm: &'a SubBlocks,
+    mb: usize,
+    next: usize,
+}
+
+impl Iterator for UnpluggedRuns<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let sbs = self.sbm.sbs_per_mb;
+        let b = self.sbm.blocks.get(self.mb)?;
+        if self.next >= sbs {
+            return None;
+        }
+        let sb = b.plugged.next_zero_bit(self.next)?;
+        let end = if sb + 1 < sbs {
+            b.plugged.next_bit(sb + 1).unwrap_or(sbs)
+        } else {
+            sbs
+        };
+        self.next = end;
+        Some((sb, end - sb))
+    }
+}
+
+#[kunit_tests(virtio_mem_rust_sbm)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn sbm() -> SubBlocks {
+        let mb = NonZeroU64::new(128 * MIB).unwrap();
+        let sb = NonZeroU64::new(2 * MIB).unwrap();
+        let mut s = SubBlocks::new(4 * GIB, 8 * GIB, mb, sb);
+        s.grow(5 * GIB).unwrap();
+        s
+    }
+
+    #[test]
+    fn grows_with_the_usable_region() {
+        let mut s = sbm();
+        assert_eq!(s.len(), 8);
+        assert_eq!(s.sbs_per_mb(), 64);
+        s.grow(5 * GIB + 100 * MIB).unwrap();
+        assert_eq!(s.len(), 8);
+        s.grow(64 * GIB).unwrap();
+        assert_eq!(s.len(), 32);
+        assert_eq!(s.block_of(4 * GIB + 130 * MIB), Some(1));
+        assert_eq!(s.block_of(8 * GIB), None);
+        assert_eq!(s.block_of(GIB), None);
+        assert_eq!(s.block_addr(31), 8 * GIB - 128 * MIB);
+    }
+
+    #[test]
+    fn plugged_sub_blocks_are_counted() {
+        let mut s = sbm();
+        s.set_plugged(0, 0, 64, true);
+        s.set_plugged(1, 0, 1, true);
+        assert_eq!(s.plugged_bytes(), 130 * MIB);
+        assert!(!s.is_partial(0));
+        assert!(s.is_partial(1));
+        // Setting again changes nothing; out of range is ignored.
+        s.set_plugged(1, 0, 1, true);
+        s.set_plugged(1, 63, 5, true);
+        assert_eq!(s.nr_plugged(1), 2);
+        s.set_plugged(1, 63, 1, false);
+        assert_eq!(s.plugged_bytes(), 130 * MIB);
+        assert!(s.is_plugged(1, 0) && !s.is_plugged(1, 1) && !s.is_plugged(1, 64));
+    }
+
+    #[test]
+    fn finds_unplugged_runs() {
+        let mut s = sbm();
+        assert_eq!(s.unplugged_run(0, 100), Some((0, 64)));
+        assert_eq!(s.unplugged_run(0, 10), Some((0, 10)));
+        s.set_plugged(0, 0, 3, true);
+        s.set_plugged(0, 10, 2, true);
+        assert_eq!(s.unplugged_run(0, 100), Some((3, 7)));
+        let mut runs = s.unplugged_runs(0);
+        assert_eq!(runs.next(), Some((3, 7)));
+        assert_eq!(runs.next(), Some((12, 52)));
+        assert_eq!(runs.next(), None);
+        s.set_plugged(0, 0, 64, true);
+        assert_eq!(s.unplugged_run(0, 100), None);
+        assert_eq!(s.unplugged_runs(0).next(), None);
+        s.set_plugged(0, 63, 1, false);
+        assert_eq!(s.unplugged_run(0, 100), Some((63, 1)));
+    }
+
+    #[test]
+    fn plugs_partial_blocks_first_kernel_then_movable_then_offline() {
+        let mut s = sbm();
+        assert_eq!(s.next_partial(), None);
+        assert_eq!(s.unused_run(3), Some((0, 3)));
+        for mb in 0..3 {
+            s.set_plugged(mb, 0, 1, true);
+        }
+        s.set_state(0, BlockState::Offline);
+        s.set_state(1, BlockState::Online { movable: true });
+        s.set_state(2, BlockState::Online { movable: false });
+        assert!(s.any_partial_added());
+        assert_eq!(s.next_partial(), Some(2));
+        s.set_plugged(2, 0, 64, true);
+        assert_eq!(s.next_partial(), Some(1));
+        s.set_state(1, BlockState::GoingOffline { movable: true });
+        assert_eq!(s.next_partial(), Some(0));
+        s.set_state(0, BlockState::GoingOnline);
+        assert_eq!(s.next_partial(), None);
+        assert_eq!(s.unused_run(100), Some((3, 5)));
+        s.set_state(5, BlockState::Offline);
+        assert_eq!(s.unused_run(100), Some((3, 2)));
+    }
+
+    #[test]
+    fn decides_what_goes_online() {
+        let mut s = sbm();
+        s.set_plugged(1, 0, 2, true);
+        let b1 = 4 * GIB + 128 * MIB;
+        assert_eq!(s.online_decision(b1, 4 * MIB), OnlineDecision::Online);
+        assert_eq!(s.online_decision(b1 + 2 * MIB, 4 * MIB), OnlineDecision::PerSubBlock);
+        assert_eq!(s.online_decision(b1 + 4 * MIB, 4 * MIB), OnlineDecision::KeepOffline);
+        assert_eq!(s.online_decision(b1 + 2 * MIB, 4096), OnlineDecision::Online);
+        assert_eq!(s.online_decision(GIB, 4 * MIB), OnlineDecision::KeepOffline);
+        assert!(s.is_plugged_at(b1 + MIB) && !s.is_plugged_at(b1 + 4 * MIB));
+    }
+
+    #[test]
+    fn follows_memory_events() {
+        let mut s = sbm();
+        assert_eq!(s.transition(0, Transition::GoingOnline), Err(BlockState::Unused));
+        s.set_state(0, BlockState::Offline);
+        assert!(s.transition(0, Transition::GoingOnline).is_ok());
+        assert!(s.transition(0, Transition::CancelOnline).is_ok());
+        assert_eq!(s.state(0), BlockState::Offline);
+        assert!(s.transition(0, Transition::GoingOnline).is_ok());
+        assert!(s.transition(0, Transition::Online { movable: true }).is_ok());
+        assert_eq!(s.state(0), BlockState::Online { movable: true });
+        assert!(s.transition(0, Transition::GoingOffline).is_ok());
+        assert!(s.transition(0, Transition::CancelOffline).is_ok());
+        assert_eq!(s.state(0), BlockState::Online { movable: true });
+        assert!(s.transition(0, Transition::GoingOffline).is_ok());
+        assert!(s.transition(0, Transition::Offline).is_ok());
+        assert_eq!(s.state(0), BlockState::Offline);
+        s.removing = true;
+        assert_eq!(s.transition(0, Transition::GoingOnline), Err(BlockState::Offline));
+    }
+}
