@@ -28,6 +28,16 @@ __rust_helper bool rust_helper_PageOffline(const struct page *page)
 	return PageOffline(page);
 }
 
+__rust_helper void rust_helper___SetPageOffline(struct page *page)
+{
+	__SetPageOffline(page);
+}
+
+__rust_helper void rust_helper___ClearPageOffline(struct page *page)
+{
+	__ClearPageOffline(page);
+}
+
 __rust_helper bool rust_helper_PageDirty(const struct page *page)
 {
 	return PageDirty(page);

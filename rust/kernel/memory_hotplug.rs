@@ -56,6 +56,25 @@ pub fn pxm_to_node(_pxm: i32) -> Option<i32> {
     None
 }
 
+/// Memory available for new allocations without swapping, in bytes: free memory plus what
+/// reclaim can free easily, minus the kernel's reserves (`MemAvailable` in `/proc/meminfo`).
+pub fn available_memory() -> u64 {
+    // SAFETY: `si_mem_available` only reads counters.
+    let pages = unsafe { bindings::si_mem_available() };
+    u64::try_from(pages).unwrap_or(0) * crate::page::PAGE_SIZE as u64
+}
+
+/// Memory the page allocator keeps in reserve, in bytes: the zones' high watermarks plus their
+/// lowmem reserves (`totalreserve_pages`). Below about this much free memory the kernel
+/// reclaims hard and, failing that, kills.
+// Not inlined: `totalreserve_pages` is not exported to modules.
+#[inline(never)]
+pub fn reserved_memory() -> u64 {
+    // SAFETY: A plain read of a counter that the page allocator updates when watermarks change.
+    let pages = unsafe { core::ptr::addr_of!(bindings::totalreserve_pages).read_volatile() };
+    pages as u64 * crate::page::PAGE_SIZE as u64
+}
+
 /// The size of a pageblock, the unit the page allocator groups pages by mobility in; the
 /// smallest unit that can be reliably isolated for unplug.
 pub fn pageblock_size() -> u64 {
@@ -201,6 +220,22 @@ impl SystemRamRegion {
         // SAFETY: The range is inside our reservation; `remove_memory` checks that it is
         // offline and refuses otherwise.
         crate::error::to_result(unsafe { bindings::remove_memory(start, size) })?;
+        self.added -= size;
+        Ok(())
+    }
+
+    /// Offlines `[start, start + size)`, added by [`Self::add_memory`], and removes it from the
+    /// system, as one operation that user space cannot get in between. Offlining migrates the
+    /// pages in use away (only the memory notifier may let `PageOffline()` pages stay), so it
+    /// fails, changing nothing, with `EBUSY` if they cannot be moved, e.g. in a kernel zone.
+    pub fn offline_and_remove_memory(&mut self, start: u64, size: u64) -> Result {
+        self.check_range(start, size)?;
+        if size > self.added {
+            return Err(EINVAL);
+        }
+        // SAFETY: The range is inside our reservation and was added through it; offlining
+        // moves or refuses whatever is in use.
+        crate::error::to_result(unsafe { bindings::offline_and_remove_memory(start, size) })?;
         self.added -= size;
         Ok(())
     }

@@ -47,6 +47,21 @@ impl Request {
     }
 }
 
+impl kernel::fmt::Display for Request {
+    fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
+        match *self {
+            Request::Plug { addr, nb_blocks } => write!(f, "PLUG of {nb_blocks} blocks at {addr:#x}"),
+            Request::Unplug { addr, nb_blocks } => {
+                write!(f, "UNPLUG of {nb_blocks} blocks at {addr:#x}")
+            }
+            Request::UnplugAll => write!(f, "UNPLUG_ALL"),
+            Request::State { addr, nb_blocks } => {
+                write!(f, "STATE of {nb_blocks} blocks at {addr:#x}")
+            }
+        }
+    }
+}
+
 /// The state of a range of device blocks, as a `STATE` request reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BlockState {

@@ -22,7 +22,7 @@
 //! pages over at once. Blocks in a transition (`GoingOnline`, `GoingOffline`) are left alone by
 //! the run loop until the memory notifier reports the outcome.
 
-use core::num::NonZeroU64;
+use core::num::{NonZeroU64, NonZeroUsize};
 use kernel::{bitmap::BitmapVec, prelude::*};
 
 /// The state of one memory block of the region.
@@ -55,6 +55,26 @@ struct Block {
     nr_plugged: usize,
 }
 
+/// The kind of an added block, for the order of unplugging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Offline,
+    Movable,
+    Kernel,
+}
+
+impl Class {
+    /// The class of a block in `state`; `None` if it is not added or in a transition.
+    fn of(state: BlockState) -> Option<Class> {
+        match state {
+            BlockState::Offline => Some(Class::Offline),
+            BlockState::Online { movable: true } => Some(Class::Movable),
+            BlockState::Online { movable: false } => Some(Class::Kernel),
+            _ => None,
+        }
+    }
+}
+
 /// How the pages of a chunk being onlined are to be handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OnlineDecision {
@@ -85,7 +105,7 @@ pub(crate) struct SubBlocks {
     end: u64,
     mb_size: NonZeroU64,
     sb_size: NonZeroU64,
-    sbs_per_mb: usize,
+    sbs_per_mb: NonZeroUsize,
     blocks: KVec<Block>,
     /// Number of plugged sub-blocks in all blocks.
     nr_plugged: u64,
@@ -102,7 +122,8 @@ impl SubBlocks {
             end,
             mb_size,
             sb_size,
-            sbs_per_mb: (mb_size.get() / sb_size) as usize,
+            sbs_per_mb: NonZeroUsize::new((mb_size.get() / sb_size) as usize)
+                .unwrap_or(NonZeroUsize::MIN),
             blocks: KVec::new(),
             nr_plugged: 0,
             removing: false,
@@ -120,7 +141,7 @@ impl SubBlocks {
     }
 
     /// Sub-blocks per memory block.
-    pub(crate) fn sbs_per_mb(&self) -> usize {
+    pub(crate) fn sbs_per_mb(&self) -> NonZeroUsize {
         self.sbs_per_mb
     }
 
@@ -135,7 +156,7 @@ impl SubBlocks {
         let end = usable_end.min(self.end);
         let want = (end.saturating_sub(self.first) / self.mb_size) as usize;
         while self.blocks.len() < want {
-            let plugged = BitmapVec::new(self.sbs_per_mb, GFP_KERNEL)?;
+            let plugged = BitmapVec::new(self.sbs_per_mb.get(), GFP_KERNEL)?;
             self.blocks.push(
                 Block {
                     state: BlockState::Unused,
@@ -186,24 +207,90 @@ impl SubBlocks {
     /// Whether block `mb` has plugged and unplugged sub-blocks.
     pub(crate) fn is_partial(&self, mb: usize) -> bool {
         let n = self.nr_plugged(mb);
-        n > 0 && n < self.sbs_per_mb
+        n > 0 && n < self.sbs_per_mb.get()
     }
 
-    /// Whether any added block is partly plugged (and needs the online-page callback).
+    /// Whether any added block has unplugged sub-blocks (and needs the online-page callback).
     pub(crate) fn any_partial_added(&self) -> bool {
-        (0..self.blocks.len()).any(|mb| self.state(mb).is_added() && self.is_partial(mb))
+        (0..self.blocks.len())
+            .any(|mb| self.state(mb).is_added() && self.nr_plugged(mb) < self.sbs_per_mb.get())
+    }
+
+    /// An added block with nothing plugged, to be removed.
+    pub(crate) fn next_empty_added(&self) -> Option<usize> {
+        (0..self.blocks.len()).find(|&mb| {
+            matches!(self.state(mb), BlockState::Offline | BlockState::Online { .. })
+                && self.nr_plugged(mb) == 0
+        })
+    }
+
+    /// The last run of plugged sub-blocks of block `mb` below sub-block `below`, at most `max`
+    /// long (its highest part), as `(sb, count)`.
+    pub(crate) fn last_plugged_run(
+        &self,
+        mb: usize,
+        below: usize,
+        max: usize,
+    ) -> Option<(usize, usize)> {
+        let below = below.min(self.sbs_per_mb.get());
+        let last = (0..below).rev().find(|&sb| self.is_plugged(mb, sb))?;
+        let first = (0..=last)
+            .rev()
+            .take(max)
+            .take_while(|&sb| self.is_plugged(mb, sb))
+            .last()?;
+        Some((first, last + 1 - first))
+    }
+
+    /// The unplug classes in the order they are tried, as the C driver does: offline blocks
+    /// (partly plugged, then full) cost nothing to unplug; online ones need their pages
+    /// migrated away, movable before kernel (more reliable, and kernel memory is scarcer), and
+    /// partly plugged before full (so that whole blocks can go).
+    const UNPLUG_ORDER: [(Class, bool); 6] = [
+        (Class::Offline, true),
+        (Class::Offline, false),
+        (Class::Movable, true),
+        (Class::Kernel, true),
+        (Class::Movable, false),
+        (Class::Kernel, false),
+    ];
+
+    /// The next block to unplug from after `cursor` (a position this returned before, `None`
+    /// to start), highest address first within each class of [`Self::UNPLUG_ORDER`]; with
+    /// `online` false, offline blocks only. Each block comes at most once per walk.
+    pub(crate) fn next_unplug(
+        &self,
+        cursor: Option<(usize, usize)>,
+        online: bool,
+    ) -> Option<(usize, usize)> {
+        let classes = if online { 6 } else { 2 };
+        let (first_class, mut below) = match cursor {
+            Some((c, mb)) => (c, mb),
+            None => (0, self.blocks.len()),
+        };
+        for c in first_class..classes {
+            let (class, partial) = Self::UNPLUG_ORDER[c];
+            if let Some(mb) = (0..below).rev().find(|&mb| {
+                let n = self.nr_plugged(mb);
+                n > 0 && (n < self.sbs_per_mb.get()) == partial && Class::of(self.state(mb)) == Some(class)
+            }) {
+                return Some((c, mb));
+            }
+            below = self.blocks.len();
+        }
+        None
     }
 
     /// Whether sub-block `sb` of block `mb` is plugged.
     pub(crate) fn is_plugged(&self, mb: usize, sb: usize) -> bool {
         self.blocks
             .get(mb)
-            .is_some_and(|b| sb < self.sbs_per_mb && b.plugged.next_bit(sb) == Some(sb))
+            .is_some_and(|b| sb < self.sbs_per_mb.get() && b.plugged.next_bit(sb) == Some(sb))
     }
 
     /// Marks `count` sub-blocks of block `mb` from `sb` on as plugged (or unplugged).
     pub(crate) fn set_plugged(&mut self, mb: usize, sb: usize, count: usize, plugged: bool) {
-        let sbs = self.sbs_per_mb;
+        let sbs = self.sbs_per_mb.get();
         let Some(b) = self.blocks.get_mut(mb) else {
             return;
         };
@@ -229,10 +316,11 @@ impl SubBlocks {
     pub(crate) fn unplugged_run(&self, mb: usize, max: usize) -> Option<(usize, usize)> {
         let b = self.blocks.get(mb)?;
         let sb = b.plugged.next_zero_bit(0)?;
-        let run_end = if sb + 1 < self.sbs_per_mb {
-            b.plugged.next_bit(sb + 1).unwrap_or(self.sbs_per_mb)
+        let sbs = self.sbs_per_mb.get();
+        let run_end = if sb + 1 < sbs {
+            b.plugged.next_bit(sb + 1).unwrap_or(sbs)
         } else {
-            self.sbs_per_mb
+            sbs
         };
         let count = (run_end - sb).min(max);
         (count > 0).then_some((sb, count))
@@ -279,7 +367,7 @@ impl SubBlocks {
         let offset = addr - self.block_addr(mb);
         let sb = (offset / self.sb_size) as usize;
         let last = ((offset + size.max(1) - 1) / self.sb_size) as usize;
-        if last >= self.sbs_per_mb {
+        if last >= self.sbs_per_mb.get() {
             return OnlineDecision::KeepOffline;
         }
         let plugged = (sb..=last).filter(|&i| self.is_plugged(mb, i)).count();
@@ -337,7 +425,7 @@ impl Iterator for UnpluggedRuns<'_> {
     type Item = (usize, usize);
 
     fn next(&mut self) -> Option<(usize, usize)> {
-        let sbs = self.sbm.sbs_per_mb;
+        let sbs = self.sbm.sbs_per_mb.get();
         let b = self.sbm.blocks.get(self.mb)?;
         if self.next >= sbs {
             return None;
@@ -372,7 +460,7 @@ mod tests {
     fn grows_with_the_usable_region() {
         let mut s = sbm();
         assert_eq!(s.len(), 8);
-        assert_eq!(s.sbs_per_mb(), 64);
+        assert_eq!(s.sbs_per_mb().get(), 64);
         s.grow(5 * GIB + 100 * MIB).unwrap();
         assert_eq!(s.len(), 8);
         s.grow(64 * GIB).unwrap();
@@ -441,6 +529,39 @@ mod tests {
         assert_eq!(s.unused_run(100), Some((3, 5)));
         s.set_state(5, BlockState::Offline);
         assert_eq!(s.unused_run(100), Some((3, 2)));
+    }
+
+    #[test]
+    fn unplugs_offline_then_movable_then_kernel_highest_first() {
+        let mut s = sbm();
+        for mb in 0..6 {
+            s.set_plugged(mb, 0, 64, true);
+        }
+        s.set_state(0, BlockState::Online { movable: false });
+        s.set_state(1, BlockState::Online { movable: true });
+        s.set_state(2, BlockState::Online { movable: true });
+        s.set_state(3, BlockState::Offline);
+        s.set_state(4, BlockState::Offline);
+        s.set_state(5, BlockState::GoingOffline { movable: true });
+        s.set_plugged(1, 60, 4, false);
+        let mut order = KVec::new();
+        let mut cursor = None;
+        while let Some(c) = s.next_unplug(cursor, true) {
+            order.push(c.1, GFP_KERNEL).unwrap();
+            cursor = Some(c);
+        }
+        assert_eq!(&order[..], &[4, 3, 1, 2, 0]);
+        assert_eq!(s.next_unplug(None, false), Some((1, 4)));
+        assert_eq!(s.next_unplug(Some((1, 3)), false), None);
+        assert_eq!(s.last_plugged_run(1, 64, 100), Some((0, 60)));
+        assert_eq!(s.last_plugged_run(1, 64, 5), Some((55, 5)));
+        assert_eq!(s.last_plugged_run(1, 55, 1), Some((54, 1)));
+        assert_eq!(s.last_plugged_run(1, 0, 1), None);
+        assert_eq!(s.last_plugged_run(6, 64, 5), None);
+        assert_eq!(s.next_empty_added(), None);
+        s.set_plugged(3, 0, 64, false);
+        assert_eq!(s.next_empty_added(), Some(3));
+        assert!(s.any_partial_added());
     }
 
     #[test]

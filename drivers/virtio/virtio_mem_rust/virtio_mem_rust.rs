@@ -53,6 +53,14 @@ kernel::module_virtio_driver! {
             default: 0,
             description: "Big Block size in bytes. Default is 0 (auto-detection).",
         },
+        unplug_online: bool {
+            default: true,
+            description: "Try to unplug online memory",
+        },
+        unplug_margin_mb: u64 {
+            default: 0,
+            description: "Free memory (MiB) unplugging leaves at least. Default is 0 (four times the page allocator's reserves, at least 128).",
+        },
     },
 }
 

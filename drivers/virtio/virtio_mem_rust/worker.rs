@@ -3,10 +3,14 @@
 //! The run loop: work items that follow the device's requested size.
 //!
 //! A config change (and probe) queues [`Worker`] on the freezable system workqueue. The work
-//! re-reads the requested and usable sizes and plugs toward the request: one `PLUG` request
-//! and one memory add per batch of units (see [`crate::plug`]). A `NACK`, `BUSY` or a failed
-//! exchange is retried from a delayed work item, with the delay doubling from 5 s to 300 s; an
-//! `ERROR` or an answer outside the protocol stops the device with a message.
+//! re-reads the requested and usable sizes and plugs toward the request. In sub-block mode it
+//! plugs sub-blocks into partly plugged memory blocks first, then adds new blocks (see
+//! [`crate::sbm`]); the online-page callback and the memory notifier keep unplugged sub-blocks
+//! of added blocks offline. In big-block mode it plugs and adds whole big blocks. Either way,
+//! one `PLUG` request and one memory add cover a batch of up to 8G (see [`crate::plug`]).
+//! Memory plugged before we were bound is unplugged first (`UNPLUG_ALL`). A `NACK`, `BUSY` or
+//! a failed exchange is retried from a delayed work item, with the delay doubling from 5 s to
+//! 300 s; an `ERROR` or an answer outside the protocol stops the device with a message.
 //!
 //! When user space onlines memory (no auto-onlining), added memory stays offline until it does.
 //! So that a burst of plugs cannot fill the guest with offline memory (whose memmap still costs
@@ -16,6 +20,7 @@
 
 use crate::{
     config::Raw,
+    module_parameters,
     plug::Geometry,
     protocol::{self, Refusal, Request, SendError},
     sbm::{BlockState, OnlineDecision, SubBlocks, Transition},
@@ -28,7 +33,7 @@ use core::{
 use kernel::{
     device,
     memory_hotplug::{
-        MemoryEvent, MemoryGroup, MemoryNotification, MemoryNotifier, MemoryNotifierHandler,
+        self, MemoryEvent, MemoryGroup, MemoryNotification, MemoryNotifier, MemoryNotifierHandler,
         OnlinePageCallback, OnlinePageHandler, OnliningPages, SystemRamRegion,
     },
     new_mutex,
@@ -50,6 +55,49 @@ const RETRY_MAX_SECS: u32 = 300;
 /// Offline memory the driver allows at least (more if two units are bigger), as the C driver.
 const OFFLINE_LIMIT_MIN: u64 = 1 << 30;
 
+/// Why unplugging stopped short of the requested size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stall {
+    /// Taking more would leave less available memory than the safety margin.
+    Margin,
+    /// The remaining plugged memory holds pages that cannot be moved.
+    Unmovable,
+    /// The device refused (NACK, BUSY) or the exchange failed.
+    Refused,
+    /// Only offline memory may be unplugged (`unplug_online=0`) and none is left.
+    OfflineOnly,
+    /// Nothing is left that could be unplugged now (e.g. blocks being onlined or offlined).
+    NothingToUnplug,
+    /// The online-page callback is held by another driver.
+    NoCallback,
+    /// The device is stopped or unbinding.
+    Stopped,
+}
+
+impl kernel::fmt::Display for Stall {
+    fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
+        f.write_str(match self {
+            Stall::Margin => "free memory below the safety margin",
+            Stall::Unmovable => "blocks hold unmovable pages",
+            Stall::Refused => "device refused or busy",
+            Stall::OfflineOnly => "only offline memory may be unplugged (unplug_online=0)",
+            Stall::NothingToUnplug => "no memory block can be unplugged right now",
+            Stall::NoCallback => "the online-page callback is held by another driver",
+            Stall::Stopped => "the device is stopped",
+        })
+    }
+}
+
+/// The free memory unplug leaves at least, in bytes: the `unplug_margin_mb` module parameter,
+/// or by default four times the page allocator's reserves (its high watermarks), and at least
+/// 128M.
+fn unplug_margin() -> u64 {
+    match module_parameters::unplug_margin_mb.value() {
+        0 => (4 * memory_hotplug::reserved_memory()).max(128 << 20),
+        mb => mb << 20,
+    }
+}
+
 /// Mutable state of the run loop.
 struct State {
     /// The device's reserved region; `None` once unbound.
@@ -67,6 +115,10 @@ struct State {
     unplug_all: bool,
     /// Whether the "cannot unplug yet" message was logged for the current request.
     told_unplug: bool,
+    /// Why unplugging stopped short of the request, if it did.
+    stall: Option<Stall>,
+    /// Sub-block ranges whose pages could not be moved for unplug.
+    unmovable: u64,
     /// Whether the message that the online-page callback is taken was logged.
     told_no_callback: bool,
     /// The memory notifier, registered while bound (it holds a reference to the worker).
@@ -170,6 +222,8 @@ impl Worker {
                     stopped: false,
                     unplug_all: plugged_size > 0,
                     told_unplug: false,
+                    stall: None,
+                    unmovable: 0,
                     told_no_callback: false,
                     notifier: None,
                     online_cb: None,
@@ -277,7 +331,7 @@ impl Worker {
             match protocol::send(&self.vq, &Request::UnplugAll) {
                 Ok(_) => {
                     let mut b = self.blocks.lock();
-                    let per = b.sbs_per_mb();
+                    let per = b.sbs_per_mb().get();
                     for mb in 0..len {
                         b.set_plugged(mb, 0, per, false);
                     }
@@ -333,13 +387,20 @@ impl Worker {
             // The usable region may have shrunk.
             return self.kick();
         }
+        if self.sub_blocks {
+            // Blocks whose sub-blocks are all unplugged go first (an unplug that could not
+            // remove its block right away, or one left by a failed run).
+            self.remove_empty_blocks(&mut st);
+        }
         let plugged = self.plugged_in(&st);
         if requested < plugged {
-            if !st.told_unplug {
+            if self.sub_blocks {
+                self.unplug_sbm(&mut st, requested);
+            } else if !st.told_unplug {
                 dev_info!(
                     self.dev.as_ref(),
                     "requested size {:#x} is below the plugged size {:#x}: unplug is not \
-                     supported yet\n",
+                     supported in big-block mode yet\n",
                     requested,
                     plugged
                 );
@@ -348,11 +409,218 @@ impl Worker {
             return;
         }
         st.told_unplug = false;
+        st.stall = None;
         let usable_end = self.addr + usable;
         if self.sub_blocks {
             self.plug_sbm(&mut st, requested, usable_end);
         } else {
             self.plug_bbm(&mut st, requested, usable_end);
+        }
+    }
+
+    /// Sub-block mode: unplugs toward `requested`, block by block in the order of
+    /// [`SubBlocks::next_unplug`]: offline blocks first, then (with `unplug_online`) online
+    /// ones, whose pages are migrated away first. Stops short, says why and retries later
+    /// when that would take free memory below the safety margin, or when the device refuses.
+    fn unplug_sbm(self: &Arc<Self>, st: &mut State, requested: u64) {
+        let online = module_parameters::unplug_online.value();
+        let mut cursor = None;
+        let mut busy = false;
+        loop {
+            let (plugged, sb_size) = {
+                let b = self.blocks.lock();
+                (b.plugged_bytes(), b.sb_size())
+            };
+            let want = usize::try_from(plugged.saturating_sub(requested) / sb_size)
+                .unwrap_or(usize::MAX);
+            if want == 0 {
+                st.stall = None;
+                st.retry_secs = RETRY_MIN_SECS;
+                return;
+            }
+            let next = self.blocks.lock().next_unplug(cursor, online);
+            let Some((class, mb)) = next else {
+                let why = if busy {
+                    Stall::Unmovable
+                } else if online {
+                    Stall::NothingToUnplug
+                } else {
+                    Stall::OfflineOnly
+                };
+                return self.stall(st, why);
+            };
+            cursor = Some((class, mb));
+            match self.unplug_block(st, mb, want) {
+                Ok(()) => st.retry_secs = RETRY_MIN_SECS,
+                Err(Stall::Unmovable) => busy = true,
+                Err(Stall::Stopped) => return,
+                Err(why) => return self.stall(st, why),
+            }
+        }
+    }
+
+    /// Unplugs up to `want` sub-blocks of block `mb`, highest first, and removes the block
+    /// when nothing of it stays plugged. Sub-blocks of an online block whose pages cannot be
+    /// moved are skipped.
+    fn unplug_block(self: &Arc<Self>, st: &mut State, mb: usize, want: usize) -> Result<(), Stall> {
+        let mut left = want;
+        // Sub-blocks from here up that could not be taken offline are skipped.
+        let mut below = usize::MAX;
+        let mut busy = false;
+        let mut whole_failed = false;
+        while left > 0 {
+            let mut b = self.blocks.lock();
+            let state = b.state(mb);
+            let online = matches!(state, BlockState::Online { .. });
+            if !online && state != BlockState::Offline {
+                // Being onlined or offlined: a later run sees it.
+                break;
+            }
+            let nr = b.nr_plugged(mb);
+            // A fully plugged online block that is to go whole is taken in one piece, else
+            // sub-block by sub-block; offline blocks a run at a time.
+            let whole = online && !whole_failed && nr == b.sbs_per_mb().get() && left >= nr;
+            let max = if online && !whole { 1 } else { left };
+            let Some((sb, count)) = b.last_plugged_run(mb, below, max) else {
+                break;
+            };
+            let sb_size = b.sb_size().get();
+            let addr = b.block_addr(mb) + sb as u64 * sb_size;
+            let size = count as u64 * sb_size;
+            // What stays plugged and added needs the online-page callback (onlining it later).
+            if (nr > count || online) && st.online_cb.is_none() {
+                drop(b);
+                if !self.ensure_online_callback(st) {
+                    return Err(Stall::NoCallback);
+                }
+                continue;
+            }
+            if online {
+                if memory_hotplug::available_memory() < size + unplug_margin() {
+                    return Err(Stall::Margin);
+                }
+                let Some(cb) = st.online_cb.as_mut() else {
+                    return Err(Stall::NoCallback);
+                };
+                match cb.fake_offline(addr, size) {
+                    Ok(()) => {}
+                    Err(e) if e == EBUSY => {
+                        // Some page cannot be moved: try smaller pieces, or below it.
+                        if whole {
+                            whole_failed = true;
+                        } else {
+                            below = sb;
+                        }
+                        busy = true;
+                        st.unmovable += 1;
+                        continue;
+                    }
+                    Err(e) if e == ENOMEM => return Err(Stall::Margin),
+                    Err(e) => {
+                        dev_err!(
+                            self.dev.as_ref(),
+                            "taking [{:#x}-{:#x}] offline failed: {:?}\n",
+                            addr,
+                            addr + size - 1,
+                            e
+                        );
+                        return Err(Stall::Unmovable);
+                    }
+                }
+            }
+            let nb_blocks =
+                u16::try_from(size / self.geometry.block_size).map_err(|_| Stall::Stopped)?;
+            if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
+                if online {
+                    // Give the pages back exactly as they were.
+                    let res = st
+                        .online_cb
+                        .as_mut()
+                        .map_or(Err(ENOENT), |cb| cb.fake_online(addr, size));
+                    if let Err(e) = res {
+                        dev_err!(
+                            self.dev.as_ref(),
+                            "giving back [{:#x}-{:#x}] failed: {:?}\n",
+                            addr,
+                            addr + size - 1,
+                            e
+                        );
+                    }
+                }
+                return Err(if again { Stall::Refused } else { Stall::Stopped });
+            }
+            b.set_plugged(mb, sb, count, false);
+            left = left.saturating_sub(count);
+        }
+        self.remove_empty_blocks(st);
+        if busy && left > 0 {
+            return Err(Stall::Unmovable);
+        }
+        Ok(())
+    }
+
+    /// Removes added blocks with nothing plugged: offline ones, and online ones after offlining
+    /// them (their pages are all fake-offline, so the notifier lets offlining skip them).
+    fn remove_empty_blocks(&self, st: &mut State) {
+        let mut tried = 0;
+        loop {
+            let (mb, state, addr, mb_size) = {
+                let b = self.blocks.lock();
+                let Some(mb) = b.next_empty_added() else {
+                    return;
+                };
+                (mb, b.state(mb), b.block_addr(mb), b.mb_size().get())
+            };
+            let Some(region) = st.region.as_mut() else {
+                return;
+            };
+            let res = if state == BlockState::Offline {
+                region.remove_memory(addr, mb_size)
+            } else {
+                region.offline_and_remove_memory(addr, mb_size)
+            };
+            match res {
+                Ok(()) => {
+                    self.offline.fetch_sub(mb_size as i64, Ordering::SeqCst);
+                    self.blocks.lock().set_state(mb, BlockState::Unused);
+                }
+                Err(e) => {
+                    dev_warn!(
+                        self.dev.as_ref(),
+                        "removing the unplugged block [{:#x}-{:#x}] failed ({:?}); retrying later\n",
+                        addr,
+                        addr + mb_size - 1,
+                        e
+                    );
+                    return;
+                }
+            }
+            tried += 1;
+            if tried > 1024 {
+                return;
+            }
+        }
+    }
+
+    /// Records why unplugging stopped short, says so once per reason, and retries later:
+    /// soon when free memory may come back, with back-off otherwise.
+    fn stall(self: &Arc<Self>, st: &mut State, why: Stall) {
+        if st.stall != Some(why) {
+            dev_info!(
+                self.dev.as_ref(),
+                "unplugging stopped short of the requested size: {}\n",
+                why
+            );
+            st.stall = Some(why);
+        }
+        match why {
+            Stall::Stopped => {}
+            Stall::Margin => {
+                let delay = msecs_to_jiffies(RETRY_MIN_SECS * 1000);
+                let _ = workqueue::system_freezable()
+                    .enqueue_delayed::<Arc<Worker>, 1>(self.clone(), delay);
+            }
+            _ => self.retry_later(st),
         }
     }
 
@@ -382,7 +650,6 @@ impl Worker {
                 }
                 return;
             }
-            st.added_end = addr + size;
             st.retry_secs = RETRY_MIN_SECS;
         }
     }
@@ -444,7 +711,7 @@ impl Worker {
                 // The usable region is full.
                 break;
             };
-            let nr_sbs = nr_sbs.unwrap_or(count * sbs_per_mb);
+            let nr_sbs = nr_sbs.unwrap_or(count * sbs_per_mb.get());
             if let Err(again) = self.plug_new_blocks(st, mb, nr_sbs) {
                 if again {
                     self.retry_later(st);
@@ -530,16 +797,23 @@ impl Worker {
             let b = self.blocks.lock();
             (b.block_addr(mb), b.sb_size().get(), b.sbs_per_mb(), b.mb_size().get())
         };
-        let nr_blocks = nr_sbs.div_ceil(sbs_per_mb);
+        let nr_blocks = (nr_sbs + sbs_per_mb.get() - 1) / sbs_per_mb;
         let size = nr_sbs as u64 * sb_size;
         let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
         self.request(st, &Request::Plug { addr, nb_blocks })?;
         // Mark them added before adding: onlining during the add looks them up.
         self.set_new_blocks(mb, nr_blocks, nr_sbs, true);
-        let added = nr_blocks as u64 * mb_size;
-        if let Err(e) = self.add(st, addr, added) {
-            self.set_new_blocks(mb, nr_blocks, nr_sbs, false);
-            return self.unplug_after_failed_add(st, addr, size, nb_blocks, e);
+        // One memory block per add: memory must be removed in the pieces it was added in (a
+        // bigger add may get a 1G direct mapping that removing one block cannot split).
+        for i in 0..nr_blocks {
+            let block = addr + i as u64 * mb_size;
+            if let Err(e) = self.add(st, block, mb_size) {
+                let rest_sbs = nr_sbs - i * sbs_per_mb.get();
+                self.set_new_blocks(mb + i, nr_blocks - i, rest_sbs, false);
+                let rest = rest_sbs as u64 * sb_size;
+                let nb = u16::try_from(rest / self.geometry.block_size).map_err(|_| false)?;
+                return self.unplug_after_failed_add(st, block, rest, nb, e);
+            }
         }
         Ok(())
     }
@@ -548,7 +822,7 @@ impl Worker {
     /// plugged, or back as unused and unplugged.
     fn set_new_blocks(&self, mb: usize, nr_blocks: usize, nr_sbs: usize, added: bool) {
         let mut b = self.blocks.lock();
-        let per = b.sbs_per_mb();
+        let per = b.sbs_per_mb().get();
         for i in 0..nr_blocks {
             let sbs = (nr_sbs - i * per).min(per);
             b.set_plugged(mb + i, 0, sbs, added);
@@ -622,7 +896,7 @@ impl Worker {
             ) => {
                 dev_info!(
                     self.dev.as_ref(),
-                    "{:?} failed ({:?}); retrying in {} s\n",
+                    "{} failed ({:?}); retrying in {} s\n",
                     req,
                     e,
                     st.retry_secs
@@ -632,7 +906,7 @@ impl Worker {
             Err(SendError::Refused(r)) => {
                 dev_err!(
                     self.dev.as_ref(),
-                    "device answered {:?} to {:?}; stopping until it is bound again\n",
+                    "device answered {:?} to {}; stopping until it is bound again\n",
                     r,
                     req
                 );
@@ -644,11 +918,21 @@ impl Worker {
 
     /// Plugs `[addr, addr + size)` at the device and adds it to the system (big-block mode).
     /// On failure, says whether to retry later (`Err(true)`) or not (`Err(false)`).
+    /// Advances `st.added_end` over what was added.
     fn plug_and_add(&self, st: &mut State, addr: u64, size: u64) -> Result<(), bool> {
         let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
         self.request(st, &Request::Plug { addr, nb_blocks })?;
-        if let Err(e) = self.add(st, addr, size) {
-            return self.unplug_after_failed_add(st, addr, size, nb_blocks, e);
+        // One big block per add, the pieces it will be removed in (see `plug_new_blocks`).
+        let unit = self.geometry.unit.get();
+        let mut at = addr;
+        while at < addr + size {
+            if let Err(e) = self.add(st, at, unit) {
+                let rest = addr + size - at;
+                let nb = u16::try_from(rest / self.geometry.block_size).map_err(|_| false)?;
+                return self.unplug_after_failed_add(st, at, rest, nb, e);
+            }
+            at += unit;
+            st.added_end = at;
         }
         Ok(())
     }
@@ -720,7 +1004,7 @@ impl Worker {
         }
         let mb_size = b.mb_size().get();
         let sb_size = b.sb_size().get();
-        let mut addr = range.start - range.start % mb_size;
+        let mut addr = range.start - range.start % b.mb_size();
         let mut result = Ok(());
         while addr < range.start + range.size {
             let Some(mb) = b.block_of(addr) else {

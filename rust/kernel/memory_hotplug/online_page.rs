@@ -308,20 +308,23 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
         Ok(((start >> PAGE_SHIFT) as usize, (size >> PAGE_SHIFT) as usize))
     }
 
-    /// Hands pages that the handler kept offline in an online memory block to the page
-    /// allocator, now that they may be used (e.g. the device backs them). Fails with `EINVAL`,
-    /// changing nothing, unless every page of `[start, start + size)` is in the range, online
-    /// and kept offline by the handler.
+    /// Hands fake-offline pages of online memory in the range to the page allocator, now that
+    /// they may be used (e.g. the device backs them): pages the handler kept offline when their
+    /// block was onlined, and pages taken with [`Self::fake_offline`]. Fails with `EINVAL`,
+    /// changing nothing, unless every page of `[start, start + size)` is in the range, online,
+    /// and fake-offline (`PageOffline()` with our reference).
     pub fn fake_online(&mut self, start: u64, size: u64) -> Result {
         let (pfn, nr) = self.pages_of(start, size)?;
         for pfn in pfn..pfn + nr {
             // SAFETY: `pfn_to_online_page` checks that the pfn has an online memmap; then
             // `page` is valid to read.
-            let kept = unsafe {
+            let ok = unsafe {
                 let page = bindings::pfn_to_online_page(pfn as c_ulong);
-                !page.is_null() && bindings::PageOffline(page) && bindings::PageDirty(page)
+                !page.is_null()
+                    && bindings::PageOffline(page)
+                    && bindings::page_ref_count(page) == 1
             };
-            if !kept {
+            if !ok {
                 return Err(EINVAL);
             }
         }
@@ -333,16 +336,66 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
             while pfn_now + (1 << order) > pfn + nr {
                 order -= 1;
             }
-            // SAFETY: The pages are online, were kept offline by the callback (so never given
-            // to the page allocator) and we have `&mut self`, so nobody hands them over twice.
-            // `generic_online_page` clears `PageOffline()`; clear our marker first.
+            let count = 1usize << order;
+            // SAFETY: The pages are online and fake-offline, so not in the page allocator, and
+            // we have `&mut self`, so nobody hands them over twice. Pages kept offline at
+            // onlining (`PageDirty()`, all pages of a sub-block alike) never went through the
+            // page allocator: `generic_online_page` gives them to it and counts them. Pages
+            // taken by `fake_offline` were allocated: they are freed and counted again.
             unsafe {
-                for p in pfn_now..pfn_now + (1 << order) {
-                    bindings::ClearPageDirty(bindings::pfn_to_page(p));
+                let first = bindings::pfn_to_page(pfn_now);
+                if bindings::PageDirty(first) {
+                    for p in pfn_now..pfn_now + count {
+                        bindings::ClearPageDirty(bindings::pfn_to_page(p));
+                    }
+                    bindings::generic_online_page(first, order);
+                } else {
+                    for p in pfn_now..pfn_now + count {
+                        bindings::__ClearPageOffline(bindings::pfn_to_page(p));
+                    }
+                    bindings::free_contig_range(pfn_now as c_ulong, count as c_ulong);
+                    bindings::adjust_managed_page_count(first, count as c_long);
                 }
-                bindings::generic_online_page(bindings::pfn_to_page(pfn_now), order);
             }
-            pfn_now += 1 << order;
+            pfn_now += count;
+        }
+        Ok(())
+    }
+
+    /// Takes the pages of `[start, start + size)`, online memory in the range, away from the
+    /// kernel so that the device may stop backing them: migrates what is in use elsewhere
+    /// (never invoking the OOM killer), then marks the pages fake-offline (`PageOffline()`, not
+    /// counted as managed memory any more). [`Self::fake_online`] gives them back. Fails,
+    /// changing nothing, with `EBUSY` if some page cannot be moved (e.g. unmovable kernel
+    /// memory) and `ENOMEM` if there is no memory to move it to.
+    pub fn fake_offline(&mut self, start: u64, size: u64) -> Result {
+        let (pfn, nr) = self.pages_of(start, size)?;
+        for pfn in pfn..pfn + nr {
+            // SAFETY: `pfn_to_online_page` only checks the memory section's state.
+            if unsafe { bindings::pfn_to_online_page(pfn as c_ulong) }.is_null() {
+                return Err(EINVAL);
+            }
+        }
+        let gfp = bindings::GFP_KERNEL | bindings::__GFP_NOWARN;
+        // SAFETY: The range is online memory of our registration. `alloc_contig_range` isolates
+        // and migrates it, or fails without changing anything.
+        crate::error::to_result(unsafe {
+            bindings::alloc_contig_range_noprof(
+                pfn as c_ulong,
+                (pfn + nr) as c_ulong,
+                0, // ACR_FLAGS_NONE
+                gfp,
+            )
+        })?;
+        // SAFETY: The pages are ours now (one reference each); marking them offline under
+        // `page_offline_begin/end` tells readers such as /proc/kcore to leave them alone.
+        unsafe {
+            bindings::page_offline_begin();
+            for p in pfn..pfn + nr {
+                bindings::__SetPageOffline(bindings::pfn_to_page(p));
+            }
+            bindings::page_offline_end();
+            bindings::adjust_managed_page_count(bindings::pfn_to_page(pfn), -(nr as c_long));
         }
         Ok(())
     }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Guest test: unplug never pushes the guest into OOM. A 2G guest with 12G
+# plugged runs a workload that holds (and at the end checks) 6G; the device is
+# asked to shrink to 2G. The driver unplugs what it can, stops above the
+# safety margin and says why; the workload survives with its data intact and
+# nothing is OOM-killed. When the workload exits, the driver unplugs the rest
+# down to 2G on its own.
+#
+# Expects vm0: a 12G region with 2M blocks, memhp_default_state=online_movable.
+set -u
+source "$(dirname "$0")/lib.sh"
+
+dir=/tmp/vmr-pressure
+rm -rf "$dir"; mkdir -p "$dir"
+# Prints the device's plugged size once it has not changed for $1 seconds
+# (at most $2 seconds in all).
+settled_size() {
+    local quiet=$1 deadline=$((SECONDS + $2)) last="" since=$SECONDS now
+    while [ $SECONDS -lt "$deadline" ]; do
+        now=$(qmp_info vm0 size)
+        if [ "$now" != "$last" ]; then last=$now since=$SECONDS; fi
+        [ $((SECONDS - since)) -ge "$quiet" ] && break
+        sleep 1
+    done
+    echo "$last"
+}
+
+ktap_header 10
+ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+vmctl set-size vm0 12G >/dev/null
+size=$(vmctl wait vm0 12G --wait-timeout-s 300 2>&1 | tail -n1)
+ktap_eq "12G plugged" "$(to_bytes 12G)" "$size"
+
+/usr/bin/python3 "$(dirname "$0")/hold_memory.py" 6144 "$dir/ready" "$dir/stop" >"$dir/out" 2>&1 &
+pid=$!
+for _ in $(seq 600); do [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
+ktap_check "the workload holds 6G" test -e "$dir/ready"
+
+t0=$SECONDS
+vmctl set-size vm0 2G >/dev/null
+size=$(settled_size 20 600)
+ktap_diag "plugged size settled at $size after $((SECONDS - t0)) s; MemAvailable $(awk '/MemAvailable/ {print $2}' /proc/meminfo) kB"
+ktap_check "unplugging stopped short of 2G, above the workload" test "$size" -gt "$(to_bytes 2G)" -a "$size" -lt "$(to_bytes 12G)"
+ktap_check "the driver says why" eval "dmesg | grep -q 'virtio_mem_rust .*: unplugging stopped short of the requested size: free memory below the safety margin'"
+ktap_check "the workload is alive" kill -0 $pid
+
+touch "$dir/stop"
+wait $pid; rc=$?
+ktap_diag "$(cat "$dir/out")"
+ktap_eq "the workload's data is intact" 0 "$rc"
+ktap_eq "nothing was OOM-killed" "" "$(dmesg | grep -iE 'out of memory|oom-kill|killed process')"
+size=$(vmctl wait vm0 2G --wait-timeout-s 300 2>&1 | tail -n1)
+ktap_eq "once it exited, the driver unplugged down to 2G on its own" "$(to_bytes 2G)" "$size"
+splats=$(kernel_splats)
+[ -z "$splats" ] || ktap_diag "$splats"
+ktap_eq "no kernel warnings or oopses" "" "$splats"
+ktap_finish

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Guest test: with unplug_online=0 only offline memory is unplugged. With
+# memhp_default_state=offline, 1G is plugged (8 blocks, left offline) and user
+# space onlines 4 of them; asked for 130M, the driver removes and unplugs the
+# 4 offline blocks, leaves the online ones alone, stops at 512M and says why.
+#
+# Expects vm0: a 4G region with 2M blocks, nothing requested at boot.
+set -u
+source "$(dirname "$0")/lib.sh"
+
+block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
+n0=$(( $(qmp_info vm0 memaddr) / block ))
+
+ktap_header 7
+ktap_check "load virtio_mem_rust unplug_online=0" insmod "$VMR_KO_RUST" unplug_online=0
+vmctl set-size vm0 1G >/dev/null
+size=$(vmctl wait vm0 1G --wait-timeout-s 120 2>&1 | tail -n1)
+ktap_eq "1G plugged" "$(to_bytes 1G)" "$size"
+for n in 0 1 2 3; do echo online_movable >/sys/devices/system/memory/memory$((n0 + n))/state; done
+base_kb=$(memtotal_kb)
+vmctl set-size vm0 130M >/dev/null
+size=$(vmctl wait vm0 512M --wait-timeout-s 120 2>&1 | tail -n1)
+ktap_eq "the 4 offline blocks are unplugged, the 4 online ones stay" "$(to_bytes 512M)" "$size"
+ktap_eq "and they are removed" "$(to_bytes 512M)" "$(virtio_mem_ram_bytes)"
+ktap_eq "online memory is untouched (MemTotal, kB)" "$base_kb" "$(memtotal_kb)"
+ktap_check "the driver says why it stopped" \
+    eval "dmesg | grep -q 'unplugging stopped short of the requested size: only offline memory may be unplugged'"
+splats=$(kernel_splats)
+[ -z "$splats" ] || ktap_diag "$splats"
+ktap_eq "no kernel warnings or oopses" "" "$splats"
+ktap_finish
