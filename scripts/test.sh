@@ -90,6 +90,9 @@ guest unplug-all 1 "--vmem size=4G,block=2M,id=vm0" "$tests/unplug_all.sh"
 guest unplug 1 "--append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=16G,block=2M,id=vm0,backend=file:$backing" \
     "VMR_BACKING=/mnt/${backing##*/} $tests/unplug.sh"
 rm -f "$backing"
+guest unplug-offline 1 "--vmem size=4G,block=2M,id=vm0" "$tests/unplug_offline.sh"
+guest unplug-online-block 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" \
+    "$tests/unplug_online_block.sh"
 guest pressure 1 "--append memhp_default_state=online_movable --vmem size=12G,block=2M,id=vm0" "$tests/pressure.sh"
 guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 40)),id=vm0" \
     "$tests/bad_config.sh"
