@@ -10,8 +10,8 @@ source "$(dirname "$0")/../tools/testing/selftests/drivers/virtio_mem/lib.sh"
 drv=$1 ko=$VMR_KO_RUST
 [ "$drv" = virtio_mem ] && ko=$VMR_KO_C
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-# ms until the plugged size stops changing for $1 s (not counting those $1 s),
-# at most $2 s; the size is left in $settled.
+# Prints "MS SIZE": ms until the plugged size stopped changing for $1 s (not
+# counting those $1 s) or reached $target, at most $2 s, and that size.
 settle() {
     local quiet=$1 deadline=$((SECONDS + $2)) last="" t_last t0 now
     t0=$(now_ms) t_last=$t0
@@ -22,8 +22,7 @@ settle() {
         [ "$now" = "$target" ] && break
         sleep 0.2
     done
-    settled=$last
-    echo $((t_last - t0))
+    echo "$((t_last - t0)) $last"
 }
 ooms() { dmesg | grep -ciE 'killed process|oom-kill:' || true; }
 
@@ -32,7 +31,7 @@ vmctl set-size vm0 16G >/dev/null
 vmctl wait vm0 16G --wait-timeout-s 600 >/dev/null 2>&1 || { echo "bench: $drv did not plug 16G"; exit 1; }
 target=0
 vmctl set-size vm0 0 >/dev/null
-ms=$(settle 30 900)
+read -r ms settled < <(settle 30 900)
 printf '%-16s %-26s %10s %12s %6s %s\n' "$drv" "16G -> 0, idle" "$ms" "$((settled >> 20))" "$(ooms)" "-"
 
 vmctl set-size vm0 12G >/dev/null
@@ -44,7 +43,7 @@ pid=$!
 for _ in $(seq 600); do [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
 target=$(to_bytes 2G)
 vmctl set-size vm0 2G >/dev/null
-ms=$(settle 30 900)
+read -r ms settled < <(settle 30 900)
 touch "$dir/stop"
 if wait $pid; then survived=yes; else survived=no; fi
 printf '%-16s %-26s %10s %12s %6s %s\n' "$drv" "12G -> 2G, 6G workload" "$ms" "$((settled >> 20))" "$(ooms)" "$survived"

@@ -56,6 +56,37 @@ pub fn pxm_to_node(_pxm: i32) -> Option<i32> {
     None
 }
 
+/// Calls `f` with the pfn and `struct page` of each of the `nr` pages from `pfn` on, in order,
+/// until it returns `false`; returns whether it never did. One `pfn_to_page` per memory section
+/// (the memmap of a section is contiguous), not per page: these loops run over whole memory
+/// blocks.
+///
+/// # Safety
+///
+/// The memmap of the pages must be initialized: they are online, or being onlined or offlined.
+unsafe fn walk_pages(
+    pfn: usize,
+    nr: usize,
+    mut f: impl FnMut(usize, *mut bindings::page) -> bool,
+) -> bool {
+    let per_section = bindings::PAGES_PER_SECTION as usize;
+    let end = pfn + nr;
+    let mut at = pfn;
+    while at < end {
+        let section_end = ((at / per_section + 1) * per_section).min(end);
+        // SAFETY: The memmap is initialized (safety requirement).
+        let first = unsafe { bindings::pfn_to_page(at as c_ulong) };
+        for i in 0..section_end - at {
+            // SAFETY: The `struct page`s of one section are contiguous.
+            if !f(at + i, unsafe { first.add(i) }) {
+                return false;
+            }
+        }
+        at = section_end;
+    }
+    true
+}
+
 /// Memory available for new allocations without swapping, in bytes: free memory plus what
 /// reclaim can free easily, minus the kernel's reserves (`MemAvailable` in `/proc/meminfo`).
 pub fn available_memory() -> u64 {
@@ -408,18 +439,35 @@ impl MemoryNotification {
             return Err(EINVAL);
         }
         let pfns = self.pfns(start, size)?;
-        // SAFETY: The memmap of the range is initialized (type invariant).
-        let ok = pfns.clone().all(|pfn| unsafe {
-            let page = bindings::pfn_to_page(pfn);
-            bindings::PageOffline(page) && bindings::page_ref_count(page) == 1
-        });
+        let (pfn, nr) = (pfns.start as usize, (pfns.end - pfns.start) as usize);
+        // One pass: drop each reference after checking the page; undo on the first misfit.
+        let mut done = 0;
+        // SAFETY: The memmap of the range is initialized (type invariant). A `PageOffline()`
+        // page with one reference is the caller's (it keeps it offline); offlining treats such
+        // pages without references as never used. `page_ref_dec_and_test` is true when the
+        // count drops to zero; otherwise the page had more references and is not the caller's.
+        let ok = unsafe {
+            walk_pages(pfn, nr, |_, page| {
+                if !bindings::PageOffline(page) {
+                    return false;
+                }
+                if !bindings::page_ref_dec_and_test(page) {
+                    bindings::page_ref_inc(page);
+                    return false;
+                }
+                done += 1;
+                true
+            })
+        };
         if !ok {
+            // SAFETY: We dropped the reference of these `done` pages just before.
+            unsafe {
+                walk_pages(pfn, done, |_, page| {
+                    bindings::page_ref_inc(page);
+                    true
+                })
+            };
             return Err(EINVAL);
-        }
-        for pfn in pfns {
-            // SAFETY: An offline page with one reference: ours, as the caller keeps it offline.
-            // Offlining treats `PageOffline()` pages without references as never used.
-            unsafe { bindings::page_ref_dec_and_test(bindings::pfn_to_page(pfn)) };
         }
         Ok(())
     }
@@ -433,19 +481,24 @@ impl MemoryNotification {
             return Err(EINVAL);
         }
         let pfns = self.pfns(start, size)?;
+        let (pfn, nr) = (pfns.start as usize, (pfns.end - pfns.start) as usize);
         // SAFETY: The memmap of the range is initialized (type invariant).
-        let ok = pfns.clone().all(|pfn| unsafe {
-            let page = bindings::pfn_to_page(pfn);
-            bindings::PageOffline(page) && bindings::page_ref_count(page) == 0
-        });
+        let ok = unsafe {
+            walk_pages(pfn, nr, |_, page| {
+                bindings::PageOffline(page) && bindings::page_ref_count(page) == 0
+            })
+        };
         if !ok {
             return Err(EINVAL);
         }
-        for pfn in pfns {
-            // SAFETY: The page is offline without references: the caller released it when
-            // offlining began, and takes its reference back.
-            unsafe { bindings::page_ref_inc(bindings::pfn_to_page(pfn)) };
-        }
+        // SAFETY: The pages are offline without references: the caller released them when
+        // offlining began, and takes their references back.
+        unsafe {
+            walk_pages(pfn, nr, |_, page| {
+                bindings::page_ref_inc(page);
+                true
+            })
+        };
         Ok(())
     }
 }

@@ -142,11 +142,27 @@ fn keep_offline(pfn: usize, nr: usize) {
     // `PageOffline()` already); `page_offline_begin/end` synchronize with readers of the flag.
     unsafe {
         bindings::page_offline_begin();
-        for pfn in pfn..pfn + nr {
-            bindings::SetPageDirty(bindings::pfn_to_page(pfn));
-        }
+        super::walk_pages(pfn, nr, |_, page| {
+            bindings::SetPageDirty(page);
+            true
+        });
         bindings::page_offline_end();
     }
+}
+
+/// Whether the `nr` pages from `pfn` on are all online (memory is onlined in whole sections,
+/// so one page per section tells).
+fn all_online(pfn: usize, nr: usize) -> bool {
+    let per_section = bindings::PAGES_PER_SECTION as usize;
+    let mut at = pfn;
+    while at < pfn + nr {
+        // SAFETY: `pfn_to_online_page` only looks up the section's state.
+        if unsafe { bindings::pfn_to_online_page(at as c_ulong) }.is_null() {
+            return false;
+        }
+        at = (at / per_section + 1) * per_section;
+    }
+    true
 }
 
 /// One registered handler: the range it decides for and how to call it.
@@ -315,18 +331,17 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
     /// and fake-offline (`PageOffline()` with our reference).
     pub fn fake_online(&mut self, start: u64, size: u64) -> Result {
         let (pfn, nr) = self.pages_of(start, size)?;
-        for pfn in pfn..pfn + nr {
-            // SAFETY: `pfn_to_online_page` checks that the pfn has an online memmap; then
-            // `page` is valid to read.
-            let ok = unsafe {
-                let page = bindings::pfn_to_online_page(pfn as c_ulong);
-                !page.is_null()
-                    && bindings::PageOffline(page)
-                    && bindings::page_ref_count(page) == 1
-            };
-            if !ok {
-                return Err(EINVAL);
-            }
+        if !all_online(pfn, nr) {
+            return Err(EINVAL);
+        }
+        // SAFETY: The pages are online, so their memmap is valid to read.
+        let ok = unsafe {
+            super::walk_pages(pfn, nr, |_, page| {
+                bindings::PageOffline(page) && bindings::page_ref_count(page) == 1
+            })
+        };
+        if !ok {
+            return Err(EINVAL);
         }
         let max_order = bindings::MAX_PAGE_ORDER;
         let mut pfn_now = pfn;
@@ -345,14 +360,16 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
             unsafe {
                 let first = bindings::pfn_to_page(pfn_now);
                 if bindings::PageDirty(first) {
-                    for p in pfn_now..pfn_now + count {
-                        bindings::ClearPageDirty(bindings::pfn_to_page(p));
-                    }
+                    super::walk_pages(pfn_now, count, |_, page| {
+                        bindings::ClearPageDirty(page);
+                        true
+                    });
                     bindings::generic_online_page(first, order);
                 } else {
-                    for p in pfn_now..pfn_now + count {
-                        bindings::__ClearPageOffline(bindings::pfn_to_page(p));
-                    }
+                    super::walk_pages(pfn_now, count, |_, page| {
+                        bindings::__ClearPageOffline(page);
+                        true
+                    });
                     bindings::free_contig_range(pfn_now as c_ulong, count as c_ulong);
                     bindings::adjust_managed_page_count(first, count as c_long);
                 }
@@ -370,11 +387,8 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
     /// memory) and `ENOMEM` if there is no memory to move it to.
     pub fn fake_offline(&mut self, start: u64, size: u64) -> Result {
         let (pfn, nr) = self.pages_of(start, size)?;
-        for pfn in pfn..pfn + nr {
-            // SAFETY: `pfn_to_online_page` only checks the memory section's state.
-            if unsafe { bindings::pfn_to_online_page(pfn as c_ulong) }.is_null() {
-                return Err(EINVAL);
-            }
+        if !all_online(pfn, nr) {
+            return Err(EINVAL);
         }
         let gfp = bindings::GFP_KERNEL | bindings::__GFP_NOWARN;
         // SAFETY: The range is online memory of our registration. `alloc_contig_range` isolates
@@ -391,9 +405,10 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
         // `page_offline_begin/end` tells readers such as /proc/kcore to leave them alone.
         unsafe {
             bindings::page_offline_begin();
-            for p in pfn..pfn + nr {
-                bindings::__SetPageOffline(bindings::pfn_to_page(p));
-            }
+            super::walk_pages(pfn, nr, |_, page| {
+                bindings::__SetPageOffline(page);
+                true
+            });
             bindings::page_offline_end();
             bindings::adjust_managed_page_count(bindings::pfn_to_page(pfn), -(nr as c_long));
         }
