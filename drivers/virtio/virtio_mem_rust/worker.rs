@@ -281,8 +281,9 @@ impl Worker {
         if added > 0 {
             dev_warn!(
                 self.dev.as_ref(),
-                "{:#x} bytes of memory stay added to the system ({:#x} plugged; unplug is not \
-                 supported yet); the region stays reserved, so the device cannot be bound again\n",
+                "{:#x} bytes of memory stay added to the system ({:#x} plugged; online memory \
+                 is not unplugged at unbind); the region stays reserved, so the device cannot be \
+                 bound again\n",
                 added,
                 self.plugged_in(&st)
             );
@@ -396,15 +397,8 @@ impl Worker {
         if requested < plugged {
             if self.sub_blocks {
                 self.unplug_sbm(&mut st, requested);
-            } else if !st.told_unplug {
-                dev_info!(
-                    self.dev.as_ref(),
-                    "requested size {:#x} is below the plugged size {:#x}: unplug is not \
-                     supported in big-block mode yet\n",
-                    requested,
-                    plugged
-                );
-                st.told_unplug = true;
+            } else {
+                self.unplug_bbm(&mut st, requested);
             }
             return;
         }
@@ -416,6 +410,67 @@ impl Worker {
         } else {
             self.plug_bbm(&mut st, requested, usable_end);
         }
+    }
+
+    /// Big-block mode: unplugs whole big blocks from the top of the plugged run while at least
+    /// one fits above `requested`. Each is offlined (its pages in use migrated away; with
+    /// `unplug_online=0` only if it is offline already) and removed, then unplugged; if the
+    /// device refuses, it is added back. Stops short, as in sub-block mode, when that would
+    /// take available memory below the safety margin or the pages cannot be moved.
+    fn unplug_bbm(self: &Arc<Self>, st: &mut State, requested: u64) {
+        let unit = self.geometry.unit.get();
+        while self.plugged_in(st) >= requested + unit {
+            let addr = st.added_end - unit;
+            let Some(region) = st.region.as_mut() else {
+                return;
+            };
+            let res = if module_parameters::unplug_online.value() {
+                if memory_hotplug::available_memory() < unit + unplug_margin() {
+                    return self.stall(st, Stall::Margin);
+                }
+                region.offline_and_remove_memory(addr, unit)
+            } else {
+                match region.remove_memory(addr, unit) {
+                    Err(e) if e == EBUSY => return self.stall(st, Stall::OfflineOnly),
+                    res => res,
+                }
+            };
+            match res {
+                Ok(()) => {}
+                Err(e) if e == EBUSY => return self.stall(st, Stall::Unmovable),
+                Err(e) => {
+                    dev_err!(
+                        self.dev.as_ref(),
+                        "removing the big block [{:#x}-{:#x}] failed: {:?}\n",
+                        addr,
+                        addr + unit - 1,
+                        e
+                    );
+                    return self.stall(st, Stall::Unmovable);
+                }
+            }
+            // Removed: it is no longer offline either (the notifier counted it offline).
+            self.offline.fetch_sub(unit as i64, Ordering::SeqCst);
+            st.added_end = addr;
+            let nb_blocks = u16::try_from(unit / self.geometry.block_size).unwrap_or(u16::MAX);
+            if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
+                // Still plugged: add it back, so that nothing plugged is left unused.
+                if self.add(st, addr, unit).is_ok() {
+                    st.added_end = addr + unit;
+                } else {
+                    dev_err!(
+                        self.dev.as_ref(),
+                        "adding the big block [{:#x}-{:#x}] back failed; it stays plugged and \
+                         unused\n",
+                        addr,
+                        addr + unit - 1
+                    );
+                }
+                return self.stall(st, if again { Stall::Refused } else { Stall::Stopped });
+            }
+            st.retry_secs = RETRY_MIN_SECS;
+        }
+        st.stall = None;
     }
 
     /// Sub-block mode: unplugs toward `requested`, block by block in the order of
