@@ -413,8 +413,8 @@ impl MemoryNotification {
     }
 
     /// Checks that `[start, start + size)` is a non-empty, page-aligned part of the range and
-    /// returns its pfns.
-    fn pfns(&self, start: u64, size: u64) -> Result<core::ops::Range<c_ulong>> {
+    /// returns its first pfn and number of pages.
+    fn pfns(&self, start: u64, size: u64) -> Result<(usize, usize)> {
         let end = start.checked_add(size).ok_or(EINVAL)?;
         let mask = crate::page::PAGE_SIZE as u64 - 1;
         if size == 0
@@ -425,7 +425,7 @@ impl MemoryNotification {
             return Err(EINVAL);
         }
         let shift = crate::page::PAGE_SHIFT;
-        Ok((start >> shift) as c_ulong..(end >> shift) as c_ulong)
+        Ok(((start >> shift) as usize, (size >> shift) as usize))
     }
 
     /// While memory goes offline ([`MemoryEvent::GoingOffline`]): drops the reference of the
@@ -438,8 +438,7 @@ impl MemoryNotification {
         if self.event != MemoryEvent::GoingOffline {
             return Err(EINVAL);
         }
-        let pfns = self.pfns(start, size)?;
-        let (pfn, nr) = (pfns.start as usize, (pfns.end - pfns.start) as usize);
+        let (pfn, nr) = self.pfns(start, size)?;
         // One pass: drop each reference after checking the page; undo on the first misfit.
         let mut done = 0;
         // SAFETY: The memmap of the range is initialized (type invariant). A `PageOffline()`
@@ -480,8 +479,7 @@ impl MemoryNotification {
         if self.event != MemoryEvent::CancelOffline {
             return Err(EINVAL);
         }
-        let pfns = self.pfns(start, size)?;
-        let (pfn, nr) = (pfns.start as usize, (pfns.end - pfns.start) as usize);
+        let (pfn, nr) = self.pfns(start, size)?;
         // SAFETY: The memmap of the range is initialized (type invariant).
         let ok = unsafe {
             walk_pages(pfn, nr, |_, page| {

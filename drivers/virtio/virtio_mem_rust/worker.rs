@@ -113,12 +113,8 @@ struct State {
     stopped: bool,
     /// The device has memory plugged from before we were bound: unplug it all first.
     unplug_all: bool,
-    /// Whether the "cannot unplug yet" message was logged for the current request.
-    told_unplug: bool,
     /// Why unplugging stopped short of the request, if it did.
     stall: Option<Stall>,
-    /// Sub-block ranges whose pages could not be moved for unplug.
-    unmovable: u64,
     /// Whether the message that the online-page callback is taken was logged.
     told_no_callback: bool,
     /// The memory notifier, registered while bound (it holds a reference to the worker).
@@ -221,9 +217,7 @@ impl Worker {
                     stopping: false,
                     stopped: false,
                     unplug_all: plugged_size > 0,
-                    told_unplug: false,
                     stall: None,
-                    unmovable: 0,
                     told_no_callback: false,
                     notifier: None,
                     online_cb: None,
@@ -402,7 +396,6 @@ impl Worker {
             }
             return;
         }
-        st.told_unplug = false;
         st.stall = None;
         let usable_end = self.addr + usable;
         if self.sub_blocks {
@@ -567,7 +560,6 @@ impl Worker {
                             below = sb;
                         }
                         busy = true;
-                        st.unmovable += 1;
                         continue;
                     }
                     Err(e) if e == ENOMEM => return Err(Stall::Margin),
