@@ -36,16 +36,17 @@ time_plug() {
     echo $(( $(now_ms) - t0 ))
 }
 
-printf '%-10s %10s %10s %8s\n' "plug" "C (ms)" "Rust (ms)" "Rust/C"
-# Alternate who goes first (C, Rust; then Rust, C): each run adds memory to the guest, and
-# the later run of a pair finds more memory already there.
+# $1 says who goes first in this guest: "c" (C, then Rust, for both sizes) or
+# "r". Each run adds memory to the guest, so the later run of a pair finds more
+# memory there (about 10% slower); bench.sh runs one guest of each order.
+# Prints "SIZE C_MS RUST_MS" per size.
 for size in 8G 16G; do
-    if [ "$size" = 8G ]; then
+    if [ "${1:-c}" = c ]; then
         c=$(time_plug "c${size%G}" "$size") || exit 1
         r=$(time_plug "r${size%G}" "$size") || exit 1
     else
         r=$(time_plug "r${size%G}" "$size") || exit 1
         c=$(time_plug "c${size%G}" "$size") || exit 1
     fi
-    printf '%-10s %10d %10d %8s\n' "0 -> $size" "$c" "$r" "$(echo "scale=2; $r / $c" | bc)"
+    echo "result $size $c $r"
 done
