@@ -56,6 +56,18 @@ pub fn pxm_to_node(_pxm: i32) -> Option<i32> {
     None
 }
 
+/// Checks that `[start, start + size)` is non-empty, page-aligned and inside `[lo, hi)`, and
+/// returns its first pfn and number of pages.
+fn page_range(start: u64, size: u64, lo: u64, hi: u64) -> Result<(usize, usize)> {
+    let end = start.checked_add(size).ok_or(EINVAL)?;
+    let mask = crate::page::PAGE_SIZE as u64 - 1;
+    if size == 0 || start < lo || end > hi || (start | size) & mask != 0 {
+        return Err(EINVAL);
+    }
+    let shift = crate::page::PAGE_SHIFT;
+    Ok(((start >> shift) as usize, (size >> shift) as usize))
+}
+
 /// Calls `f` with the pfn and `struct page` of each of the `nr` pages from `pfn` on, in order,
 /// until it returns `false`; returns whether it never did. One `pfn_to_page` per memory section
 /// (the memmap of a section is contiguous), not per page: these loops run over whole memory
@@ -412,20 +424,10 @@ impl MemoryNotification {
         unsafe { bindings::is_zone_movable_page(bindings::pfn_to_page(pfn)) }
     }
 
-    /// Checks that `[start, start + size)` is a non-empty, page-aligned part of the range and
-    /// returns its first pfn and number of pages.
+    /// The first pfn and number of pages of `[start, start + size)`, a part of the event's
+    /// range.
     fn pfns(&self, start: u64, size: u64) -> Result<(usize, usize)> {
-        let end = start.checked_add(size).ok_or(EINVAL)?;
-        let mask = crate::page::PAGE_SIZE as u64 - 1;
-        if size == 0
-            || start < self.range.start
-            || end > self.range.start + self.range.size
-            || (start | size) & mask != 0
-        {
-            return Err(EINVAL);
-        }
-        let shift = crate::page::PAGE_SHIFT;
-        Ok(((start >> shift) as usize, (size >> shift) as usize))
+        page_range(start, size, self.range.start, self.range.start + self.range.size)
     }
 
     /// While memory goes offline ([`MemoryEvent::GoingOffline`]): drops the reference of the

@@ -52,6 +52,11 @@ impl Geometry {
         })
     }
 
+    /// The number of device blocks in `size` bytes, if one request can carry them.
+    pub(crate) fn nb_blocks(&self, size: u64) -> Option<u16> {
+        u16::try_from(size / self.block_size).ok()
+    }
+
     /// The most units plugged with one request and added with one call: one request carries at
     /// most `u16::MAX` device blocks, and a batch is at most [`MAX_BATCH`] (but one unit).
     pub(crate) fn max_units(&self) -> u64 {

@@ -297,28 +297,17 @@ impl Worker {
             (b.len(), b.mb_size().get())
         };
         for mb in 0..len {
-            let addr = {
-                let b = self.blocks.lock();
-                if b.state(mb) != BlockState::Offline {
-                    continue;
-                }
-                b.block_addr(mb)
-            };
-            let Some(region) = st.region.as_mut() else {
-                return;
-            };
-            match region.remove_memory(addr, mb_size) {
-                Ok(()) => {
-                    self.offline.fetch_sub(mb_size as i64, Ordering::SeqCst);
-                    self.blocks.lock().set_state(mb, BlockState::Unused);
-                }
-                Err(e) => dev_err!(
+            if self.blocks.lock().state(mb) != BlockState::Offline {
+                continue;
+            }
+            if let Err((addr, e)) = self.remove_block(st, mb) {
+                dev_err!(
                     self.dev.as_ref(),
                     "removing the offline block [{:#x}-{:#x}] failed: {:?}\n",
                     addr,
                     addr + mb_size - 1,
                     e
-                ),
+                );
             }
         }
         let nothing_added = !matches!(st.region.as_ref(), Some(r) if r.added() > 0);
@@ -445,7 +434,7 @@ impl Worker {
             // Removed: it is no longer offline either (the notifier counted it offline).
             self.offline.fetch_sub(unit as i64, Ordering::SeqCst);
             st.added_end = addr;
-            let nb_blocks = u16::try_from(unit / self.geometry.block_size).unwrap_or(u16::MAX);
+            let nb_blocks = self.geometry.nb_blocks(unit).unwrap_or(u16::MAX);
             if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
                 // Still plugged: add it back, so that nothing plugged is left unused.
                 if self.add(st, addr, unit).is_ok() {
@@ -576,23 +565,11 @@ impl Worker {
                 }
             }
             let nb_blocks =
-                u16::try_from(size / self.geometry.block_size).map_err(|_| Stall::Stopped)?;
+                self.geometry.nb_blocks(size).ok_or(Stall::Stopped)?;
             if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
                 if online {
                     // Give the pages back exactly as they were.
-                    let res = st
-                        .online_cb
-                        .as_mut()
-                        .map_or(Err(ENOENT), |cb| cb.fake_online(addr, size));
-                    if let Err(e) = res {
-                        dev_err!(
-                            self.dev.as_ref(),
-                            "giving back [{:#x}-{:#x}] failed: {:?}\n",
-                            addr,
-                            addr + size - 1,
-                            e
-                        );
-                    }
+                    self.fake_online(st, addr, size);
                 }
                 return Err(if again { Stall::Refused } else { Stall::Stopped });
             }
@@ -609,44 +586,45 @@ impl Worker {
     /// Removes added blocks with nothing plugged: offline ones, and online ones after offlining
     /// them (their pages are all fake-offline, so the notifier lets offlining skip them).
     fn remove_empty_blocks(&self, st: &mut State) {
-        let mut tried = 0;
+        // Each pass removes a block (it becomes unused) or stops.
         loop {
-            let (mb, state, addr, mb_size) = {
-                let b = self.blocks.lock();
-                let Some(mb) = b.next_empty_added() else {
-                    return;
-                };
-                (mb, b.state(mb), b.block_addr(mb), b.mb_size().get())
-            };
-            let Some(region) = st.region.as_mut() else {
+            let Some(mb) = self.blocks.lock().next_empty_added() else {
                 return;
             };
-            let res = if state == BlockState::Offline {
-                region.remove_memory(addr, mb_size)
-            } else {
-                region.offline_and_remove_memory(addr, mb_size)
-            };
-            match res {
-                Ok(()) => {
-                    self.offline.fetch_sub(mb_size as i64, Ordering::SeqCst);
-                    self.blocks.lock().set_state(mb, BlockState::Unused);
-                }
-                Err(e) => {
-                    dev_warn!(
-                        self.dev.as_ref(),
-                        "removing the unplugged block [{:#x}-{:#x}] failed ({:?}); retrying later\n",
-                        addr,
-                        addr + mb_size - 1,
-                        e
-                    );
-                    return;
-                }
-            }
-            tried += 1;
-            if tried > 1024 {
+            if let Err((addr, e)) = self.remove_block(st, mb) {
+                let mb_size = self.geometry.unit.get();
+                dev_warn!(
+                    self.dev.as_ref(),
+                    "removing the unplugged block [{:#x}-{:#x}] failed ({:?}); retrying later\n",
+                    addr,
+                    addr + mb_size - 1,
+                    e
+                );
                 return;
             }
         }
+    }
+
+    /// Removes added block `mb` from the system (offlining it first if it is online) and marks
+    /// it unused; its sub-blocks keep their plugged state. On failure, returns its address and
+    /// the error.
+    fn remove_block(&self, st: &mut State, mb: usize) -> Result<(), (u64, Error)> {
+        let (state, addr) = {
+            let b = self.blocks.lock();
+            (b.state(mb), b.block_addr(mb))
+        };
+        let mb_size = self.geometry.unit.get();
+        let region = st.region.as_mut().ok_or((addr, ENODEV))?;
+        let res = if state == BlockState::Offline {
+            region.remove_memory(addr, mb_size)
+        } else {
+            region.offline_and_remove_memory(addr, mb_size)
+        };
+        res.map_err(|e| (addr, e))?;
+        // It counted as offline (an online block went offline on the way out).
+        self.offline.fetch_sub(mb_size as i64, Ordering::SeqCst);
+        self.blocks.lock().set_state(mb, BlockState::Unused);
+        Ok(())
     }
 
     /// Records why unplugging stopped short, says so once per reason, and retries later:
@@ -815,26 +793,32 @@ impl Worker {
         let sb_size = b.sb_size().get();
         let addr = b.block_addr(mb) + sb as u64 * sb_size;
         let size = count as u64 * sb_size;
-        let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
+        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
         self.request(st, &Request::Plug { addr, nb_blocks })?;
         b.set_plugged(mb, sb, count, true);
         if let BlockState::Online { .. } = b.state(mb) {
             // The pages were kept offline when the block was onlined: hand them over.
-            let res = match st.online_cb.as_mut() {
-                Some(cb) => cb.fake_online(addr, size),
-                None => Err(ENOENT),
-            };
-            if let Err(e) = res {
-                dev_err!(
-                    self.dev.as_ref(),
-                    "cannot online the plugged pages [{:#x}-{:#x}] ({:?}); they stay unused\n",
-                    addr,
-                    addr + size - 1,
-                    e
-                );
-            }
+            self.fake_online(st, addr, size);
         }
         Ok(true)
+    }
+
+    /// Hands the fake-offline pages of `[addr, addr + size)`, in an online block and plugged,
+    /// to the kernel; if that fails they stay unused, and the driver says so.
+    fn fake_online(&self, st: &mut State, addr: u64, size: u64) {
+        let res = st
+            .online_cb
+            .as_mut()
+            .map_or(Err(ENOENT), |cb| cb.fake_online(addr, size));
+        if let Err(e) = res {
+            dev_err!(
+                self.dev.as_ref(),
+                "cannot online the plugged pages [{:#x}-{:#x}] ({:?}); they stay unused\n",
+                addr,
+                addr + size - 1,
+                e
+            );
+        }
     }
 
     /// Plugs the first `nr_sbs` sub-blocks from block `mb` on (unused blocks) and adds their
@@ -846,7 +830,7 @@ impl Worker {
         };
         let nr_blocks = (nr_sbs + sbs_per_mb.get() - 1) / sbs_per_mb;
         let size = nr_sbs as u64 * sb_size;
-        let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
+        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
         self.request(st, &Request::Plug { addr, nb_blocks })?;
         // Mark them added before adding: onlining during the add looks them up.
         self.set_new_blocks(mb, nr_blocks, nr_sbs, true);
@@ -858,7 +842,7 @@ impl Worker {
                 let rest_sbs = nr_sbs - i * sbs_per_mb.get();
                 self.set_new_blocks(mb + i, nr_blocks - i, rest_sbs, false);
                 let rest = rest_sbs as u64 * sb_size;
-                let nb = u16::try_from(rest / self.geometry.block_size).map_err(|_| false)?;
+                let nb = self.geometry.nb_blocks(rest).ok_or(false)?;
                 return self.unplug_after_failed_add(st, block, rest, nb, e);
             }
         }
@@ -967,7 +951,7 @@ impl Worker {
     /// On failure, says whether to retry later (`Err(true)`) or not (`Err(false)`).
     /// Advances `st.added_end` over what was added.
     fn plug_and_add(&self, st: &mut State, addr: u64, size: u64) -> Result<(), bool> {
-        let nb_blocks = u16::try_from(size / self.geometry.block_size).map_err(|_| false)?;
+        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
         self.request(st, &Request::Plug { addr, nb_blocks })?;
         // One big block per add, the pieces it will be removed in (see `plug_new_blocks`).
         let unit = self.geometry.unit.get();
@@ -975,7 +959,7 @@ impl Worker {
         while at < addr + size {
             if let Err(e) = self.add(st, at, unit) {
                 let rest = addr + size - at;
-                let nb = u16::try_from(rest / self.geometry.block_size).map_err(|_| false)?;
+                let nb = self.geometry.nb_blocks(rest).ok_or(false)?;
                 return self.unplug_after_failed_add(st, at, rest, nb, e);
             }
             at += unit;

@@ -316,12 +316,7 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
     /// Checks that `[start, start + size)` is a non-empty, page-aligned part of the range and
     /// returns its first pfn and number of pages.
     fn pages_of(&self, start: u64, size: u64) -> Result<(usize, usize)> {
-        let end = start.checked_add(size).ok_or(EINVAL)?;
-        let mask = PAGE_SIZE as u64 - 1;
-        if size == 0 || start < self.start || end > self.end || (start | size) & mask != 0 {
-            return Err(EINVAL);
-        }
-        Ok(((start >> PAGE_SHIFT) as usize, (size >> PAGE_SHIFT) as usize))
+        super::page_range(start, size, self.start, self.end)
     }
 
     /// Hands fake-offline pages of online memory in the range to the page allocator, now that

@@ -105,3 +105,25 @@ wait_memtotal_kb() {
     done
     echo "$now"
 }
+
+# Allocated bytes of the region's backing file on the host (seen read-only at
+# $VMR_BACKING), or nothing if it cannot be read.
+backing_allocated() {
+    local expr
+    expr=$(stat -c '%b * %B' "$VMR_BACKING") && echo $((expr))
+}
+
+# Number of PageOffline pages (KPF_OFFLINE in /proc/kpageflags) in the
+# physical range [$1, $1 + $2) (bytes).
+page_offline_count() {
+    local page kpf_offline=23
+    page=$(getconf PAGESIZE)
+    dd if=/proc/kpageflags bs=8 skip=$(($1 / page)) count=$(($2 / page)) status=none |
+        od -An -v -tu8 -w8 | awk -v bit=$kpf_offline \
+            '{ if (int($1 / 2^bit) % 2 == 1) n++ } END { print n + 0 }'
+}
+
+# State of memory block $1 (online/offline), and setting it to $2
+# (online_movable, online_kernel, offline, ...).
+block_state() { cat /sys/devices/system/memory/memory$1/state; }
+set_block_state() { echo "$2" >/sys/devices/system/memory/memory$1/state; }

@@ -13,24 +13,12 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 
-MIB=$((1 << 20)) margin=$((64 << 20)) KPF_OFFLINE=23
+MIB=$((1 << 20)) margin=$((64 << 20))
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 addr=$(qmp_info vm0 memaddr)
 n0=$((addr / block)) n1=$((addr / block + 1))
 page=$(getconf PAGESIZE)
 
-allocated() {
-    local expr
-    expr=$(stat -c '%b * %B' "$VMR_BACKING") && echo $((expr))
-}
-# PageOffline pages in [$1, $1 + $2) (bytes).
-offline_pages() {
-    dd if=/proc/kpageflags bs=8 skip=$(($1 / page)) count=$(($2 / page)) status=none |
-        od -An -v -tu8 -w8 | awk -v bit=$KPF_OFFLINE \
-            '{ if (int($1 / 2^bit) % 2 == 1) n++ } END { print n + 0 }'
-}
-state() { cat /sys/devices/system/memory/memory$1/state; }
-set_state() { echo "$2" >/sys/devices/system/memory/memory$1/state; }
 # Expected PageOffline pages of block n1 when $1 bytes of it are plugged.
 unplugged_pages() { echo $(((block - $1) / page)); }
 b1=$((addr + block))
@@ -42,20 +30,20 @@ vdev=$(virtio_mem_devices)
 vmctl set-size vm0 130M >/dev/null
 size=$(vmctl wait vm0 130M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "130M plugged: a whole block and one 2M sub-block" "$(to_bytes 130M)" "$size"
-ktap_eq "both blocks are added offline" "offline offline" "$(state $n0) $(state $n1)"
+ktap_eq "both blocks are added offline" "offline offline" "$(block_state $n0) $(block_state $n1)"
 
-set_state $n1 online_movable
+set_block_state $n1 online_movable
 kb=$(wait_memtotal_kb $((base_kb + 2048)) 30)
 ktap_eq "onlining the partly plugged block adds its 2M (kB)" 2048 $((kb - base_kb))
-ktap_eq "its 126M unplugged stay PageOffline" "$(unplugged_pages $((2 * MIB)))" "$(offline_pages $b1 $block)"
+ktap_eq "its 126M unplugged stay PageOffline" "$(unplugged_pages $((2 * MIB)))" "$(page_offline_count $b1 $block)"
 
-ktap_check "user space offlines the partly plugged block" set_state $n1 offline
+ktap_check "user space offlines the partly plugged block" set_block_state $n1 offline
 kb=$(wait_memtotal_kb "$base_kb" 30)
 ktap_eq "MemTotal is back to the boot size (kB)" 0 $((kb - base_kb))
-ktap_check "and onlines it again, to a kernel zone" set_state $n1 online_kernel
+ktap_check "and onlines it again, to a kernel zone" set_block_state $n1 online_kernel
 kb=$(wait_memtotal_kb $((base_kb + 2048)) 30)
 ktap_eq "its 2M are back (kB)" 2048 $((kb - base_kb))
-ktap_eq "its unplugged pages are still PageOffline" "$(unplugged_pages $((2 * MIB)))" "$(offline_pages $b1 $block)"
+ktap_eq "its unplugged pages are still PageOffline" "$(unplugged_pages $((2 * MIB)))" "$(page_offline_count $b1 $block)"
 
 # More sub-blocks into the online block, and a whole block (offline).
 vmctl set-size vm0 200M >/dev/null
@@ -63,8 +51,8 @@ size=$(vmctl wait vm0 200M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "200M plugged" "$(to_bytes 200M)" "$size"
 kb=$(wait_memtotal_kb $((base_kb + 72 * 1024)) 30)
 ktap_eq "the online block has 72M in use now (kB)" $((72 * 1024)) $((kb - base_kb))
-ktap_eq "and 56M PageOffline" "$(unplugged_pages $((72 * MIB)))" "$(offline_pages $b1 $block)"
-set_state $n0 online_movable
+ktap_eq "and 56M PageOffline" "$(unplugged_pages $((72 * MIB)))" "$(page_offline_count $b1 $block)"
+set_block_state $n0 online_movable
 kb=$(wait_memtotal_kb $((base_kb + 200 * 1024)) 30)
 ktap_eq "with the full block online too: MemTotal grew by 200M (kB)" $((200 * 1024)) $((kb - base_kb))
 
@@ -73,7 +61,7 @@ mkdir -p /tmp/vmr-fill && mount -t tmpfs -o size=1G none /tmp/vmr-fill
 # 1G of the 2G+200M guest: some of it lands in the device's memory.
 dd if=/dev/zero of=/tmp/vmr-fill/f bs=1M count=1000 status=none
 sync
-a=$(allocated)
+a=$(backing_allocated)
 rm -f /tmp/vmr-fill/f; umount /tmp/vmr-fill
 ktap_diag "allocated on the host: ${a:-unknown} bytes (plugged $size, margin $margin)"
 ktap_check "the host backs at most the plugged size plus $((margin >> 20))M" test -n "$a" -a "${a:-0}" -le $((size + margin))
@@ -81,7 +69,7 @@ ktap_check "the host backs at most the plugged size plus $((margin >> 20))M" tes
 # Unbind with the full block offline and the partly plugged one online (in a
 # kernel zone, where offlining may fail): the offline block is removed, the
 # online one stays, and so does the region's reservation.
-set_state $n0 offline
+set_block_state $n0 offline
 ktap_check "unload" rmmod virtio_mem_rust
 ktap_eq "only the online block stays added" "$block" "$(virtio_mem_ram_bytes)"
 ktap_check "the driver says so" eval "dmesg | grep -q 'virtio_mem_rust $vdev: 0x8000000 bytes of memory stay added'"

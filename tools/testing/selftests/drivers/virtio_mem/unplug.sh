@@ -15,10 +15,6 @@ source "$(dirname "$0")/lib.sh"
 
 margin=$((64 << 20))
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
-allocated() {
-    local expr
-    expr=$(stat -c '%b * %B' "$VMR_BACKING") && echo $((expr))
-}
 
 steps=(16G 4G 4G+130M 0)
 ktap_header $(( 1 + ${#steps[@]} * 4 + 2 ))
@@ -34,7 +30,7 @@ for step in "${steps[@]}"; do
     ktap_eq "$step: MemTotal follows (kB)" $((expect / 1024)) $((kb - base_kb))
     ktap_eq "$step: System RAM (virtio_mem) covers it in whole blocks" \
         $(( (expect + block - 1) / block * block )) "$(virtio_mem_ram_bytes)"
-    a=$(allocated)
+    a=$(backing_allocated)
     ktap_diag "$step: converged in $((SECONDS - t0)) s; ${a:-unknown} bytes allocated on the host"
     ktap_check "$step: the host backs at most the plugged size plus $((margin >> 20))M" \
         test -n "$a" -a "${a:-0}" -le $((expect + margin))
@@ -43,7 +39,7 @@ for step in "${steps[@]}"; do
         mkdir -p /tmp/vmr-fill && mount -t tmpfs -o size=7G none /tmp/vmr-fill
         dd if=/dev/zero of=/tmp/vmr-fill/f bs=1M count=6144 status=none
         sync
-        ktap_diag "with a 6G workload: $(allocated) bytes allocated on the host"
+        ktap_diag "with a 6G workload: $(backing_allocated) bytes allocated on the host"
         rm -f /tmp/vmr-fill/f; umount /tmp/vmr-fill
     fi
 done

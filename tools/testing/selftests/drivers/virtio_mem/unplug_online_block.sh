@@ -13,17 +13,10 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 
-MIB=$((1 << 20)) KPF_OFFLINE=23 page=$(getconf PAGESIZE)
+MIB=$((1 << 20)) page=$(getconf PAGESIZE)
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 addr=$(qmp_info vm0 memaddr)
 n1=$((addr / block + 1)) b1=$((addr + block))
-offline_pages() {
-    dd if=/proc/kpageflags bs=8 skip=$(($1 / page)) count=$(($2 / page)) status=none |
-        od -An -v -tu8 -w8 | awk -v bit=$KPF_OFFLINE \
-            '{ if (int($1 / 2^bit) % 2 == 1) n++ } END { print n + 0 }'
-}
-state() { cat /sys/devices/system/memory/memory$1/state; }
-set_state() { echo "$2" >/sys/devices/system/memory/memory$1/state; }
 
 ktap_header 14
 base_kb=$(memtotal_kb)
@@ -35,19 +28,19 @@ vmctl set-size vm0 200M >/dev/null
 size=$(vmctl wait vm0 200M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "200M plugged: 56M of the upper block unplugged" "$(to_bytes 200M)" "$size"
 ktap_eq "MemTotal shrank by 56M (kB)" $((200 * 1024)) $(( $(wait_memtotal_kb $((base_kb + 200 * 1024)) 30) - base_kb ))
-ktap_eq "those 56M are PageOffline" $((56 * MIB / page)) "$(offline_pages $b1 $block)"
-ktap_check "user space offlines the partly unplugged block" set_state $n1 offline
+ktap_eq "those 56M are PageOffline" $((56 * MIB / page)) "$(page_offline_count $b1 $block)"
+ktap_check "user space offlines the partly unplugged block" set_block_state $n1 offline
 ktap_eq "MemTotal lost its 72M (kB)" $((128 * 1024)) $(( $(wait_memtotal_kb $((base_kb + 128 * 1024)) 30) - base_kb ))
-ktap_check "and onlines it again, to a kernel zone" set_state $n1 online_kernel
+ktap_check "and onlines it again, to a kernel zone" set_block_state $n1 online_kernel
 ktap_eq "its 72M are back (kB)" $((200 * 1024)) $(( $(wait_memtotal_kb $((base_kb + 200 * 1024)) 30) - base_kb ))
-ktap_eq "its unplugged 56M are still PageOffline" $((56 * MIB / page)) "$(offline_pages $b1 $block)"
+ktap_eq "its unplugged 56M are still PageOffline" $((56 * MIB / page)) "$(page_offline_count $b1 $block)"
 vmctl set-size vm0 256M >/dev/null
 size=$(vmctl wait vm0 256M --wait-timeout-s 120 2>&1 | tail -n1)
-ktap_eq "256M again: the 56M are plugged and in use" "$(to_bytes 256M) 0" "$size $(offline_pages $b1 $block)"
+ktap_eq "256M again: the 56M are plugged and in use" "$(to_bytes 256M) 0" "$size $(page_offline_count $b1 $block)"
 vmctl set-size vm0 128M >/dev/null
 size=$(vmctl wait vm0 128M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "128M: the lower (movable) block is unplugged and removed" "$(to_bytes 128M) $block" "$size $(virtio_mem_ram_bytes)"
-ktap_eq "the upper one stays online" "online" "$(state $n1)"
+ktap_eq "the upper one stays online" "online" "$(block_state $n1)"
 splats=$(kernel_splats)
 [ -z "$splats" ] || ktap_diag "$splats"
 ktap_eq "no kernel warnings or oopses" "" "$splats"
