@@ -19,12 +19,12 @@ if [ -n "${VMR_DEMO_INTERACTIVE:-}" ]; then
     echo "VMCTL=$VMCTL: try \$VMCTL resize vm0 4G, or exit to leave."
     exec bash -i
 fi
-# request:plugged (4G+130M plugs whole 128M memory blocks: 4G+128M)
-for step in 4G:4G 4G+130M:4G+128M 8G:8G; do
+# 4G+130M plugs one 2M sub-block of the last memory block; 2G unplugs.
+for step in 4G 4G+130M 8G 2G; do
     echo
-    echo "--- asking for ${step%%:*}"
-    vmctl set-size vm0 "${step%%:*}" >/dev/null
-    vmctl wait vm0 "${step#*:}" --wait-timeout-s 300 >/dev/null
+    echo "--- asking for $step"
+    vmctl set-size vm0 "$step" >/dev/null
+    vmctl wait vm0 "$step" --wait-timeout-s 300 >/dev/null
     sleep 0.5
     show
 done
