@@ -5,7 +5,7 @@
 #   make bench   time plugging: the C driver and ours in one guest, with the ratio
 #   make build   fetch, overlay, configure and build the kernel (+ modules)
 #   make setup   install the host tools only
-#   make vmctl   build the QMP control tool
+#   make vmctl   build the tools: vmctl (QMP control) and vmem-status (guest)
 
 .PHONY: run check bench build setup vmctl overlay clean-build
 
@@ -26,6 +26,7 @@ setup:
 
 vmctl:
 	cd tools/vmctl && cargo build --release --quiet
+	cd tools/vmem-status && cargo build --release --quiet
 
 overlay:
 	scripts/fetch-kernel.sh && scripts/overlay.sh

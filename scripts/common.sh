@@ -74,12 +74,13 @@ private_apt() {
 }
 
 # Where the guests find what they need, all on the host filesystem they see:
-# the two drivers' modules and vmctl. Prints "VAR=value ..." for `export` in
-# a guest command line.
+# the two drivers' modules, vmctl and vmem-status. Prints "VAR=value ..." for
+# `export` in a guest command line.
 VMCTL_BIN=$REPO/tools/vmctl/target/release/vmctl
+VMEM_STATUS_BIN=$REPO/tools/vmem-status/target/release/vmem-status
 guest_env() {
     local kver moddir
     kver=$(cat "$KBUILD/include/config/kernel.release")
     moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
-    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$VMCTL_BIN"
+    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN"
 }

@@ -17,15 +17,20 @@ count() { # NAME PASSED FAILED
     printf '== %s: %d passed, %d failed\n' "$1" "$2" "$3"
 }
 
-# --- vmctl, the QMP tool -----------------------------------------------------
-log "vmctl: cargo test"
-if (cd "$REPO/tools/vmctl" && cargo build --release --quiet && cargo test --release --quiet) \
-        >"$results/vmctl.log" 2>&1; then :; fi
-p=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1/p' "$results/vmctl.log" | paste -sd+ | bc)
-f=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\2/p' "$results/vmctl.log" | paste -sd+ | bc)
-if [ -z "$p" ]; then tail -n 30 "$results/vmctl.log"; p=0 f=1; fi
-[ "$f" = 0 ] || grep -E '^(test .* FAILED|failures:|---- )' "$results/vmctl.log" | head -n 20
-count vmctl "$p" "$f"
+# --- the tools: vmctl (QMP, host or guest) and vmem-status (guest) ----------
+cargo_tests() { # NAME: builds tools/NAME and runs its tests
+    local name=$1 log=$results/$1.log p f
+    log "$name: cargo test"
+    if (cd "$REPO/tools/$name" && cargo build --release --quiet && cargo test --release --quiet) \
+            >"$log" 2>&1; then :; fi
+    p=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1/p' "$log" | paste -sd+ | bc)
+    f=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\2/p' "$log" | paste -sd+ | bc)
+    if [ -z "$p" ]; then tail -n 30 "$log"; p=0 f=1; fi
+    [ "$f" = 0 ] || grep -E '^(test .* FAILED|failures:|---- )' "$log" | head -n 20
+    count "$name" "$p" "$f"
+}
+cargo_tests vmctl
+cargo_tests vmem-status
 
 # --- guest tests ---------------------------------------------------------------
 tests=$REPO/tools/testing/selftests/drivers/virtio_mem
@@ -96,6 +101,12 @@ guest unplug-online-block 1 "--append memhp_default_state=online_movable --vmem 
 guest pressure 1 "--append memhp_default_state=online_movable --vmem size=12G,block=2M,id=vm0" "$tests/pressure.sh"
 guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 40)),id=vm0" \
     "$tests/bad_config.sh"
+
+guest rebind 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/rebind.sh"
+guest big-memmap 1 "--append memhp_default_state=online_movable --append memory_hotplug.memmap_on_memory=1 --vmem size=64G,block=2M,id=vm0" \
+    "VMR_MEMMAP=1 $tests/big.sh"
+guest big-staged 1 "--mem 1G --append memhp_default_state=online_movable --vmem size=64G,block=2M,id=vm0" \
+    "VMR_MEMMAP=0 $tests/big.sh"
 
 echo "test logs: $results"
 echo "$passed passed, $failed failed"

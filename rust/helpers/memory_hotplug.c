@@ -2,6 +2,8 @@
 
 #include <linux/mm.h>
 #include <linux/mmzone.h>
+#include <linux/nodemask.h>
+#include <linux/vmstat.h>
 #include <linux/page-flags.h>
 #include <linux/page_ref.h>
 #include <linux/pageblock-flags.h>
@@ -71,6 +73,18 @@ __rust_helper bool rust_helper_page_ref_dec_and_test(struct page *page)
 __rust_helper bool rust_helper_is_zone_movable_page(const struct page *page)
 {
 	return is_zone_movable_page(page);
+}
+
+/* Free pages of all zones but ZONE_MOVABLE: where kernel allocations (e.g. memmap) come from. */
+__rust_helper unsigned long rust_helper_nr_free_kernel_pages(void)
+{
+	unsigned long pages = 0;
+	int nid, zid;
+
+	for_each_online_node(nid)
+		for (zid = 0; zid < ZONE_MOVABLE; zid++)
+			pages += zone_page_state(&NODE_DATA(nid)->node_zones[zid], NR_FREE_PAGES);
+	return pages;
 }
 
 #endif /* CONFIG_RUST_MEMORY_HOTPLUG_ABSTRACTIONS */

@@ -126,6 +126,44 @@ pub fn pageblock_size() -> u64 {
     pages as u64 * crate::page::PAGE_SIZE as u64
 }
 
+/// Whether memory added with `memmap_on_memory` can hold its own memmap
+/// (`MHP_MEMMAP_ON_MEMORY`): the kernel supports it and `memory_hotplug.memmap_on_memory` is on.
+/// Then the first [`memmap_size`] bytes of each memory block added that way hold the block's
+/// `struct page`s: they are never handed to the page allocator and must stay accessible until
+/// the block is removed.
+pub fn memmap_on_memory() -> bool {
+    // SAFETY: `mhp_supports_memmap_on_memory` only reads settings fixed at boot.
+    unsafe { bindings::mhp_supports_memmap_on_memory() }
+}
+
+/// Bytes of memmap (`struct page`s) that `size` bytes of memory need.
+pub fn memmap_size(size: u64) -> u64 {
+    size / crate::page::PAGE_SIZE as u64 * core::mem::size_of::<bindings::page>() as u64
+}
+
+/// Free memory in the zones the kernel allocates its own data from (all but `ZONE_MOVABLE`),
+/// in bytes: where the memmap of memory added without `memmap_on_memory` comes from.
+pub fn free_kernel_memory() -> u64 {
+    // SAFETY: Only reads per-zone counters of online nodes.
+    let pages = unsafe { bindings::nr_free_kernel_pages() };
+    pages as u64 * crate::page::PAGE_SIZE as u64
+}
+
+/// Whether the memory block at `addr` is online (its memmap is initialized and its pages belong
+/// to a zone): `Some(true)` in `ZONE_MOVABLE`, `Some(false)` in a kernel zone, `None` if it is
+/// offline or not present.
+pub fn online_zone(addr: u64) -> Option<bool> {
+    let pfn = (addr >> crate::page::PAGE_SHIFT) as c_ulong;
+    // SAFETY: `pfn_to_online_page` only looks up the section; a non-NULL result is a valid,
+    // initialized page of online memory.
+    let page = unsafe { bindings::pfn_to_online_page(pfn) };
+    if page.is_null() {
+        return None;
+    }
+    // SAFETY: `page` is a valid page of online memory (see above).
+    Some(unsafe { bindings::is_zone_movable_page(page) })
+}
+
 /// The exclusive reservation of a physical address range whose memory a driver hotplugs as
 /// System RAM (a parent resource in `/proc/iomem`, named after the owner).
 ///
@@ -234,9 +272,22 @@ impl SystemRamRegion {
     ///
     /// The memory must be accessible (plugged, for a device that plugs memory) before it is
     /// added: from then on the kernel may use it.
-    pub fn add_memory(&mut self, group: &MemoryGroup, start: u64, size: u64) -> Result {
+    ///
+    /// With `memmap_on_memory` (and if [`memmap_on_memory()`] says the kernel can), the memmap
+    /// of each memory block is placed at the block's start instead of being allocated from
+    /// kernel memory.
+    pub fn add_memory(
+        &mut self,
+        group: &MemoryGroup,
+        start: u64,
+        size: u64,
+        memmap_on_memory: bool,
+    ) -> Result {
         self.check_range(start, size)?;
-        let flags = bindings::MHP_MERGE_RESOURCE | bindings::MHP_NID_IS_MGID;
+        let mut flags = bindings::MHP_MERGE_RESOURCE | bindings::MHP_NID_IS_MGID;
+        if memmap_on_memory {
+            flags |= bindings::MHP_MEMMAP_ON_MEMORY;
+        }
         // SAFETY: The range is inside our exclusive reservation and aligned; `ram_name` lives
         // as long as memory added through the region (see `Drop`); with `MHP_NID_IS_MGID` the
         // group id stands for the node.
@@ -281,6 +332,86 @@ impl SystemRamRegion {
         crate::error::to_result(unsafe { bindings::offline_and_remove_memory(start, size) })?;
         self.added -= size;
         Ok(())
+    }
+}
+
+impl SystemRamRegion {
+    /// Whether all of `[start, start + size)` is added to the system (System RAM in use).
+    pub fn is_added(&self, start: u64, size: u64) -> bool {
+        if self.check_range(start, size).is_err() {
+            return false;
+        }
+        // Our reservation is System RAM but not busy; added memory is busy System RAM.
+        let flags = (bindings::IORESOURCE_SYSTEM_RAM | bindings::IORESOURCE_BUSY) as c_ulong;
+        // SAFETY: `region_intersects` only reads the resource tree, under its lock.
+        let ret = unsafe {
+            bindings::region_intersects(start, size as usize, flags, bindings::IORES_DESC_NONE as c_ulong)
+        };
+        ret == bindings::REGION_INTERSECTS as c_int
+    }
+
+    /// Hands the region, with the memory still added through it, and the memory group of that
+    /// memory over to the next driver of the same device, which gets both back from
+    /// [`Self::take_over`] (even after the module that parked them was unloaded: they live in
+    /// the kernel). A region with nothing added is simply released.
+    pub fn park(self, group: MemoryGroup) {
+        if self.added == 0 {
+            return;
+        }
+        init_parked();
+        let mut parked = PARKED.lock();
+        if parked.push(Parked { region: self, group }, GFP_KERNEL).is_err() {
+            // Dropping them keeps the reservation and the group for good (see `Drop`).
+            pr_warn!("cannot park a memory region for the next driver; it stays reserved\n");
+        }
+    }
+
+    /// Takes over the region `[start, start + size)` and its memory group, parked by an earlier
+    /// driver with memory still added. `None` if there is none.
+    pub fn take_over(start: u64, size: u64) -> Option<(Self, MemoryGroup)> {
+        init_parked();
+        let mut parked = PARKED.lock();
+        let i = parked
+            .iter()
+            .position(|p| p.region.start == start && p.region.size == size)?;
+        let p = parked.remove(i).ok()?;
+        Some((p.region, p.group))
+    }
+}
+
+/// A region left with memory added, and its memory group, waiting for the next driver.
+struct Parked {
+    region: SystemRamRegion,
+    group: MemoryGroup,
+}
+
+crate::global_lock! {
+    // SAFETY: `init_parked` initializes it before any use.
+    unsafe(uninit) static PARKED: Mutex<KVec<Parked>> = KVec::new();
+}
+
+/// 0: `PARKED` is not initialized, 1: being initialized, 2: ready.
+static PARKED_READY: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+fn init_parked() {
+    // SAFETY: `init_once` runs this once, before anybody uses `PARKED`.
+    init_once(&PARKED_READY, || unsafe { PARKED.init() });
+}
+
+/// Runs `init` once, for the first caller; later callers wait until it finished. `state` is
+/// a flag for this `init` only, starting at 0.
+pub(crate) fn init_once(state: &core::sync::atomic::AtomicU8, init: impl FnOnce()) {
+    use core::sync::atomic::Ordering;
+    match state.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            init();
+            state.store(2, Ordering::Release);
+        }
+        Err(_) => {
+            while state.load(Ordering::Acquire) != 2 {
+                core::hint::spin_loop();
+            }
+        }
     }
 }
 

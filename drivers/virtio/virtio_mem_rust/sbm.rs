@@ -21,6 +21,11 @@
 //! asks [`SubBlocks::online_decision`]); plugging a sub-block of an online block hands its
 //! pages over at once. Blocks in a transition (`GoingOnline`, `GoingOffline`) are left alone by
 //! the run loop until the memory notifier reports the outcome.
+//!
+//! With memmap-on-memory, the first `pinned` sub-blocks of an added block hold its memmap: they
+//! are plugged before the block is added and unplugged only after it is removed. A block that
+//! is removed but still has plugged sub-blocks (`Unused` with plugged sub-blocks) is unplugged
+//! before anything else.
 
 use core::num::{NonZeroU64, NonZeroUsize};
 use kernel::{bitmap::BitmapVec, prelude::*};
@@ -58,6 +63,8 @@ struct Block {
 /// The kind of an added block, for the order of unplugging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
+    /// Removed from the system but still plugged (e.g. the memmap sub-blocks).
+    Removed,
     Offline,
     Movable,
     Kernel,
@@ -67,6 +74,7 @@ impl Class {
     /// The class of a block in `state`; `None` if it is not added or in a transition.
     fn of(state: BlockState) -> Option<Class> {
         match state {
+            BlockState::Unused => Some(Class::Removed),
             BlockState::Offline => Some(Class::Offline),
             BlockState::Online { movable: true } => Some(Class::Movable),
             BlockState::Online { movable: false } => Some(Class::Kernel),
@@ -109,14 +117,23 @@ pub(crate) struct SubBlocks {
     blocks: KVec<Block>,
     /// Number of plugged sub-blocks in all blocks.
     nr_plugged: u64,
+    /// Sub-blocks at the start of each added block that hold its memmap.
+    pinned: usize,
     /// Set at unbind: no more onlining.
     pub(crate) removing: bool,
 }
 
 impl SubBlocks {
     /// The state of a region whose memory blocks of `mb_size` start at `first` (aligned) and
-    /// end before `end`, with sub-blocks of `sb_size` (which divides `mb_size`).
-    pub(crate) fn new(first: u64, end: u64, mb_size: NonZeroU64, sb_size: NonZeroU64) -> Self {
+    /// end before `end`, with sub-blocks of `sb_size` (which divides `mb_size`); the first
+    /// `pinned` sub-blocks of an added block hold its memmap.
+    pub(crate) fn new(
+        first: u64,
+        end: u64,
+        mb_size: NonZeroU64,
+        sb_size: NonZeroU64,
+        pinned: usize,
+    ) -> Self {
         Self {
             first,
             end,
@@ -126,8 +143,14 @@ impl SubBlocks {
                 .unwrap_or(NonZeroUsize::MIN),
             blocks: KVec::new(),
             nr_plugged: 0,
+            pinned,
             removing: false,
         }
+    }
+
+    /// Sub-blocks at the start of each added block that hold its memmap.
+    pub(crate) fn pinned(&self) -> usize {
+        self.pinned
     }
 
     /// Size of a sub-block.
@@ -216,16 +239,22 @@ impl SubBlocks {
             .any(|mb| self.state(mb).is_added() && self.nr_plugged(mb) < self.sbs_per_mb.get())
     }
 
-    /// An added block with nothing plugged, to be removed.
+    /// An added block with nothing plugged but its memmap, to be removed.
     pub(crate) fn next_empty_added(&self) -> Option<usize> {
         (0..self.blocks.len()).find(|&mb| {
             matches!(self.state(mb), BlockState::Offline | BlockState::Online { .. })
-                && self.nr_plugged(mb) == 0
+                && self.nr_plugged(mb) <= self.pinned
         })
     }
 
+    /// A block that is not added but has plugged sub-blocks, to be unplugged.
+    pub(crate) fn next_stray(&self) -> Option<usize> {
+        (0..self.blocks.len())
+            .find(|&mb| self.state(mb) == BlockState::Unused && self.nr_plugged(mb) > 0)
+    }
+
     /// The last run of plugged sub-blocks of block `mb` below sub-block `below`, at most `max`
-    /// long (its highest part), as `(sb, count)`.
+    /// long (its highest part), as `(sb, count)`; never the memmap of an added block.
     pub(crate) fn last_plugged_run(
         &self,
         mb: usize,
@@ -233,8 +262,13 @@ impl SubBlocks {
         max: usize,
     ) -> Option<(usize, usize)> {
         let below = below.min(self.sbs_per_mb.get());
-        let last = (0..below).rev().find(|&sb| self.is_plugged(mb, sb))?;
-        let first = (0..=last)
+        let floor = if self.state(mb).is_added() {
+            self.pinned
+        } else {
+            0
+        };
+        let last = (floor..below).rev().find(|&sb| self.is_plugged(mb, sb))?;
+        let first = (floor..=last)
             .rev()
             .take(max)
             .take_while(|&sb| self.is_plugged(mb, sb))
@@ -242,11 +276,13 @@ impl SubBlocks {
         Some((first, last + 1 - first))
     }
 
-    /// The unplug classes in the order they are tried, as the C driver does: offline blocks
-    /// (partly plugged, then full) cost nothing to unplug; online ones need their pages
-    /// migrated away, movable before kernel (more reliable, and kernel memory is scarcer), and
-    /// partly plugged before full (so that whole blocks can go).
-    const UNPLUG_ORDER: [(Class, bool); 6] = [
+    /// The unplug classes in the order they are tried, as the C driver does: removed blocks
+    /// and offline blocks (partly plugged, then full) cost nothing to unplug; online ones need
+    /// their pages migrated away, movable before kernel (more reliable, and kernel memory is
+    /// scarcer), and partly plugged before full (so that whole blocks can go).
+    const UNPLUG_ORDER: [(Class, bool); 8] = [
+        (Class::Removed, true),
+        (Class::Removed, false),
         (Class::Offline, true),
         (Class::Offline, false),
         (Class::Movable, true),
@@ -263,7 +299,7 @@ impl SubBlocks {
         cursor: Option<(usize, usize)>,
         online: bool,
     ) -> Option<(usize, usize)> {
-        let classes = if online { 6 } else { 2 };
+        let classes = if online { 8 } else { 4 };
         let (first_class, mut below) = match cursor {
             Some((c, mb)) => (c, mb),
             None => (0, self.blocks.len()),
@@ -349,12 +385,18 @@ impl SubBlocks {
         })
     }
 
-    /// The first run of unused blocks, at most `max` long, as `(mb, count)`.
+    /// Whether block `mb` is not added and has nothing plugged.
+    fn is_free(&self, mb: usize) -> bool {
+        self.state(mb) == BlockState::Unused && self.nr_plugged(mb) == 0
+    }
+
+    /// The first run of unused blocks with nothing plugged, at most `max` long, as
+    /// `(mb, count)`.
     pub(crate) fn unused_run(&self, max: usize) -> Option<(usize, usize)> {
-        let mb = (0..self.blocks.len()).find(|&mb| self.state(mb) == BlockState::Unused)?;
+        let mb = (0..self.blocks.len()).find(|&mb| self.is_free(mb))?;
         let count = (mb..self.blocks.len())
             .take(max)
-            .take_while(|&i| self.state(i) == BlockState::Unused)
+            .take_while(|&i| self.is_free(i))
             .count();
         (count > 0).then_some((mb, count))
     }
@@ -451,7 +493,7 @@ mod tests {
     fn sbm() -> SubBlocks {
         let mb = NonZeroU64::new(128 * MIB).unwrap();
         let sb = NonZeroU64::new(2 * MIB).unwrap();
-        let mut s = SubBlocks::new(4 * GIB, 8 * GIB, mb, sb);
+        let mut s = SubBlocks::new(4 * GIB, 8 * GIB, mb, sb, 0);
         s.grow(5 * GIB).unwrap();
         s
     }
@@ -551,8 +593,8 @@ mod tests {
             cursor = Some(c);
         }
         assert_eq!(&order[..], &[4, 3, 1, 2, 0]);
-        assert_eq!(s.next_unplug(None, false), Some((1, 4)));
-        assert_eq!(s.next_unplug(Some((1, 3)), false), None);
+        assert_eq!(s.next_unplug(None, false), Some((3, 4)));
+        assert_eq!(s.next_unplug(Some((3, 3)), false), None);
         assert_eq!(s.last_plugged_run(1, 64, 100), Some((0, 60)));
         assert_eq!(s.last_plugged_run(1, 64, 5), Some((55, 5)));
         assert_eq!(s.last_plugged_run(1, 55, 1), Some((54, 1)));
@@ -562,6 +604,30 @@ mod tests {
         s.set_plugged(3, 0, 64, false);
         assert_eq!(s.next_empty_added(), Some(3));
         assert!(s.any_partial_added());
+        // A removed block with something plugged goes first, and is not plugged into.
+        s.set_state(3, BlockState::Unused);
+        s.set_plugged(3, 0, 1, true);
+        assert_eq!(s.next_unplug(None, true), Some((0, 3)));
+        assert_eq!(s.next_stray(), Some(3));
+        assert_eq!(s.unused_run(100), Some((6, 2)));
+    }
+
+    #[test]
+    fn keeps_the_memmap_of_added_blocks() {
+        let mb = NonZeroU64::new(128 * MIB).unwrap();
+        let sb = NonZeroU64::new(2 * MIB).unwrap();
+        let mut s = SubBlocks::new(4 * GIB, 8 * GIB, mb, sb, 1);
+        s.grow(5 * GIB).unwrap();
+        s.set_plugged(0, 0, 64, true);
+        s.set_state(0, BlockState::Online { movable: true });
+        assert_eq!(s.last_plugged_run(0, 64, 100), Some((1, 63)));
+        s.set_plugged(0, 1, 63, false);
+        assert_eq!(s.last_plugged_run(0, 64, 100), None);
+        // Only the memmap is left: the block is empty and is removed; then the memmap goes.
+        assert_eq!(s.next_empty_added(), Some(0));
+        s.set_state(0, BlockState::Unused);
+        assert_eq!(s.last_plugged_run(0, 64, 100), Some((0, 1)));
+        assert_eq!(s.next_unplug(None, false), Some((0, 0)));
     }
 
     #[test]

@@ -9,11 +9,12 @@
 //! - [`protocol`]: the requests on the virtqueue and the device's answers.
 //! - [`plug`]: which part of the region to plug next.
 //! - [`sbm`]: sub-block mode, the state of every memory block and its sub-blocks.
-//! - [`worker`]: the run loop that follows the requested size, with retries.
+//! - [`worker`]: the run loop that follows the requested size, with retries, resynchronization
+//!   and the take-over of memory an earlier binding left added.
+//! - [`status`] and [`attrs`]: what operators see (sysfs attributes, uevents, debugfs).
 //!
 //! The upstream C driver, `drivers/virtio/virtio_mem.c`, is the reference this driver matches.
 
-use core::num::NonZeroU64;
 use kernel::{
     bindings, c_str,
     device::Core,
@@ -25,16 +26,18 @@ use kernel::{
     virtio,
 };
 
+mod attrs;
 mod config;
 mod plug;
 mod protocol;
 mod sbm;
+mod status;
 mod worker;
 
 use config::DeviceConfig;
 use plug::Geometry;
 use protocol::{REQ_SIZE, RESP_SIZE};
-use worker::Worker;
+use worker::{Info, Start, Worker};
 
 kernel::virtio_device_table!(ID_TABLE, [virtio::DeviceId::new(bindings::VIRTIO_ID_MEM)]);
 
@@ -66,7 +69,7 @@ kernel::module_virtio_driver! {
 
 /// How the device's memory is managed, decided at probe (see the C driver's SBM and BBM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Sub-block mode: Linux memory blocks are added whole and plugged in sub-blocks.
     SubBlock {
         /// Size of a sub-block: the device block size, but at least a pageblock.
@@ -117,6 +120,10 @@ impl Mode {
 
 /// A bound virtio-mem device.
 struct VirtioMem {
+    /// The sysfs attributes (removed before the worker stops).
+    _attrs: Option<kernel::sysfs::DeviceAttributes<Worker>>,
+    /// The debugfs directory.
+    _debugfs: Option<attrs::Debugfs>,
     /// The run loop, which owns the virtqueue, the region and the memory group.
     worker: Arc<Worker>,
     /// The configuration read at probe.
@@ -206,21 +213,48 @@ impl virtio::Driver for VirtioMemDriver {
         );
 
         // Reserve the whole region: this fails while any of it is in use, e.g. memory that an
-        // earlier driver plugged and added and could not take back when it was unbound.
+        // earlier driver added and could not take back when it was unbound. If that driver was
+        // this one (even from before a module reload), it parked the region: take it over.
         let name = CString::try_from_fmt(fmt!("{}", dev.as_ref().name()))?;
         let ram_name = c_str!("System RAM (virtio_mem)");
-        let region = SystemRamRegion::request(config.addr, config.region_size, name, ram_name)
-            .inspect_err(|_| {
-                dev_err!(
-                    dev,
-                    "refusing device: its region [{:#x}-{:#x}] is in use already (memory left \
-                     added by a driver bound earlier?)\n",
-                    config.addr,
-                    config.addr + config.region_size - 1
-                )
-            })?;
         let unit = mode.unit(mbs);
-        let group = MemoryGroup::register_dynamic(nid, usize::try_from(unit / PAGE_SIZE as u64)?)?;
+        let (region, group, start) =
+            match SystemRamRegion::request(config.addr, config.region_size, name, ram_name) {
+                Ok(region) => {
+                    let unit_pages = usize::try_from(unit / PAGE_SIZE as u64)?;
+                    let group = MemoryGroup::register_dynamic(nid, unit_pages)?;
+                    let start = Start::Fresh {
+                        plugged_size: config.plugged_size,
+                    };
+                    (region, group, start)
+                }
+                Err(e) => {
+                    let Some((region, group)) =
+                        SystemRamRegion::take_over(config.addr, config.region_size)
+                    else {
+                        dev_err!(
+                            dev,
+                            "refusing device: its region [{:#x}-{:#x}] is in use already \
+                             (memory left added by another driver?)\n",
+                            config.addr,
+                            config.addr + config.region_size - 1
+                        );
+                        return Err(e);
+                    };
+                    dev_info!(
+                        dev,
+                        "taking over memory that an earlier binding left added ({:#x} bytes)\n",
+                        region.added()
+                    );
+                    (region, group, Start::TakeOver)
+                }
+            };
+        let memmap_on_memory = memory_hotplug::memmap_on_memory();
+        dev_info!(
+            dev,
+            "memmap on memory: {}\n",
+            if memmap_on_memory { "yes" } else { "no" }
+        );
         let geometry = Geometry::new(
             config.addr,
             config.region_size,
@@ -231,27 +265,29 @@ impl virtio::Driver for VirtioMemDriver {
         .ok_or(EINVAL)?;
 
         let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
-        let sb_size = match mode {
-            Mode::SubBlock { sb_size } => Some(NonZeroU64::new(sb_size).ok_or(EINVAL)?),
-            Mode::BigBlock { .. } => None,
-        };
-        if config.plugged_size > 0 {
+        if config.plugged_size > 0 && start != Start::TakeOver {
             dev_info!(dev, "unplugging all memory is required\n");
         }
-        let worker = Worker::new(
-            dev,
-            vq,
-            geometry,
-            sb_size,
-            config.plugged_size,
-            group,
-            region,
-        )?;
+        let info = Info {
+            mode,
+            nid,
+            region_size: config.region_size,
+            device_block_size: config.block_size,
+            memory_block_size: mbs,
+            memmap_on_memory,
+        };
+        let worker = Worker::new(dev, vq, geometry, info, start, group, region)?;
         worker.watch_memory()?;
+        let attrs = attrs::create(dev, &worker)
+            .inspect_err(|e| dev_warn!(dev, "no sysfs attributes: {:?}\n", e))
+            .ok();
+        let debugfs = attrs::Debugfs::create(dev, &worker).ok();
         // Requests need the device ready; then plug what is requested already.
         dev.ready();
         worker.kick();
         Ok(VirtioMem {
+            _attrs: attrs,
+            _debugfs: debugfs,
             worker,
             config,
             nid,
@@ -260,6 +296,7 @@ impl virtio::Driver for VirtioMemDriver {
     }
 
     fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        // The attributes stay until the data is dropped: they show the unbind's progress.
         this.worker.stop();
         dev_info!(
             dev,

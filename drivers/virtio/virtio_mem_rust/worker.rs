@@ -8,9 +8,16 @@
 //! [`crate::sbm`]); the online-page callback and the memory notifier keep unplugged sub-blocks
 //! of added blocks offline. In big-block mode it plugs and adds whole big blocks. Either way,
 //! one `PLUG` request and one memory add cover a batch of up to 8G (see [`crate::plug`]).
-//! Memory plugged before we were bound is unplugged first (`UNPLUG_ALL`). A `NACK`, `BUSY` or
+//! Memory plugged before we were bound is unplugged first (`UNPLUG_ALL`), unless an earlier
+//! binding parked its region with memory still added: then that memory is taken over, its
+//! blocks rediscovered and their plugged state asked with `STATE` requests. A `NACK`, `BUSY` or
 //! a failed exchange is retried from a delayed work item, with the delay doubling from 5 s to
-//! 300 s; an `ERROR` or an answer outside the protocol stops the device with a message.
+//! 300 s; after an `ERROR` or a timeout the plugged state is first resynchronized with `STATE`
+//! requests. Only an answer outside the protocol stops the device, with a message that names it.
+//!
+//! After each step the run loop publishes a [`Status`] for the sysfs attributes, wakes pollers
+//! of `activity` when it changes, and sends a uevent when the requested size is reached or the
+//! loop stalls.
 //!
 //! When user space onlines memory (no auto-onlining), added memory stays offline until it does.
 //! So that a burst of plugs cannot fill the guest with offline memory (whose memmap still costs
@@ -22,8 +29,10 @@ use crate::{
     config::Raw,
     module_parameters,
     plug::Geometry,
-    protocol::{self, Refusal, Request, SendError},
+    protocol::{self, Request, SendError},
     sbm::{BlockState, OnlineDecision, SubBlocks, Transition},
+    status::{Activity, Counters, Event, Reason, Status},
+    Mode,
 };
 use core::{
     mem::offset_of,
@@ -36,10 +45,12 @@ use kernel::{
         self, MemoryEvent, MemoryGroup, MemoryNotification, MemoryNotifier, MemoryNotifierHandler,
         OnlinePageCallback, OnlinePageHandler, OnliningPages, SystemRamRegion,
     },
-    new_mutex,
+    new_mutex, new_spinlock,
     prelude::*,
-    sync::{aref::ARef, Arc, Mutex},
-    time::msecs_to_jiffies,
+    str::CString,
+    sync::{aref::ARef, Arc, Mutex, SpinLock},
+    sysfs,
+    time::{msecs_to_jiffies, BootTime, Instant},
     virtio,
     workqueue::{
         self, cancel_arc_delayed_work_sync, cancel_arc_work_sync, impl_has_delayed_work,
@@ -55,37 +66,34 @@ const RETRY_MAX_SECS: u32 = 300;
 /// Offline memory the driver allows at least (more if two units are bigger), as the C driver.
 const OFFLINE_LIMIT_MIN: u64 = 1 << 30;
 
-/// Why unplugging stopped short of the requested size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stall {
-    /// Taking more would leave less available memory than the safety margin.
-    Margin,
-    /// The remaining plugged memory holds pages that cannot be moved.
-    Unmovable,
-    /// The device refused (NACK, BUSY) or the exchange failed.
-    Refused,
-    /// Only offline memory may be unplugged (`unplug_online=0`) and none is left.
-    OfflineOnly,
-    /// Nothing is left that could be unplugged now (e.g. blocks being onlined or offlined).
-    NothingToUnplug,
-    /// The online-page callback is held by another driver.
-    NoCallback,
-    /// The device is stopped or unbinding.
-    Stopped,
+/// Free kernel memory that adding memory (whose memmap comes from it) leaves at least.
+const MEMMAP_RESERVE_MIN: u64 = 32 << 20;
+
+/// How long to wait before looking again when free memory may come back, in seconds.
+const MEMORY_RETRY_SECS: u32 = 5;
+
+/// The sysfs group of the device's attributes (see [`crate::attrs`]).
+pub(crate) const ATTR_GROUP: &CStr = c"virtio_mem";
+
+/// What the driver knows of the device that never changes while bound.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Info {
+    pub(crate) mode: Mode,
+    pub(crate) nid: i32,
+    pub(crate) region_size: u64,
+    pub(crate) device_block_size: u64,
+    pub(crate) memory_block_size: u64,
+    /// Added memory holds its own memmap.
+    pub(crate) memmap_on_memory: bool,
 }
 
-impl kernel::fmt::Display for Stall {
-    fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
-        f.write_str(match self {
-            Stall::Margin => "free memory below the safety margin",
-            Stall::Unmovable => "blocks hold unmovable pages",
-            Stall::Refused => "device refused or busy",
-            Stall::OfflineOnly => "only offline memory may be unplugged (unplug_online=0)",
-            Stall::NothingToUnplug => "no memory block can be unplugged right now",
-            Stall::NoCallback => "the online-page callback is held by another driver",
-            Stall::Stopped => "the device is stopped",
-        })
-    }
+/// How a binding starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// The region was free; the device has this much plugged from before (to be unplugged).
+    Fresh { plugged_size: u64 },
+    /// An earlier binding parked the region with memory added: take it over.
+    TakeOver,
 }
 
 /// The free memory unplug leaves at least, in bytes: the `unplug_margin_mb` module parameter,
@@ -105,16 +113,27 @@ struct State {
     /// Big-block mode: end of the plugged and added run of big blocks `[geometry.first,
     /// added_end)`.
     added_end: u64,
+    /// The memory group of the memory we add; `None` once unbound.
+    group: Option<MemoryGroup>,
     /// Delay before the next retry.
     retry_secs: u32,
-    /// Set at unbind: no more requests.
+    /// When the scheduled retry runs, in ms of `CLOCK_BOOTTIME`.
+    retry_at_ms: Option<i64>,
+    /// Set at unbind: no more requests but those that give memory back.
     stopping: bool,
-    /// The device answered with nonsense or `ERROR`: no more requests until rebound.
+    /// The device answered with nonsense: no more requests until rebound.
     stopped: bool,
     /// The device has memory plugged from before we were bound: unplug it all first.
     unplug_all: bool,
-    /// Why unplugging stopped short of the request, if it did.
-    stall: Option<Stall>,
+    /// Memory added by an earlier binding is to be taken over first.
+    take_over: bool,
+    /// Our view of the plugged state and the device's may differ (after `ERROR` or a
+    /// timeout): resynchronize with `STATE` requests first.
+    resync: bool,
+    /// Why this step stopped short of the request, if it did.
+    reason: Option<Reason>,
+    /// The reason last logged (each is logged once while it lasts).
+    logged: Option<Reason>,
     /// Whether the message that the online-page callback is taken was logged.
     told_no_callback: bool,
     /// The memory notifier, registered while bound (it holds a reference to the worker).
@@ -127,19 +146,21 @@ struct State {
 
 /// The per-device run loop, shared by its work items and the driver's data.
 ///
-/// Lock order: `state`, then `blocks`. The memory notifier and the online-page callback take
-/// only `blocks` (they run while memory is added, with `state` held), so `blocks` is never held
-/// while adding, removing, onlining or offlining memory.
+/// Lock order: `state`, then `blocks`, then `status`. The memory notifier and the online-page
+/// callback take only `blocks` (they run while memory is added, with `state` held), so `blocks`
+/// is never held while adding, removing, onlining or offlining memory.
 #[pin_data]
 pub(crate) struct Worker {
     dev: ARef<virtio::Device>,
     /// Start of the device's region.
-    addr: u64,
-    vq: virtio::Virtqueue,
-    geometry: Geometry,
-    group: MemoryGroup,
+    pub(crate) addr: u64,
+    pub(crate) vq: virtio::Virtqueue,
+    pub(crate) geometry: Geometry,
+    pub(crate) info: Info,
     /// Sub-block mode (`blocks` tracks the region) rather than big-block mode.
     sub_blocks: bool,
+    /// Request and event counters.
+    pub(crate) counters: Counters,
     /// Bytes of the region that are added but offline (a signed count, updated from the memory
     /// notifier without the state lock, which is held while memory is added and onlined).
     offline: AtomicI64,
@@ -150,7 +171,10 @@ pub(crate) struct Worker {
     /// Sub-block mode: the state of every memory block; its `removing` flag stops onlining and
     /// the notifier's kicks at unbind in both modes.
     #[pin]
-    blocks: Mutex<SubBlocks>,
+    pub(crate) blocks: Mutex<SubBlocks>,
+    /// What the sysfs attributes show; taken last, briefly.
+    #[pin]
+    pub(crate) status: SpinLock<Status>,
     #[pin]
     work: Work<Worker, 0>,
     #[pin]
@@ -182,23 +206,34 @@ impl WorkItem<1> for Worker {
 }
 
 impl Worker {
-    /// Creates the run loop of a device; nothing runs until [`Worker::kick`]. `sb_size` is
-    /// the sub-block size in sub-block mode (`None`: big-block mode); `plugged_size` is what
-    /// the device has plugged already.
+    /// Creates the run loop of a device; nothing runs until [`Worker::kick`].
     pub(crate) fn new(
         dev: &virtio::Device<device::Bound>,
         vq: virtio::Virtqueue,
         geometry: Geometry,
-        sb_size: Option<NonZeroU64>,
-        plugged_size: u64,
+        info: Info,
+        start: Start,
         group: MemoryGroup,
         region: SystemRamRegion,
     ) -> Result<Arc<Self>> {
+        let sb_size = match info.mode {
+            Mode::SubBlock { sb_size } => NonZeroU64::new(sb_size),
+            Mode::BigBlock { .. } => None,
+        };
+        // With memmap-on-memory the first sub-blocks of each block hold its memmap.
+        let pinned = match sb_size {
+            Some(sb) if info.memmap_on_memory => {
+                let memmap = memory_hotplug::memmap_size(geometry.unit.get());
+                usize::try_from(memmap.div_ceil(sb.get())).map_err(|_| EINVAL)?
+            }
+            _ => 0,
+        };
         let sbm = SubBlocks::new(
             geometry.first,
             geometry.end,
             geometry.unit,
             sb_size.unwrap_or(geometry.unit),
+            pinned,
         );
         Arc::pin_init(
             try_pin_init!(Worker {
@@ -206,23 +241,30 @@ impl Worker {
                 addr: region.start(),
                 vq,
                 geometry,
-                group,
+                info,
                 sub_blocks: sb_size.is_some(),
+                counters: Counters::new(),
                 offline: AtomicI64::new(0),
                 waiting_for_online: AtomicBool::new(false),
                 state <- new_mutex!(State {
                     region: Some(region),
+                    group: Some(group),
                     added_end: geometry.first,
                     retry_secs: RETRY_MIN_SECS,
+                    retry_at_ms: None,
                     stopping: false,
                     stopped: false,
-                    unplug_all: plugged_size > 0,
-                    stall: None,
+                    unplug_all: matches!(start, Start::Fresh { plugged_size } if plugged_size > 0),
+                    take_over: start == Start::TakeOver,
+                    resync: false,
+                    reason: None,
+                    logged: None,
                     told_no_callback: false,
                     notifier: None,
                     online_cb: None,
                 }),
                 blocks <- new_mutex!(sbm),
+                status <- new_spinlock!(Status::new()),
                 work <- new_work!("virtio_mem_rust::Worker::work"),
                 retry <- new_delayed_work!("virtio_mem_rust::Worker::retry"),
             }),
@@ -248,8 +290,11 @@ impl Worker {
         let _ = workqueue::system_freezable().enqueue::<Arc<Worker>, 0>(self.clone());
     }
 
-    /// Stops the run loop for unbind and waits until no work item runs or is queued. Memory
-    /// that stays added keeps its region reserved. Only the first call does anything.
+    /// Stops the run loop for unbind and waits until no work item runs or is queued. Then gives
+    /// back what it can: offline blocks are removed, free memory is unplugged (within the
+    /// safety margin) and whatever is plugged but not added is unplugged. Memory that stays in
+    /// use is parked with the region for the next binding of the device to take over. Only the
+    /// first call does anything.
     pub(crate) fn stop(self: &Arc<Self>) {
         {
             let mut st = self.state.lock();
@@ -264,8 +309,11 @@ impl Worker {
         cancel_arc_delayed_work_sync::<Worker, 1>(self);
 
         let mut st = self.state.lock();
-        if self.sub_blocks {
-            self.remove_offline_blocks(&mut st);
+        st.reason = None;
+        st.retry_at_ms = None;
+        self.publish(&mut st);
+        if !st.stopped {
+            self.give_back(&mut st);
         }
         // Unregister the notifier, then the online-page callback: no partly plugged block is
         // offline any more, so nothing that needs the callback can be onlined.
@@ -273,29 +321,54 @@ impl Worker {
         st.online_cb = None;
         let added = st.region.as_ref().map_or(0, |r| r.added());
         if added > 0 {
-            dev_warn!(
+            dev_info!(
                 self.dev.as_ref(),
-                "{:#x} bytes of memory stay added to the system ({:#x} plugged; online memory \
-                 is not unplugged at unbind); the region stays reserved, so the device cannot be \
-                 bound again\n",
+                "{:#x} bytes stay added to the system ({:#x} plugged): memory in use; the next \
+                 binding of this device takes it over\n",
                 added,
                 self.plugged_in(&st)
             );
         }
-        // Releases the reservation, or keeps it while memory stays added.
-        st.region = None;
+        self.publish(&mut st);
+        // Releases the region and the group, or parks them while memory stays added.
+        if let (Some(region), Some(group)) = (st.region.take(), st.group.take()) {
+            region.park(group);
+        }
     }
 
-    /// At unbind: removes the blocks that are offline. Partly plugged ones must go: without
-    /// the online-page callback, onlining them would hand unplugged memory to the kernel; the
-    /// others are not in use either, and removing them lets the device be bound again. If
-    /// nothing stays added, everything is unplugged (`UNPLUG_ALL`); otherwise the device keeps
-    /// the removed blocks plugged until the next driver unplugs them.
+    /// At unbind: gives back what is not in use. Offline blocks go first: partly plugged ones
+    /// must, since without the online-page callback onlining them would hand unplugged memory to
+    /// the kernel. If nothing stays added, everything is unplugged (`UNPLUG_ALL`).
+    fn give_back(self: &Arc<Self>, st: &mut State) {
+        if self.sub_blocks {
+            self.remove_offline_blocks(st);
+            self.unplug_sbm(st, 0);
+            let _ = self.unplug_strays(st);
+        } else {
+            self.unplug_bbm(st, 0);
+        }
+        let nothing_added = !matches!(st.region.as_ref(), Some(r) if r.added() > 0);
+        if nothing_added && self.plugged_in(st) > 0 {
+            match self.request(st, &Request::UnplugAll) {
+                Ok(_) => {
+                    let mut b = self.blocks.lock();
+                    let per = b.sbs_per_mb().get();
+                    for mb in 0..b.len() {
+                        b.set_plugged(mb, 0, per, false);
+                    }
+                    st.added_end = self.geometry.first;
+                }
+                Err(_) => dev_warn!(
+                    self.dev.as_ref(),
+                    "unplugging all memory at unbind failed; the next driver will\n"
+                ),
+            }
+        }
+    }
+
+    /// Removes the blocks that are offline.
     fn remove_offline_blocks(&self, st: &mut State) {
-        let (len, mb_size) = {
-            let b = self.blocks.lock();
-            (b.len(), b.mb_size().get())
-        };
+        let len = self.blocks.lock().len();
         for mb in 0..len {
             if self.blocks.lock().state(mb) != BlockState::Offline {
                 continue;
@@ -305,26 +378,9 @@ impl Worker {
                     self.dev.as_ref(),
                     "removing the offline block [{:#x}-{:#x}] failed: {:?}\n",
                     addr,
-                    addr + mb_size - 1,
+                    addr + self.geometry.unit.get() - 1,
                     e
                 );
-            }
-        }
-        let nothing_added = !matches!(st.region.as_ref(), Some(r) if r.added() > 0);
-        if nothing_added && self.plugged_in(st) > 0 && !st.stopped {
-            match protocol::send(&self.vq, &Request::UnplugAll) {
-                Ok(_) => {
-                    let mut b = self.blocks.lock();
-                    let per = b.sbs_per_mb().get();
-                    for mb in 0..len {
-                        b.set_plugged(mb, 0, per, false);
-                    }
-                }
-                Err(e) => dev_warn!(
-                    self.dev.as_ref(),
-                    "unplugging all memory at unbind failed ({:?}); the next driver will\n",
-                    e
-                ),
             }
         }
     }
@@ -343,26 +399,198 @@ impl Worker {
         }
     }
 
-    /// One run: plug toward the requested size until it is met or something stops us.
+    /// Bytes of plugged memory that the page allocator has: plugged memory of online blocks,
+    /// less their memmap if it lives in them. `added` is what the region has added.
+    fn online_in(&self, b: &SubBlocks, added: u64) -> u64 {
+        let online = if self.sub_blocks {
+            let sb = b.sb_size().get();
+            (0..b.len())
+                .filter(|&mb| {
+                    matches!(
+                        b.state(mb),
+                        BlockState::Online { .. } | BlockState::GoingOffline { .. }
+                    )
+                })
+                .map(|mb| b.nr_plugged(mb) as u64 * sb)
+                .sum::<u64>()
+        } else {
+            let offline = u64::try_from(self.offline.load(Ordering::SeqCst)).unwrap_or(0);
+            added.saturating_sub(offline)
+        };
+        if !self.info.memmap_on_memory {
+            return online;
+        }
+        // Each online memory block keeps its memmap.
+        let blocks = if self.sub_blocks {
+            (0..b.len())
+                .filter(|&mb| {
+                    matches!(
+                        b.state(mb),
+                        BlockState::Online { .. } | BlockState::GoingOffline { .. }
+                    )
+                })
+                .count() as u64
+        } else {
+            online / self.info.memory_block_size.max(1)
+        };
+        online.saturating_sub(blocks * memory_hotplug::memmap_size(self.info.memory_block_size))
+    }
+
+    /// Updates the published sizes during a step (no notification).
+    fn update_sizes(&self, st: &State) {
+        let plugged = self.plugged_in(st);
+        let added = st.region.as_ref().map_or(0, |r| r.added());
+        let online = self.online_in(&self.blocks.lock(), added);
+        let mut s = self.status.lock();
+        s.plugged = plugged;
+        s.added = added;
+        s.online = online;
+    }
+
+    /// Publishes the outcome of a step: the sizes, the activity and the reason. Wakes pollers
+    /// of `activity` when they changed, and sends a uevent when the request is reached, the run
+    /// loop stalls or the device is stopped.
+    fn publish(&self, st: &mut State) {
+        self.update_sizes(st);
+        let activity = if st.stopped {
+            Activity::Stopped
+        } else if st.stopping {
+            Activity::Unbinding
+        } else if let Some(r) = st.reason {
+            r.activity()
+        } else {
+            Activity::Idle
+        };
+        if st.reason.is_none() {
+            st.logged = None;
+        }
+        let (old, new) = {
+            let mut s = self.status.lock();
+            let old = *s;
+            s.activity = activity;
+            s.reason = st.reason;
+            s.retry_at_ms = st.retry_at_ms;
+            (old, *s)
+        };
+        if old.activity == new.activity && old.reason == new.reason {
+            return;
+        }
+        self.notify();
+        let event = match new.activity {
+            Activity::Idle => "reached",
+            Activity::Waiting | Activity::Stalled => "stalled",
+            Activity::Stopped => "stopped",
+            _ => return,
+        };
+        self.uevent(event, &new);
+    }
+
+    /// Wakes whoever polls the `activity` attribute.
+    fn notify(&self) {
+        sysfs::notify(self.dev.as_ref(), ATTR_GROUP, c"activity");
+    }
+
+    /// Sends a change uevent: `VIRTIO_MEM_EVENT=<event>` with the sizes and the reason.
+    fn uevent(&self, event: &str, s: &Status) {
+        let env = [
+            CString::try_from_fmt(fmt!("VIRTIO_MEM_EVENT={event}")),
+            CString::try_from_fmt(fmt!("VIRTIO_MEM_REQUESTED={}", s.requested)),
+            CString::try_from_fmt(fmt!("VIRTIO_MEM_PLUGGED={}", s.plugged)),
+            CString::try_from_fmt(fmt!(
+                "VIRTIO_MEM_REASON={}",
+                s.reason.map_or("none", |r| r.code())
+            )),
+        ];
+        let mut strs = KVec::new();
+        for e in &env {
+            match e {
+                Ok(e) => {
+                    if strs.push(&**e, GFP_KERNEL).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        if let Err(e) = sysfs::uevent_change(self.dev.as_ref(), &strs) {
+            dev_warn!(self.dev.as_ref(), "sending a uevent failed: {:?}\n", e);
+        }
+    }
+
+    /// Records the requested size a step works toward; a new one shows as plugging or
+    /// unplugging at once (a retry of the same one keeps showing why it stopped short).
+    fn begin(&self, requested: u64, plugged: u64) {
+        let changed = {
+            let mut s = self.status.lock();
+            if s.requested == requested && s.activity != Activity::Idle {
+                false
+            } else {
+                s.requested = requested;
+                let activity = if requested < plugged {
+                    Activity::Unplugging
+                } else if requested > plugged {
+                    Activity::Plugging
+                } else {
+                    s.activity
+                };
+                let changed = activity != s.activity;
+                s.activity = activity;
+                changed
+            }
+        };
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// One run: follow the requested size until it is met or something stops us.
     fn step(self: &Arc<Self>) {
         let mut st = self.state.lock();
         if st.stopping || st.stopped {
             return;
         }
+        st.reason = None;
+        st.retry_at_ms = None;
+        self.run(&mut st);
+        self.publish(&mut st);
+    }
+
+    fn run(self: &Arc<Self>, st: &mut State) {
         let (requested, usable) = match self.read_sizes() {
             Ok(sizes) => sizes,
             Err(e) if e == ENODEV => return,
             Err(e) => {
                 dev_err!(self.dev.as_ref(), "reading the config failed: {:?}\n", e);
-                return self.retry_later(&mut st);
+                return self.stall(st, Reason::ExchangeFailed);
             }
         };
+        if requested > self.info.region_size || usable > self.info.region_size {
+            dev_err!(
+                self.dev.as_ref(),
+                "device asks for {:#x} bytes with a usable region of {:#x}, but its region is \
+                 {:#x} bytes: stopping until it is bound again\n",
+                requested,
+                usable,
+                self.info.region_size
+            );
+            st.stopped = true;
+            st.reason = Some(Reason::BadConfig);
+            return;
+        }
+        self.begin(requested, self.plugged_in(st));
+        let usable_end = self.addr + usable;
+        if st.take_over {
+            if self.take_over(st, usable_end).is_err() {
+                return self.retry_later(st);
+            }
+            st.take_over = false;
+        }
         if st.unplug_all {
             // Memory plugged before we were bound (e.g. before a reboot or by another driver)
             // is not added by us: start from nothing.
-            if let Err(again) = self.request(&mut st, &Request::UnplugAll) {
+            if let Err(again) = self.request(st, &Request::UnplugAll) {
                 if again {
-                    self.retry_later(&mut st);
+                    self.retry_later(st);
                 }
                 return;
             }
@@ -371,27 +599,201 @@ impl Worker {
             // The usable region may have shrunk.
             return self.kick();
         }
+        if st.resync {
+            if let Err(again) = self.resync(st, usable_end) {
+                if again {
+                    self.retry_later(st);
+                }
+                return;
+            }
+            st.resync = false;
+        }
         if self.sub_blocks {
             // Blocks whose sub-blocks are all unplugged go first (an unplug that could not
-            // remove its block right away, or one left by a failed run).
-            self.remove_empty_blocks(&mut st);
+            // remove its block right away, or one left by a failed run), then what is plugged
+            // but not added.
+            self.remove_empty_blocks(st);
+            if let Err(again) = self.unplug_strays(st) {
+                if again {
+                    self.retry_later(st);
+                }
+                return;
+            }
         }
-        let plugged = self.plugged_in(&st);
+        let plugged = self.plugged_in(st);
         if requested < plugged {
             if self.sub_blocks {
-                self.unplug_sbm(&mut st, requested);
+                self.unplug_sbm(st, requested);
             } else {
-                self.unplug_bbm(&mut st, requested);
+                self.unplug_bbm(st, requested);
             }
             return;
         }
-        st.stall = None;
-        let usable_end = self.addr + usable;
         if self.sub_blocks {
-            self.plug_sbm(&mut st, requested, usable_end);
+            self.plug_sbm(st, requested, usable_end);
         } else {
-            self.plug_bbm(&mut st, requested, usable_end);
+            self.plug_bbm(st, requested, usable_end);
         }
+    }
+
+    /// Takes over the memory an earlier binding left added (its region was parked): finds the
+    /// added blocks and their online state, and asks the device which sub-blocks are plugged.
+    /// What is plugged but not added is unplugged.
+    fn take_over(self: &Arc<Self>, st: &mut State, usable_end: u64) -> Result<(), bool> {
+        self.counters.count(Event::TakeOver);
+        let unit = self.geometry.unit.get();
+        if self.sub_blocks {
+            if let Err(e) = self.blocks.lock().grow(usable_end) {
+                dev_err!(self.dev.as_ref(), "tracking the usable region failed: {:?}\n", e);
+                return Err(true);
+            }
+            let (len, sb_size, per) = {
+                let b = self.blocks.lock();
+                (b.len(), b.sb_size().get(), b.sbs_per_mb().get())
+            };
+            for mb in 0..len {
+                let addr = self.blocks.lock().block_addr(mb);
+                let added = st.region.as_ref().is_some_and(|r| r.is_added(addr, unit));
+                if !added {
+                    continue;
+                }
+                let state = match memory_hotplug::online_zone(addr) {
+                    Some(movable) => BlockState::Online { movable },
+                    None => {
+                        self.offline.fetch_add(unit as i64, Ordering::SeqCst);
+                        BlockState::Offline
+                    }
+                };
+                self.blocks.lock().set_state(mb, state);
+                match self.query(st, addr, unit)? {
+                    protocol::BlockState::Plugged => self.blocks.lock().set_plugged(mb, 0, per, true),
+                    protocol::BlockState::Unplugged => {}
+                    protocol::BlockState::Mixed => {
+                        for sb in 0..per {
+                            let at = addr + sb as u64 * sb_size;
+                            if self.query(st, at, sb_size)? == protocol::BlockState::Plugged {
+                                self.blocks.lock().set_plugged(mb, sb, 1, true);
+                            }
+                        }
+                    }
+                }
+            }
+            // Unplugged and partly plugged added blocks need the callback to stay safe.
+            let partial = self.blocks.lock().any_partial_added();
+            if partial && !self.ensure_online_callback(st) {
+                self.remove_offline_blocks(st);
+            }
+        } else {
+            let mut end = self.geometry.first;
+            while end + unit <= self.geometry.end
+                && st.region.as_ref().is_some_and(|r| r.is_added(end, unit))
+            {
+                if memory_hotplug::online_zone(end).is_none() {
+                    self.offline.fetch_add(unit as i64, Ordering::SeqCst);
+                }
+                end += unit;
+            }
+            st.added_end = end;
+        }
+        dev_info!(
+            self.dev.as_ref(),
+            "took over {:#x} bytes of memory that an earlier binding left added ({:#x} plugged)\n",
+            st.region.as_ref().map_or(0, |r| r.added()),
+            self.plugged_in(st)
+        );
+        // Whatever else the device has plugged is unused: make the device agree with us.
+        self.resync(st, usable_end)
+    }
+
+    /// Asks the device whether `[addr, addr + size)` is plugged.
+    fn query(&self, st: &mut State, addr: u64, size: u64) -> Result<protocol::BlockState, bool> {
+        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
+        match self.request(st, &Request::State { addr, nb_blocks })? {
+            Some(state) => Ok(state),
+            None => Err(false),
+        }
+    }
+
+    /// Makes the device's plugged state of `[addr, addr + size)` match ours (`plugged`), with
+    /// `STATE` requests and, where it differs, `PLUG` or `UNPLUG`: a mixed range is split in
+    /// halves down to device blocks.
+    fn make_state(&self, st: &mut State, addr: u64, size: u64, plugged: bool) -> Result<(), bool> {
+        let block = self.geometry.block_size.get();
+        let fix = match (self.query(st, addr, size)?, plugged) {
+            (protocol::BlockState::Plugged, true) | (protocol::BlockState::Unplugged, false) => {
+                return Ok(())
+            }
+            (protocol::BlockState::Unplugged, true) | (protocol::BlockState::Plugged, false) => {
+                let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
+                if plugged {
+                    Request::Plug { addr, nb_blocks }
+                } else {
+                    Request::Unplug { addr, nb_blocks }
+                }
+            }
+            (protocol::BlockState::Mixed, _) => {
+                let blocks = size / block;
+                if blocks < 2 {
+                    return Err(false);
+                }
+                let half = blocks / 2 * block;
+                self.make_state(st, addr, half, plugged)?;
+                return self.make_state(st, addr + half, size - half, plugged);
+            }
+        };
+        dev_warn!(
+            self.dev.as_ref(),
+            "the device's plugged state of [{:#x}-{:#x}] differs from the driver's; sending {}\n",
+            addr,
+            addr + size - 1,
+            fix
+        );
+        self.request(st, &fix).map(|_| ())
+    }
+
+    /// Makes the device's plugged state match ours everywhere below `usable_end`.
+    fn resync(&self, st: &mut State, usable_end: u64) -> Result<(), bool> {
+        self.counters.count(Event::Resync);
+        let unit = self.geometry.unit.get();
+        let chunk = self.geometry.max_units() * unit;
+        let mut tracked_end = self.geometry.first;
+        if self.sub_blocks {
+            let (len, sb_size, per) = {
+                let b = self.blocks.lock();
+                (b.len(), b.sb_size().get(), b.sbs_per_mb().get())
+            };
+            for mb in 0..len {
+                let (addr, nr) = {
+                    let b = self.blocks.lock();
+                    (b.block_addr(mb), b.nr_plugged(mb))
+                };
+                if nr == 0 || nr == per {
+                    self.make_state(st, addr, unit, nr == per)?;
+                } else {
+                    for sb in 0..per {
+                        let plugged = self.blocks.lock().is_plugged(mb, sb);
+                        self.make_state(st, addr + sb as u64 * sb_size, sb_size, plugged)?;
+                    }
+                }
+                tracked_end = addr + unit;
+            }
+        } else {
+            let mut at = self.geometry.first;
+            while at < st.added_end {
+                let size = chunk.min(st.added_end - at);
+                self.make_state(st, at, size, true)?;
+                at += size;
+            }
+            tracked_end = st.added_end;
+        }
+        let end = usable_end - (usable_end - tracked_end.min(usable_end)) % unit;
+        let mut at = tracked_end;
+        while at < end {
+            let size = chunk.min(end - at);
+            self.make_state(st, at, size, false)?;
+            at += size;
+        }
+        Ok(())
     }
 
     /// Big-block mode: unplugs whole big blocks from the top of the plugged run while at least
@@ -408,19 +810,18 @@ impl Worker {
             };
             let res = if module_parameters::unplug_online.value() {
                 if memory_hotplug::available_memory() < unit + unplug_margin() {
-                    return self.stall(st, Stall::Margin);
+                    return self.stall(st, Reason::Margin);
                 }
                 region.offline_and_remove_memory(addr, unit)
             } else {
                 match region.remove_memory(addr, unit) {
-                    Err(e) if e == EBUSY => return self.stall(st, Stall::OfflineOnly),
+                    Err(e) if e == EBUSY => return self.stall(st, Reason::OfflineOnly),
                     res => res,
                 }
             };
-            match res {
-                Ok(()) => {}
-                Err(e) if e == EBUSY => return self.stall(st, Stall::Unmovable),
-                Err(e) => {
+            if let Err(e) = res {
+                self.counters.count(Event::UnplugFailed);
+                if e != EBUSY {
                     dev_err!(
                         self.dev.as_ref(),
                         "removing the big block [{:#x}-{:#x}] failed: {:?}\n",
@@ -428,9 +829,10 @@ impl Worker {
                         addr + unit - 1,
                         e
                     );
-                    return self.stall(st, Stall::Unmovable);
                 }
+                return self.stall(st, Reason::Unmovable);
             }
+            self.counters.count(Event::BlockRemoved);
             // Removed: it is no longer offline either (the notifier counted it offline).
             self.offline.fetch_sub(unit as i64, Ordering::SeqCst);
             st.added_end = addr;
@@ -448,21 +850,28 @@ impl Worker {
                         addr + unit - 1
                     );
                 }
-                return self.stall(st, if again { Stall::Refused } else { Stall::Stopped });
+                if again {
+                    self.retry_later(st);
+                }
+                return;
             }
             st.retry_secs = RETRY_MIN_SECS;
+            self.update_sizes(st);
         }
-        st.stall = None;
     }
 
     /// Sub-block mode: unplugs toward `requested`, block by block in the order of
-    /// [`SubBlocks::next_unplug`]: offline blocks first, then (with `unplug_online`) online
-    /// ones, whose pages are migrated away first. Stops short, says why and retries later
-    /// when that would take free memory below the safety margin, or when the device refuses.
+    /// [`SubBlocks::next_unplug`]: removed and offline blocks first, then (with
+    /// `unplug_online`) online ones, whose pages are migrated away first. Stops short, says why
+    /// and retries later when that would take free memory below the safety margin, or when the
+    /// device refuses.
     fn unplug_sbm(self: &Arc<Self>, st: &mut State, requested: u64) {
         let online = module_parameters::unplug_online.value();
         let mut cursor = None;
         let mut busy = false;
+        // Whether this walk over the blocks unplugged something (removed blocks, whose memmap
+        // is to be unplugged, may appear behind the cursor).
+        let mut progress = false;
         loop {
             let (plugged, sb_size) = {
                 let b = self.blocks.lock();
@@ -471,35 +880,49 @@ impl Worker {
             let want = usize::try_from(plugged.saturating_sub(requested) / sb_size)
                 .unwrap_or(usize::MAX);
             if want == 0 {
-                st.stall = None;
                 st.retry_secs = RETRY_MIN_SECS;
                 return;
             }
             let next = self.blocks.lock().next_unplug(cursor, online);
+            if next.is_none() && progress {
+                cursor = None;
+                progress = false;
+                continue;
+            }
             let Some((class, mb)) = next else {
                 let why = if busy {
-                    Stall::Unmovable
+                    Reason::Unmovable
                 } else if online {
-                    Stall::NothingToUnplug
+                    Reason::NothingToUnplug
                 } else {
-                    Stall::OfflineOnly
+                    Reason::OfflineOnly
                 };
                 return self.stall(st, why);
             };
             cursor = Some((class, mb));
-            match self.unplug_block(st, mb, want) {
+            let before = self.blocks.lock().plugged_bytes();
+            let res = self.unplug_block(st, mb, want);
+            progress |= self.blocks.lock().plugged_bytes() < before;
+            match res {
                 Ok(()) => st.retry_secs = RETRY_MIN_SECS,
-                Err(Stall::Unmovable) => busy = true,
-                Err(Stall::Stopped) => return,
-                Err(why) => return self.stall(st, why),
+                Err(None) => return,
+                Err(Some(Reason::Unmovable)) => busy = true,
+                Err(Some(why)) => return self.stall(st, why),
             }
+            self.update_sizes(st);
         }
     }
 
     /// Unplugs up to `want` sub-blocks of block `mb`, highest first, and removes the block
-    /// when nothing of it stays plugged. Sub-blocks of an online block whose pages cannot be
-    /// moved are skipped.
-    fn unplug_block(self: &Arc<Self>, st: &mut State, mb: usize, want: usize) -> Result<(), Stall> {
+    /// when nothing of it but its memmap stays plugged and that is wanted too. Sub-blocks of an
+    /// online block whose pages cannot be moved are skipped. `Err(None)`: a request failed and
+    /// a retry is scheduled (or the device is stopped).
+    fn unplug_block(
+        self: &Arc<Self>,
+        st: &mut State,
+        mb: usize,
+        want: usize,
+    ) -> Result<(), Option<Reason>> {
         let mut left = want;
         // Sub-blocks from here up that could not be taken offline are skipped.
         let mut below = usize::MAX;
@@ -509,14 +932,17 @@ impl Worker {
             let mut b = self.blocks.lock();
             let state = b.state(mb);
             let online = matches!(state, BlockState::Online { .. });
-            if !online && state != BlockState::Offline {
+            let added = state.is_added();
+            if !online && state != BlockState::Offline && added {
                 // Being onlined or offlined: a later run sees it.
                 break;
             }
             let nr = b.nr_plugged(mb);
-            // A fully plugged online block that is to go whole is taken in one piece, else
-            // sub-block by sub-block; offline blocks a run at a time.
-            let whole = online && !whole_failed && nr == b.sbs_per_mb().get() && left >= nr;
+            let pinned = if added { b.pinned() } else { 0 };
+            // A fully plugged online block that is to go whole (but its memmap) is taken in one
+            // piece, else sub-block by sub-block; offline and removed blocks a run at a time.
+            let whole =
+                online && !whole_failed && nr == b.sbs_per_mb().get() && left >= nr - pinned;
             let max = if online && !whole { 1 } else { left };
             let Some((sb, count)) = b.last_plugged_run(mb, below, max) else {
                 break;
@@ -525,23 +951,24 @@ impl Worker {
             let addr = b.block_addr(mb) + sb as u64 * sb_size;
             let size = count as u64 * sb_size;
             // What stays plugged and added needs the online-page callback (onlining it later).
-            if (nr > count || online) && st.online_cb.is_none() {
+            if added && (nr > count || online) && st.online_cb.is_none() {
                 drop(b);
                 if !self.ensure_online_callback(st) {
-                    return Err(Stall::NoCallback);
+                    return Err(Some(Reason::NoCallback));
                 }
                 continue;
             }
             if online {
                 if memory_hotplug::available_memory() < size + unplug_margin() {
-                    return Err(Stall::Margin);
+                    return Err(Some(Reason::Margin));
                 }
                 let Some(cb) = st.online_cb.as_mut() else {
-                    return Err(Stall::NoCallback);
+                    return Err(Some(Reason::NoCallback));
                 };
                 match cb.fake_offline(addr, size) {
                     Ok(()) => {}
                     Err(e) if e == EBUSY => {
+                        self.counters.count(Event::UnplugFailed);
                         // Some page cannot be moved: try smaller pieces, or below it.
                         if whole {
                             whole_failed = true;
@@ -551,8 +978,9 @@ impl Worker {
                         busy = true;
                         continue;
                     }
-                    Err(e) if e == ENOMEM => return Err(Stall::Margin),
+                    Err(e) if e == ENOMEM => return Err(Some(Reason::Margin)),
                     Err(e) => {
+                        self.counters.count(Event::UnplugFailed);
                         dev_err!(
                             self.dev.as_ref(),
                             "taking [{:#x}-{:#x}] offline failed: {:?}\n",
@@ -560,25 +988,49 @@ impl Worker {
                             addr + size - 1,
                             e
                         );
-                        return Err(Stall::Unmovable);
+                        return Err(Some(Reason::Unmovable));
                     }
                 }
             }
-            let nb_blocks =
-                self.geometry.nb_blocks(size).ok_or(Stall::Stopped)?;
+            let nb_blocks = self.geometry.nb_blocks(size).ok_or(None)?;
             if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
                 if online {
                     // Give the pages back exactly as they were.
                     self.fake_online(st, addr, size);
                 }
-                return Err(if again { Stall::Refused } else { Stall::Stopped });
+                drop(b);
+                if again {
+                    self.retry_later(st);
+                }
+                return Err(None);
             }
             b.set_plugged(mb, sb, count, false);
             left = left.saturating_sub(count);
         }
-        self.remove_empty_blocks(st);
+        // Nothing but the memmap left, and that is to go too: remove the block; its memmap
+        // sub-blocks are then unplugged as those of a removed block.
+        let (state, nr, pinned) = {
+            let b = self.blocks.lock();
+            (b.state(mb), b.nr_plugged(mb), b.pinned())
+        };
+        if matches!(state, BlockState::Offline | BlockState::Online { .. })
+            && nr <= pinned
+            && left >= nr
+        {
+            if let Err((addr, e)) = self.remove_block(st, mb) {
+                self.counters.count(Event::UnplugFailed);
+                dev_warn!(
+                    self.dev.as_ref(),
+                    "removing the unplugged block [{:#x}-{:#x}] failed ({:?}); retrying later\n",
+                    addr,
+                    addr + self.geometry.unit.get() - 1,
+                    e
+                );
+                return Err(Some(Reason::Unmovable));
+            }
+        }
         if busy && left > 0 {
-            return Err(Stall::Unmovable);
+            return Err(Some(Reason::Unmovable));
         }
         Ok(())
     }
@@ -592,16 +1044,38 @@ impl Worker {
                 return;
             };
             if let Err((addr, e)) = self.remove_block(st, mb) {
-                let mb_size = self.geometry.unit.get();
                 dev_warn!(
                     self.dev.as_ref(),
                     "removing the unplugged block [{:#x}-{:#x}] failed ({:?}); retrying later\n",
                     addr,
-                    addr + mb_size - 1,
+                    addr + self.geometry.unit.get() - 1,
                     e
                 );
                 return;
             }
+        }
+    }
+
+    /// Unplugs what is plugged in blocks that are not added (the memmap of a removed block,
+    /// or blocks whose removal happened without their unplug).
+    fn unplug_strays(&self, st: &mut State) -> Result<(), bool> {
+        loop {
+            // Not `while let`: that would hold the lock over the loop body.
+            let next = self.blocks.lock().next_stray();
+            let Some(mb) = next else {
+                return Ok(());
+            };
+            let (addr, sb, count) = {
+                let b = self.blocks.lock();
+                let Some((sb, count)) = b.last_plugged_run(mb, usize::MAX, usize::MAX) else {
+                    return Ok(());
+                };
+                (b.block_addr(mb) + sb as u64 * b.sb_size().get(), sb, count)
+            };
+            let size = count as u64 * self.blocks.lock().sb_size().get();
+            let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
+            self.request(st, &Request::Unplug { addr, nb_blocks })?;
+            self.blocks.lock().set_plugged(mb, sb, count, false);
         }
     }
 
@@ -621,30 +1095,37 @@ impl Worker {
             region.offline_and_remove_memory(addr, mb_size)
         };
         res.map_err(|e| (addr, e))?;
+        self.counters.count(Event::BlockRemoved);
         // It counted as offline (an online block went offline on the way out).
         self.offline.fetch_sub(mb_size as i64, Ordering::SeqCst);
         self.blocks.lock().set_state(mb, BlockState::Unused);
         Ok(())
     }
 
-    /// Records why unplugging stopped short, says so once per reason, and retries later:
+    /// Records why this step stopped short, says so once while it lasts, and retries later:
     /// soon when free memory may come back, with back-off otherwise.
-    fn stall(self: &Arc<Self>, st: &mut State, why: Stall) {
-        if st.stall != Some(why) {
+    fn stall(self: &Arc<Self>, st: &mut State, why: Reason) {
+        st.reason = Some(why);
+        if st.logged != Some(why) {
+            let requested = self.status.lock().requested;
+            let what = if st.stopping {
+                "unbinding"
+            } else if requested < self.plugged_in(st) {
+                "unplugging"
+            } else {
+                "plugging"
+            };
             dev_info!(
                 self.dev.as_ref(),
-                "unplugging stopped short of the requested size: {}\n",
+                "{} stopped short of the requested size: {}\n",
+                what,
                 why
             );
-            st.stall = Some(why);
+            st.logged = Some(why);
         }
         match why {
-            Stall::Stopped => {}
-            Stall::Margin => {
-                let delay = msecs_to_jiffies(RETRY_MIN_SECS * 1000);
-                let _ = workqueue::system_freezable()
-                    .enqueue_delayed::<Arc<Worker>, 1>(self.clone(), delay);
-            }
+            Reason::Margin | Reason::MemmapNoRoom => self.retry_in(st, MEMORY_RETRY_SECS),
+            Reason::WaitingForOnline => {}
             _ => self.retry_later(st),
         }
     }
@@ -659,16 +1140,34 @@ impl Worker {
         room - room % self.geometry.unit
     }
 
+    /// How many more units may be added now, at most `want`: all of them with memmap-on-memory;
+    /// otherwise as many as leave the page allocator's reserves of free kernel memory after
+    /// their memmap is allocated from it. 0 means stall (the caller says why).
+    fn memmap_room(&self, want: u64) -> u64 {
+        if self.info.memmap_on_memory {
+            return want;
+        }
+        let per_unit = memory_hotplug::memmap_size(self.geometry.unit.get()).max(1);
+        let reserve = memory_hotplug::reserved_memory().max(MEMMAP_RESERVE_MIN);
+        let free = memory_hotplug::free_kernel_memory().saturating_sub(reserve);
+        want.min(free / per_unit)
+    }
+
     /// Big-block mode: plug and add whole big blocks, one contiguous run from the start.
     fn plug_bbm(self: &Arc<Self>, st: &mut State, requested: u64, usable_end: u64) {
+        let unit = self.geometry.unit;
         while let Some((addr, size)) = self.geometry.next_plug(st.added_end, requested, usable_end)
         {
             // Keep added-but-offline memory within the limit; the notifier resumes us.
             let size = size.min(self.offline_room());
             if size == 0 {
-                return;
+                return self.stall(st, Reason::WaitingForOnline);
             }
             self.waiting_for_online.store(false, Ordering::SeqCst);
+            let size = self.memmap_room(size / unit) * unit.get();
+            if size == 0 {
+                return self.stall(st, Reason::MemmapNoRoom);
+            }
             if let Err(again) = self.plug_and_add(st, addr, size) {
                 if again {
                     self.retry_later(st);
@@ -676,6 +1175,7 @@ impl Worker {
                 return;
             }
             st.retry_secs = RETRY_MIN_SECS;
+            self.update_sizes(st);
         }
     }
 
@@ -684,11 +1184,11 @@ impl Worker {
     fn plug_sbm(self: &Arc<Self>, st: &mut State, requested: u64, usable_end: u64) {
         if let Err(e) = self.blocks.lock().grow(usable_end) {
             dev_err!(self.dev.as_ref(), "tracking the usable region failed: {:?}\n", e);
-            return self.retry_later(st);
+            return self.stall(st, Reason::ExchangeFailed);
         }
-        let (sb_size, sbs_per_mb) = {
+        let (sb_size, sbs_per_mb, pinned) = {
             let b = self.blocks.lock();
-            (b.sb_size(), b.sbs_per_mb())
+            (b.sb_size(), b.sbs_per_mb(), b.pinned())
         };
         // Sub-blocks one request can carry.
         let max_sbs_per_request = usize::try_from(
@@ -713,20 +1213,34 @@ impl Worker {
             };
             if done {
                 st.retry_secs = RETRY_MIN_SECS;
+                self.update_sizes(st);
                 continue;
             }
-            // New blocks: whole ones while a whole one is wanted, then one partly plugged.
+            // New blocks: whole ones while a whole one is wanted, then one partly plugged (which
+            // holds at least its memmap).
             let whole = want / sbs_per_mb;
+            if whole == 0 && want < pinned {
+                break;
+            }
             let room = usize::try_from(self.offline_room() / self.geometry.unit)
                 .unwrap_or(usize::MAX);
             if room == 0 {
+                self.stall(st, Reason::WaitingForOnline);
+                break;
+            }
+            let fits = usize::try_from(self.memmap_room(whole.max(1) as u64)).unwrap_or(1);
+            if fits == 0 {
+                self.waiting_for_online.store(false, Ordering::SeqCst);
+                self.stall(st, Reason::MemmapNoRoom);
                 break;
             }
             let (max_blocks, nr_sbs) = if whole > 0 {
                 let max = usize::try_from(self.geometry.max_units()).unwrap_or(1);
-                (whole.min(max).min(room), None)
+                (whole.min(max).min(room).min(fits), None)
             } else {
                 if !self.ensure_online_callback(st) {
+                    self.waiting_for_online.store(false, Ordering::SeqCst);
+                    self.stall(st, Reason::NoCallback);
                     break;
                 }
                 (1, Some(want.min(max_sbs_per_request)))
@@ -744,6 +1258,7 @@ impl Worker {
                 break;
             }
             st.retry_secs = RETRY_MIN_SECS;
+            self.update_sizes(st);
         }
         // Give the online-page callback back when no added block needs it.
         let needed = self.blocks.lock().any_partial_added();
@@ -828,7 +1343,7 @@ impl Worker {
             let b = self.blocks.lock();
             (b.block_addr(mb), b.sb_size().get(), b.sbs_per_mb(), b.mb_size().get())
         };
-        let nr_blocks = (nr_sbs + sbs_per_mb.get() - 1) / sbs_per_mb;
+        let nr_blocks = nr_sbs.div_ceil(sbs_per_mb.get());
         let size = nr_sbs as u64 * sb_size;
         let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
         self.request(st, &Request::Plug { addr, nb_blocks })?;
@@ -869,15 +1384,25 @@ impl Worker {
     /// Adds `[addr, addr + size)` (plugged) to the system, counting it offline until onlined.
     fn add(&self, st: &mut State, addr: u64, size: u64) -> Result {
         let region = st.region.as_mut().ok_or(ENODEV)?;
+        let group = st.group.as_ref().ok_or(ENODEV)?;
         // Counted as offline before it is added: auto-onlining reports it online during the add.
         self.offline.fetch_add(size as i64, Ordering::SeqCst);
-        region.add_memory(&self.group, addr, size).inspect_err(|_| {
-            self.offline.fetch_sub(size as i64, Ordering::SeqCst);
-        })
+        match region.add_memory(group, addr, size, self.info.memmap_on_memory) {
+            Ok(()) => {
+                self.counters.count(Event::BlockAdded);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.count(Event::AddFailed);
+                self.offline.fetch_sub(size as i64, Ordering::SeqCst);
+                Err(e)
+            }
+        }
     }
 
     /// After adding `[addr, addr + size)` failed with `e`, unplugs its plugged part (`plugged`
-    /// bytes, `nb_blocks` device blocks) again.
+    /// bytes, `nb_blocks` device blocks) again. Retried later (`Err(true)`) unless the device
+    /// is stopped.
     fn unplug_after_failed_add(
         &self,
         st: &mut State,
@@ -893,56 +1418,81 @@ impl Worker {
             addr + plugged - 1,
             e
         );
-        if let Err(e) = protocol::send(&self.vq, &Request::Unplug { addr, nb_blocks }) {
+        st.reason = Some(Reason::AddFailed);
+        if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
             dev_err!(
                 self.dev.as_ref(),
-                "unplugging [{:#x}-{:#x}] failed too ({:?}); stopping until it is bound again\n",
+                "unplugging [{:#x}-{:#x}] failed too; resynchronizing with the device later\n",
                 addr,
                 addr + plugged - 1,
-                e
             );
-            st.stopped = true;
-            return Err(false);
+            st.resync = true;
+            return Err(again);
         }
+        st.reason = Some(Reason::AddFailed);
         Err(true)
     }
 
     /// Reads the requested and usable region sizes.
-    fn read_sizes(&self) -> Result<(u64, u64)> {
+    pub(crate) fn read_sizes(&self) -> Result<(u64, u64)> {
         Ok((
             self.vq.read_config(offset_of!(Raw, requested_size))?,
             self.vq.read_config(offset_of!(Raw, usable_region_size))?,
         ))
     }
 
-    /// Sends `req`. On failure, says whether to retry later (`Err(true)`: refused for now or the
-    /// exchange failed) or not (`Err(false)`: unbound, or the device answered `ERROR` or
-    /// nonsense, which stops the device).
-    fn request(&self, st: &mut State, req: &Request) -> Result<(), bool> {
-        match protocol::send(&self.vq, req) {
-            Ok(_) => Ok(()),
-            Err(SendError::Transport(e)) if e == ENODEV => Err(false),
-            Err(
-                e @ (SendError::Transport(_) | SendError::Refused(Refusal::Nack | Refusal::Busy)),
-            ) => {
-                dev_info!(
-                    self.dev.as_ref(),
-                    "{} failed ({:?}); retrying in {} s\n",
-                    req,
-                    e,
-                    st.retry_secs
-                );
-                Err(true)
-            }
-            Err(SendError::Refused(r)) => {
+    /// Sends `req` (waiting a bounded time for the answer) and counts it. On failure, records
+    /// why in `st.reason` and says whether to retry later (`Err(true)`: refused for now, the
+    /// exchange failed or timed out, or the device answered `ERROR`, after which the plugged
+    /// state is resynchronized first) or not (`Err(false)`: unbound, or the device answered
+    /// nonsense, which stops it).
+    fn request(&self, st: &mut State, req: &Request) -> Result<Option<protocol::BlockState>, bool> {
+        let res = protocol::send(&self.vq, req);
+        self.counters.request(req, res.err());
+        let e = match res {
+            Ok(state) => return Ok(state),
+            Err(SendError::Transport(e)) if e == ENODEV => return Err(false),
+            Err(e) => e,
+        };
+        let reason = Reason::of(e);
+        st.reason = Some(reason);
+        match reason {
+            Reason::Nonsense(v) => {
                 dev_err!(
                     self.dev.as_ref(),
-                    "device answered {:?} to {}; stopping until it is bound again\n",
-                    r,
+                    "device answered {} to {}, a value the protocol does not define; stopping \
+                     until it is bound again\n",
+                    v,
                     req
                 );
                 st.stopped = true;
                 Err(false)
+            }
+            Reason::DeviceError | Reason::Timeout => {
+                let what = if reason == Reason::Timeout {
+                    "no answer within the time limit"
+                } else {
+                    "the device answered ERROR"
+                };
+                dev_err!(
+                    self.dev.as_ref(),
+                    "{}: {}; resynchronizing with STATE requests in {} s\n",
+                    req,
+                    what,
+                    st.retry_secs
+                );
+                st.resync = true;
+                Err(true)
+            }
+            _ => {
+                dev_info!(
+                    self.dev.as_ref(),
+                    "{} failed ({}); retrying in {} s\n",
+                    req,
+                    reason,
+                    st.retry_secs
+                );
+                Err(true)
             }
         }
     }
@@ -970,13 +1520,23 @@ impl Worker {
 
     /// Schedules the next run after the current back-off delay, and doubles the delay.
     fn retry_later(self: &Arc<Self>, st: &mut State) {
-        let delay = msecs_to_jiffies(st.retry_secs * 1000);
+        let secs = st.retry_secs;
         st.retry_secs = (st.retry_secs * 2).min(RETRY_MAX_SECS);
+        self.retry_in(st, secs);
+    }
+
+    /// Schedules the next run in `secs` seconds (not while unbinding) and records when.
+    fn retry_in(self: &Arc<Self>, st: &mut State, secs: u32) {
+        if st.stopping {
+            return;
+        }
+        let now_ms = Instant::<BootTime>::now().as_nanos() / 1_000_000;
+        st.retry_at_ms = Some(now_ms + i64::from(secs) * 1000);
+        let delay = msecs_to_jiffies(secs * 1000);
         let _ =
             workqueue::system_freezable().enqueue_delayed::<Arc<Worker>, 1>(self.clone(), delay);
     }
 }
-
 impl MemoryNotifierHandler for Worker {
     fn notify(this: &Arc<Self>, n: &MemoryNotification) -> Result {
         let range = n.range();
@@ -991,7 +1551,11 @@ impl MemoryNotifierHandler for Worker {
         } else if event == MemoryEvent::GoingOnline && b.removing {
             return Err(EBUSY);
         }
-        let size = range.size as i64;
+        // Whole memory blocks: with memmap-on-memory the range leaves out the block's memmap,
+        // but the block was counted whole when it was added.
+        let mbs = this.info.memory_block_size.max(1);
+        let start = range.start - range.start % mbs;
+        let size = (end.div_ceil(mbs) * mbs - start) as i64;
         match event {
             MemoryEvent::Online => {
                 let offline = this.offline.fetch_sub(size, Ordering::SeqCst) - size;
@@ -1008,6 +1572,12 @@ impl MemoryNotifierHandler for Worker {
                 this.offline.fetch_add(size, Ordering::SeqCst);
             }
             _ => {}
+        }
+        if matches!(event, MemoryEvent::Online | MemoryEvent::Offline) {
+            // User space may online and offline memory at any time: keep `online_size` right.
+            let added = this.status.lock().added;
+            let online = this.online_in(&b, added);
+            this.status.lock().online = online;
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ use crate::{
 };
 use core::{
     mem::ManuallyDrop,
-    sync::atomic::{AtomicU8, Ordering},
+    sync::atomic::AtomicU8,
 };
 
 /// Decides which pages of memory being onlined in a registered range go to the page allocator.
@@ -196,22 +196,13 @@ static LOCKS_READY: AtomicU8 = AtomicU8::new(0);
 
 /// Initializes the registry's locks on first use.
 fn init_locks() {
-    match LOCKS_READY.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            // SAFETY: Only the caller that moved the state from 0 to 1 gets here, once; nobody
-            // uses the locks before the state is 2.
-            unsafe {
-                ONLINE_PAGE_OWNER.init();
-                ONLINE_PAGE_ENTRIES.init();
-            }
-            LOCKS_READY.store(2, Ordering::Release);
+    super::init_once(&LOCKS_READY, || {
+        // SAFETY: `init_once` runs this once, before anybody uses the locks.
+        unsafe {
+            ONLINE_PAGE_OWNER.init();
+            ONLINE_PAGE_ENTRIES.init();
         }
-        Err(_) => {
-            while LOCKS_READY.load(Ordering::Acquire) != 2 {
-                core::hint::spin_loop();
-            }
-        }
-    }
+    });
 }
 
 /// The kernel's online-page callback while handlers are registered.

@@ -6,6 +6,7 @@
 #   VMR_KO_RUST  path of virtio_mem_rust.ko
 #   VMR_KO_C     path of the C driver's virtio_mem.ko
 #   VMCTL        path of the vmctl binary (speaks QMP over the guest's port)
+#   VMEM_STATUS  path of the vmem-status binary (reads the driver's sysfs state)
 
 source "$(dirname "${BASH_SOURCE[0]}")/sizes.sh"
 
@@ -127,3 +128,17 @@ page_offline_count() {
 # (online_movable, online_kernel, offline, ...).
 block_state() { cat /sys/devices/system/memory/memory$1/state; }
 set_block_state() { echo "$2" >/sys/devices/system/memory/memory$1/state; }
+
+# Attribute $2 of virtio_mem_rust's sysfs group of device $1.
+vmem_attr() { cat "/sys/bus/virtio/devices/$1/virtio_mem/$2"; }
+
+vmem_status() { "$VMEM_STATUS" "$@"; }
+
+# check_sizes LABEL DEV QID BASE_KB: the driver's plugged_size is the device's
+# plugged size over QMP, and its online_size is what MemTotal grew by since
+# BASE_KB (2 results).
+check_sizes() {
+    ktap_eq "$1: sysfs plugged_size is the device's size" "$(qmp_info "$3" size)" "$(vmem_attr "$2" plugged_size)"
+    ktap_eq "$1: sysfs online_size is the MemTotal delta (kB)" $(($(memtotal_kb) - $4)) \
+        $(($(vmem_attr "$2" online_size) / 1024))
+}

@@ -26,7 +26,7 @@ settled_size() {
     echo "$last"
 }
 
-ktap_header 10
+ktap_header 17
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vmctl set-size vm0 12G >/dev/null
 size=$(vmctl wait vm0 12G --wait-timeout-s 300 2>&1 | tail -n1)
@@ -37,6 +37,10 @@ pid=$!
 for _ in $(seq 600); do [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
 ktap_check "the workload holds 6G" test -e "$dir/ready"
 
+vdev=$(virtio_mem_devices)
+udevadm monitor --kernel --property --subsystem-match=virtio >"$dir/uevents" 2>&1 &
+monitor=$!
+sleep 1
 t0=$SECONDS
 vmctl set-size vm0 2G >/dev/null
 size=$(settled_size 20 600)
@@ -44,6 +48,11 @@ ktap_diag "plugged size settled at $size after $((SECONDS - t0)) s; MemAvailable
 ktap_check "unplugging stopped short of 2G, above the workload" test "$size" -gt "$(to_bytes 2G)" -a "$size" -lt "$(to_bytes 12G)"
 ktap_check "the driver says why" eval "dmesg | grep -q 'virtio_mem_rust .*: unplugging stopped short of the requested size: free memory below the safety margin'"
 ktap_check "the workload is alive" kill -0 $pid
+ktap_eq "sysfs activity: stalled" stalled "$(vmem_attr "$vdev" activity)"
+ktap_eq "sysfs reason: the margin" "free memory below the safety margin" "$(vmem_attr "$vdev" reason)"
+ktap_eq "sysfs plugged_size is where it stopped" "$size" "$(vmem_attr "$vdev" plugged_size)"
+ktap_check "vmem-status wait --until settled returns" quiet vmem_status wait "$vdev" --until settled --timeout 60
+ktap_check "a uevent said it stalled, and why" eval "grep -q '^VIRTIO_MEM_REASON=margin' '$dir/uevents' && grep -q '^VIRTIO_MEM_EVENT=stalled' '$dir/uevents'"
 
 touch "$dir/stop"
 wait $pid; rc=$?
@@ -52,6 +61,10 @@ ktap_eq "the workload's data is intact" 0 "$rc"
 ktap_eq "nothing was OOM-killed" "" "$(dmesg | grep -iE 'out of memory|oom-kill|killed process')"
 size=$(vmctl wait vm0 2G --wait-timeout-s 300 2>&1 | tail -n1)
 ktap_eq "once it exited, the driver unplugged down to 2G on its own" "$(to_bytes 2G)" "$size"
+ktap_check "vmem-status wait says reached" quiet vmem_status wait "$vdev" --size 2G --timeout 60
+sleep 1
+kill $monitor
+ktap_check "a uevent said the size was reached" grep -q '^VIRTIO_MEM_EVENT=reached' "$dir/uevents"
 splats=$(kernel_splats)
 [ -z "$splats" ] || ktap_diag "$splats"
 ktap_eq "no kernel warnings or oopses" "" "$splats"

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The device's state for operators: read-only sysfs attributes in
+//! `/sys/bus/virtio/devices/virtioN/virtio_mem/` and a debugfs file with every block's state.
+//!
+//! Sizes are in bytes, in decimal. `activity` can be polled: the driver wakes pollers
+//! (`POLLPRI`) whenever the activity or the reason changes, and also sends a `KOBJ_CHANGE`
+//! uevent with `VIRTIO_MEM_EVENT=reached|stalled|stopped` (see [`crate::worker`]).
+
+use crate::{
+    sbm::BlockState,
+    status::Activity,
+    worker::{Worker, ATTR_GROUP},
+    Mode,
+};
+use core::fmt::Write;
+use kernel::{
+    debugfs, fmt,
+    prelude::*,
+    str::{CString, RawFormatter},
+    sync::Arc,
+    sysfs::{AttributeSource, DeviceAttributes},
+    virtio,
+};
+
+/// The attributes, in the order [`Worker::show`] numbers them.
+const NAMES: &[&CStr] = &[
+    c"requested_size",
+    c"plugged_size",
+    c"online_size",
+    c"added_size",
+    c"activity",
+    c"reason",
+    c"retry_at",
+    c"mode",
+    c"block_size",
+    c"device_block_size",
+    c"memory_block_size",
+    c"memmap_on_memory",
+    c"node",
+    c"region_start",
+    c"region_size",
+    c"usable_region_size",
+    c"stats",
+];
+
+/// Creates the attributes of the device driven by `worker`.
+pub(crate) fn create(
+    dev: &virtio::Device<kernel::device::Bound>,
+    worker: &Arc<Worker>,
+) -> Result<DeviceAttributes<Worker>> {
+    DeviceAttributes::new(dev.as_ref(), ATTR_GROUP, NAMES, worker.clone())
+}
+
+impl AttributeSource for Worker {
+    fn show(&self, index: usize, f: &mut RawFormatter) -> fmt::Result {
+        let s = *self.status.lock();
+        let live = self.read_sizes().ok();
+        match index {
+            // The device's request as it is now (the run loop may not have seen it yet).
+            0 => writeln!(f, "{}", live.map_or(s.requested, |l| l.0)),
+            1 => writeln!(f, "{}", s.plugged),
+            2 => writeln!(f, "{}", s.online),
+            3 => writeln!(f, "{}", s.added),
+            4 => {
+                // A request the run loop has not picked up yet.
+                let pending = !matches!(s.activity, Activity::Stopped | Activity::Unbinding)
+                    && live.is_some_and(|(requested, _)| requested != s.requested);
+                writeln!(f, "{}", if pending { "pending" } else { s.activity.name() })
+            }
+            5 => match s.reason {
+                Some(r) => f.write_fmt(fmt!("{r}\n")),
+                None => writeln!(f, "none"),
+            },
+            6 => match s.retry_at_ms {
+                Some(ms) => writeln!(f, "{}.{:03}", ms / 1000, ms % 1000),
+                None => writeln!(f, "none"),
+            },
+            7 => writeln!(
+                f,
+                "{}",
+                match self.info.mode {
+                    Mode::SubBlock { .. } => "sub-block",
+                    Mode::BigBlock { .. } => "big-block",
+                }
+            ),
+            8 => writeln!(
+                f,
+                "{}",
+                match self.info.mode {
+                    Mode::SubBlock { sb_size } => sb_size,
+                    Mode::BigBlock { bb_size } => bb_size,
+                }
+            ),
+            9 => writeln!(f, "{}", self.info.device_block_size),
+            10 => writeln!(f, "{}", self.info.memory_block_size),
+            11 => writeln!(f, "{}", u8::from(self.info.memmap_on_memory)),
+            12 => writeln!(f, "{}", self.info.nid),
+            13 => writeln!(f, "{:#x}", self.addr),
+            14 => writeln!(f, "{}", self.info.region_size),
+            15 => writeln!(f, "{}", live.map_or(0, |l| l.1)),
+            16 => self.counters.write(f),
+            _ => Err(fmt::Error),
+        }
+    }
+}
+
+/// The debugfs file `blocks`: one line per memory block (big block in big-block mode).
+pub(crate) struct BlockDump(pub(crate) Arc<Worker>);
+
+impl fmt::Debug for BlockDump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = &self.0;
+        let b = w.blocks.lock();
+        match w.info.mode {
+            Mode::SubBlock { sb_size } => {
+                writeln!(
+                    f,
+                    "# address state plugged/sub-blocks bitmap ('#' plugged, '.' unplugged; \
+                     sub-block {sb_size:#x}, memmap sub-blocks {})",
+                    b.pinned()
+                )?;
+                let per = b.sbs_per_mb().get();
+                for mb in 0..b.len() {
+                    let state = match b.state(mb) {
+                        BlockState::Unused => "unused",
+                        BlockState::Offline => "offline",
+                        BlockState::GoingOnline => "going-online",
+                        BlockState::Online { movable: true } => "online-movable",
+                        BlockState::Online { movable: false } => "online-kernel",
+                        BlockState::GoingOffline { .. } => "going-offline",
+                    };
+                    write!(f, "{:#x} {state} {}/{per} ", b.block_addr(mb), b.nr_plugged(mb))?;
+                    for sb in 0..per {
+                        f.write_char(if b.is_plugged(mb, sb) { '#' } else { '.' })?;
+                    }
+                    writeln!(f)?;
+                }
+            }
+            Mode::BigBlock { bb_size } => {
+                drop(b);
+                let s = *w.status.lock();
+                let first = w.geometry.first;
+                writeln!(f, "# address state (big block {bb_size:#x})")?;
+                let plugged_end = first + s.plugged;
+                let mut at = first;
+                while at + bb_size <= w.geometry.end {
+                    let state = if at < plugged_end {
+                        match kernel::memory_hotplug::online_zone(at) {
+                            Some(true) => "online-movable",
+                            Some(false) => "online-kernel",
+                            None => "offline",
+                        }
+                    } else {
+                        "unused"
+                    };
+                    writeln!(f, "{at:#x} {state}")?;
+                    at += bb_size;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The device's debugfs directory, `virtio_mem_rust-<device>/`, with its `blocks` file.
+pub(crate) struct Debugfs {
+    _file: Pin<KBox<debugfs::File<BlockDump>>>,
+    _dir: debugfs::Dir,
+}
+
+impl Debugfs {
+    pub(crate) fn create(
+        dev: &virtio::Device<kernel::device::Bound>,
+        worker: &Arc<Worker>,
+    ) -> Result<Self> {
+        let name = CString::try_from_fmt(fmt!("virtio_mem_rust-{}", dev.as_ref().name()))?;
+        let dir = debugfs::Dir::new(&name);
+        let file = KBox::pin_init(
+            dir.read_only_file(c"blocks", BlockDump(worker.clone())),
+            GFP_KERNEL,
+        )?;
+        Ok(Self {
+            _file: file,
+            _dir: dir,
+        })
+    }
+}
