@@ -95,6 +95,7 @@ mod tests {
     fn rejects_garbage() {
         for bad in [
             "", " ", "G", "4X", "4GB", "-1", "+1", "1+", "1++2", "1.5G", "0x10", "four", "4 G",
+            "4é",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -1,62 +1,7 @@
-//! Byte sizes: parsing human-written ones such as `4G`, `130M` or `4G+130M`, and printing
-//! them in binary units.
+//! Byte sizes: parsing human-written ones such as `4G`, `130M` or `4G+130M` (vmctl's parser,
+//! shared), and printing them in binary units.
 
-use std::fmt;
-
-/// Why a size did not parse.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SizeError {
-    input: String,
-    reason: &'static str,
-}
-
-impl fmt::Display for SizeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid size {:?}: {} (expected bytes or a number with suffix K, M, G or T, \
-             e.g. 4G, 130M, 4G+130M)",
-            self.input, self.reason
-        )
-    }
-}
-
-impl std::error::Error for SizeError {}
-
-/// Parses a size in bytes.
-///
-/// A size is one or more terms joined by `+`. Each term is a decimal integer optionally
-/// followed by a binary (1024-based) suffix `K`, `M`, `G` or `T` (case-insensitive).
-/// Whitespace around terms is ignored. The total must fit in a `u64`.
-pub fn parse_size(input: &str) -> Result<u64, SizeError> {
-    let err = |reason| SizeError {
-        input: input.to_owned(),
-        reason,
-    };
-    let mut total: u64 = 0;
-    for term in input.split('+') {
-        let term = term.trim();
-        let Some(&last) = term.as_bytes().last() else {
-            return Err(err("empty term"));
-        };
-        let (digits, shift) = match last.to_ascii_uppercase() {
-            b'K' => (&term[..term.len() - 1], 10),
-            b'M' => (&term[..term.len() - 1], 20),
-            b'G' => (&term[..term.len() - 1], 30),
-            b'T' => (&term[..term.len() - 1], 40),
-            _ => (term, 0),
-        };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(err("not a number"));
-        }
-        let n: u64 = digits.parse().map_err(|_| err("too large"))?;
-        let bytes = n
-            .checked_mul(1u64 << shift)
-            .ok_or_else(|| err("too large"))?;
-        total = total.checked_add(bytes).ok_or_else(|| err("too large"))?;
-    }
-    Ok(total)
-}
+pub use vmctl::size::parse_size;
 
 /// Binary units, each 1024 times the one before.
 const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -100,49 +45,6 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-
-    #[test]
-    fn parses_plain_bytes() {
-        assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("1073741824"), Ok(GIB));
-        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
-    }
-
-    #[test]
-    fn parses_binary_suffixes() {
-        assert_eq!(parse_size("1K"), Ok(1024));
-        assert_eq!(parse_size("130M"), Ok(130 * MIB));
-        assert_eq!(parse_size("4G"), Ok(4 * GIB));
-        assert_eq!(parse_size("2t"), Ok(2 << 40));
-        assert_eq!(parse_size("2m"), Ok(2 * MIB));
-    }
-
-    #[test]
-    fn parses_sums() {
-        assert_eq!(parse_size("4G+130M"), Ok(4 * GIB + 130 * MIB));
-        assert_eq!(parse_size("4G+130M"), parse_size("4226M"));
-        assert_eq!(parse_size(" 1G + 1M + 1 "), Ok(GIB + MIB + 1));
-    }
-
-    #[test]
-    fn rejects_garbage() {
-        for bad in [
-            "", " ", "G", "4X", "4GB", "-1", "+1", "1+", "1++2", "1.5G", "0x10", "four", "4 G",
-            "4é",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
-        }
-    }
-
-    #[test]
-    fn rejects_overflow() {
-        assert!(parse_size("18446744073709551616").is_err());
-        assert!(parse_size("16777216T").is_err());
-        assert_eq!(parse_size("16777215T"), Ok(16_777_215 << 40));
-        assert!(parse_size("18446744073709551615+1").is_err());
-        let msg = parse_size("99999999999999999999G").unwrap_err().to_string();
-        assert!(msg.contains("too large"), "{msg}");
-    }
 
     #[test]
     fn formats_exact_sizes_without_decimals() {

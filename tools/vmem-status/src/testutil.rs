@@ -90,23 +90,16 @@ impl FakeTree {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{attr}-{n}"));
         fs::write(&tmp, value).expect("write fake attribute");
-        let path = self
-            .root
-            .join("sys/devices")
-            .join(dev)
-            .join("virtio_mem")
-            .join(attr);
-        fs::rename(&tmp, path).expect("replace fake attribute");
+        fs::rename(&tmp, self.attr_path(dev, attr)).expect("replace fake attribute");
     }
 
     pub fn remove(&self, dev: &str, attr: &str) {
-        let path = self
-            .root
-            .join("sys/devices")
-            .join(dev)
-            .join("virtio_mem")
-            .join(attr);
-        fs::remove_file(path).expect("remove fake attribute");
+        fs::remove_file(self.attr_path(dev, attr)).expect("remove fake attribute");
+    }
+
+    /// Where attribute `attr` of fake device `dev` lives.
+    fn attr_path(&self, dev: &str, attr: &str) -> PathBuf {
+        self.root.join("sys/devices").join(dev).join("virtio_mem").join(attr)
     }
 
     /// Writes `proc/uptime` next to `sys/`.
