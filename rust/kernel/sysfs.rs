@@ -5,7 +5,7 @@
 //! A [`DeviceAttributes`] puts a named group of read-only attributes into a device's sysfs
 //! directory (as the subdirectory `<device>/<group>/`) and removes it when dropped. Reading an
 //! attribute calls [`AttributeSource::show`] on the data the group was created with. A driver
-//! tells pollers that a value changed with [`DeviceAttributes::notify`] (`sysfs_notify()`:
+//! tells pollers that a value changed with [`notify`] (`sysfs_notify()`:
 //! `poll()` on the file reports `POLLPRI | POLLERR`), and user space at large with
 //! [`uevent_change`].
 //!
@@ -48,7 +48,6 @@ struct Inner<T: AttributeSource> {
     /// `attrs`' C attributes, NULL-terminated, as `struct attribute_group` wants them.
     ptrs: KVec<*mut bindings::attribute>,
     group: Opaque<bindings::attribute_group>,
-    name: &'static CStr,
     _pin: PhantomPinned,
 }
 
@@ -66,7 +65,7 @@ pub struct DeviceAttributes<T: AttributeSource> {
 // SAFETY: The raw pointers in `Inner` point into `Inner` itself or at static names; `T` is
 // `Send + Sync` and is only read through shared references.
 unsafe impl<T: AttributeSource> Send for DeviceAttributes<T> {}
-// SAFETY: See above; `&DeviceAttributes` only allows `notify`.
+// SAFETY: See above; `DeviceAttributes` has no methods that take `&self`.
 unsafe impl<T: AttributeSource> Sync for DeviceAttributes<T> {}
 
 impl<T: AttributeSource> DeviceAttributes<T> {
@@ -86,7 +85,6 @@ impl<T: AttributeSource> DeviceAttributes<T> {
                 attrs: KVec::new(),
                 ptrs: KVec::new(),
                 group: Opaque::zeroed(),
-                name: group,
                 _pin: PhantomPinned,
             },
             GFP_KERNEL,
@@ -142,10 +140,6 @@ impl<T: AttributeSource> DeviceAttributes<T> {
         })
     }
 
-    /// Wakes whoever polls attribute `attr` of the group (`sysfs_notify()`). Sleeps.
-    pub fn notify(&self, attr: &CStr) {
-        notify(&self.dev, self.inner.name, attr);
-    }
 }
 
 impl<T: AttributeSource> Drop for DeviceAttributes<T> {

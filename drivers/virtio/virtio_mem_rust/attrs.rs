@@ -55,17 +55,18 @@ pub(crate) fn create(
 impl AttributeSource for Worker {
     fn show(&self, index: usize, f: &mut RawFormatter) -> fmt::Result {
         let s = *self.status.lock();
-        let live = self.read_sizes().ok();
+        // The device's config, read only for the attributes that show it.
+        let live = || self.read_sizes().ok();
         match index {
             // The device's request as it is now (the run loop may not have seen it yet).
-            0 => writeln!(f, "{}", live.map_or(s.requested, |l| l.0)),
+            0 => writeln!(f, "{}", live().map_or(s.requested, |l| l.0)),
             1 => writeln!(f, "{}", s.plugged),
             2 => writeln!(f, "{}", s.online),
             3 => writeln!(f, "{}", s.added),
             4 => {
                 // A request the run loop has not picked up yet.
                 let pending = !matches!(s.activity, Activity::Stopped | Activity::Unbinding)
-                    && live.is_some_and(|(requested, _)| requested != s.requested);
+                    && live().is_some_and(|(requested, _)| requested != s.requested);
                 writeln!(f, "{}", if pending { "pending" } else { s.activity.name() })
             }
             5 => match s.reason {
@@ -98,7 +99,7 @@ impl AttributeSource for Worker {
             12 => writeln!(f, "{}", self.info.nid),
             13 => writeln!(f, "{:#x}", self.addr),
             14 => writeln!(f, "{}", self.info.region_size),
-            15 => writeln!(f, "{}", live.map_or(0, |l| l.1)),
+            15 => writeln!(f, "{}", live().map_or(0, |l| l.1)),
             16 => self.counters.write(f),
             _ => Err(fmt::Error),
         }

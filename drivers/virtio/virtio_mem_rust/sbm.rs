@@ -50,6 +50,12 @@ impl BlockState {
     pub(crate) fn is_added(self) -> bool {
         self != BlockState::Unused
     }
+
+    /// Whether the block's plugged pages belong to the page allocator (online, or being
+    /// offlined).
+    pub(crate) fn is_online(self) -> bool {
+        matches!(self, BlockState::Online { .. } | BlockState::GoingOffline { .. })
+    }
 }
 
 /// One memory block: its state and its plugged sub-blocks.

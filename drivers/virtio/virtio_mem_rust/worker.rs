@@ -373,15 +373,8 @@ impl Worker {
             if self.blocks.lock().state(mb) != BlockState::Offline {
                 continue;
             }
-            if let Err((addr, e)) = self.remove_block(st, mb) {
-                dev_err!(
-                    self.dev.as_ref(),
-                    "removing the offline block [{:#x}-{:#x}] failed: {:?}\n",
-                    addr,
-                    addr + self.geometry.unit.get() - 1,
-                    e
-                );
-            }
+            // A failure is logged; the block stays added.
+            let _ = self.remove_block(st, mb);
         }
     }
 
@@ -402,37 +395,21 @@ impl Worker {
     /// Bytes of plugged memory that the page allocator has: plugged memory of online blocks,
     /// less their memmap if it lives in them. `added` is what the region has added.
     fn online_in(&self, b: &SubBlocks, added: u64) -> u64 {
-        let online = if self.sub_blocks {
+        // Plugged bytes of online memory, and how many memory blocks hold them.
+        let (online, blocks) = if self.sub_blocks {
             let sb = b.sb_size().get();
             (0..b.len())
-                .filter(|&mb| {
-                    matches!(
-                        b.state(mb),
-                        BlockState::Online { .. } | BlockState::GoingOffline { .. }
-                    )
-                })
-                .map(|mb| b.nr_plugged(mb) as u64 * sb)
-                .sum::<u64>()
+                .filter(|&mb| b.state(mb).is_online())
+                .fold((0, 0), |(bytes, n), mb| (bytes + b.nr_plugged(mb) as u64 * sb, n + 1))
         } else {
             let offline = u64::try_from(self.offline.load(Ordering::SeqCst)).unwrap_or(0);
-            added.saturating_sub(offline)
+            let online = added.saturating_sub(offline);
+            (online, online / self.info.memory_block_size.max(1))
         };
         if !self.info.memmap_on_memory {
             return online;
         }
         // Each online memory block keeps its memmap.
-        let blocks = if self.sub_blocks {
-            (0..b.len())
-                .filter(|&mb| {
-                    matches!(
-                        b.state(mb),
-                        BlockState::Online { .. } | BlockState::GoingOffline { .. }
-                    )
-                })
-                .count() as u64
-        } else {
-            online / self.info.memory_block_size.max(1)
-        };
         online.saturating_sub(blocks * memory_hotplug::memmap_size(self.info.memory_block_size))
     }
 
@@ -1017,15 +994,8 @@ impl Worker {
             && nr <= pinned
             && left >= nr
         {
-            if let Err((addr, e)) = self.remove_block(st, mb) {
+            if self.remove_block(st, mb).is_err() {
                 self.counters.count(Event::UnplugFailed);
-                dev_warn!(
-                    self.dev.as_ref(),
-                    "removing the unplugged block [{:#x}-{:#x}] failed ({:?}); retrying later\n",
-                    addr,
-                    addr + self.geometry.unit.get() - 1,
-                    e
-                );
                 return Err(Some(Reason::Unmovable));
             }
         }
@@ -1043,14 +1013,7 @@ impl Worker {
             let Some(mb) = self.blocks.lock().next_empty_added() else {
                 return;
             };
-            if let Err((addr, e)) = self.remove_block(st, mb) {
-                dev_warn!(
-                    self.dev.as_ref(),
-                    "removing the unplugged block [{:#x}-{:#x}] failed ({:?}); retrying later\n",
-                    addr,
-                    addr + self.geometry.unit.get() - 1,
-                    e
-                );
+            if self.remove_block(st, mb).is_err() {
                 return;
             }
         }
@@ -1080,21 +1043,30 @@ impl Worker {
     }
 
     /// Removes added block `mb` from the system (offlining it first if it is online) and marks
-    /// it unused; its sub-blocks keep their plugged state. On failure, returns its address and
-    /// the error.
-    fn remove_block(&self, st: &mut State, mb: usize) -> Result<(), (u64, Error)> {
+    /// it unused; its sub-blocks keep their plugged state. A failure is logged; the block stays
+    /// added and a later run tries again.
+    fn remove_block(&self, st: &mut State, mb: usize) -> Result {
         let (state, addr) = {
             let b = self.blocks.lock();
             (b.state(mb), b.block_addr(mb))
         };
         let mb_size = self.geometry.unit.get();
-        let region = st.region.as_mut().ok_or((addr, ENODEV))?;
+        let region = st.region.as_mut().ok_or(ENODEV)?;
         let res = if state == BlockState::Offline {
             region.remove_memory(addr, mb_size)
         } else {
             region.offline_and_remove_memory(addr, mb_size)
         };
-        res.map_err(|e| (addr, e))?;
+        res.inspect_err(|e| {
+            dev_warn!(
+                self.dev.as_ref(),
+                "removing the {:?} block [{:#x}-{:#x}] failed ({:?})\n",
+                state,
+                addr,
+                addr + mb_size - 1,
+                e
+            )
+        })?;
         self.counters.count(Event::BlockRemoved);
         // It counted as offline (an online block went offline on the way out).
         self.offline.fetch_sub(mb_size as i64, Ordering::SeqCst);
@@ -1429,7 +1401,6 @@ impl Worker {
             st.resync = true;
             return Err(again);
         }
-        st.reason = Some(Reason::AddFailed);
         Err(true)
     }
 
