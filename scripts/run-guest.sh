@@ -15,9 +15,12 @@
 #   --nodes N        NUMA nodes; boot memory is split evenly (default 1)
 #   --vmem SPEC      add a virtio-mem-pci device (repeatable):
 #                    size=16G[,block=2M][,requested=0][,node=0][,id=vmN]
-#                    [,backend=ram|memfd|file:PATH][,memaddr=ADDR]
+#                    [,backend=ram|memfd|file:PATH][,memaddr=ADDR][,prealloc=on]
+#                    (prealloc=on: the device allocates host memory when it
+#                    plugs, and answers BUSY when it cannot)
 #   --append ARGS    extra kernel command line
 #   --rodir G=H      show host directory H read-only at G in the guest
+#   --rwdir G=H      show host directory H read-write at G in the guest
 #   --phys-bits N    guest physical address bits, 4-level paging (default: QEMU's)
 #   --qmp PATH       QMP socket path (default: $VMR_CACHE/run/qmp-PID.sock)
 #   --timeout SECS   kill the guest after this long (default: none)
@@ -28,7 +31,7 @@
 # Without a command the guest starts an interactive shell.
 source "$(dirname "$0")/common.sh"
 
-mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0 physbits= rodirs=()
+mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0 physbits= shares=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -38,7 +41,8 @@ while [ $# -gt 0 ]; do
         --vmem) vmems+=("$2"); shift 2 ;;
         --append) append+=("$2"); shift 2 ;;
         --phys-bits) physbits=$2; shift 2 ;;
-        --rodir) rodirs+=(--rodir "$2"); shift 2 ;;
+        --rodir) shares+=(--rodir "$2"); shift 2 ;;
+        --rwdir) shares+=(--rwdir "$2"); shift 2 ;;
         --qmp) qmp=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
         --verbose|-v) verbose=(--verbose); shift ;;
@@ -62,14 +66,14 @@ opts=()
 region_total=0
 i=0
 for spec in "${vmems[@]}"; do
-    size= block= requested=0 node=0 id=vm$i backend=ram memaddr=
+    size= block= requested=0 node=0 id=vm$i backend=ram memaddr= prealloc=
     IFS=, read -ra kvs <<<"$spec"
     for kv in "${kvs[@]}"; do
         case "$kv" in
             size=*) size=${kv#size=} ;; block=*) block=${kv#block=} ;;
             requested=*) requested=${kv#requested=} ;; node=*) node=${kv#node=} ;;
             id=*) id=${kv#id=} ;; backend=*) backend=${kv#backend=} ;;
-            memaddr=*) memaddr=${kv#memaddr=} ;;
+            memaddr=*) memaddr=${kv#memaddr=} ;; prealloc=*) prealloc=${kv#prealloc=} ;;
             *) die "bad --vmem item '$kv' in '$spec'" ;;
         esac
     done
@@ -85,6 +89,7 @@ for spec in "${vmems[@]}"; do
     dev="virtio-mem-pci,id=$id,memdev=mem-$id,node=$node,requested-size=$(to_bytes "$requested")"
     [ -n "$block" ] && dev+=",block-size=$(to_bytes "$block")"
     [ -n "$memaddr" ] && dev+=",memaddr=$memaddr"
+    [ -n "$prealloc" ] && dev+=",prealloc=$prealloc"
     opts+=(-device "$dev")
     i=$((i + 1))
 done
@@ -128,7 +133,7 @@ fi
 # maxmem go to QEMU directly (a later -m overrides vng's default).
 opts=(-m "$(( $(to_bytes "$mem") >> 10 ))K,maxmem=$((maxmem >> 10))K" "${opts[@]}")
 cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" --disable-kvm --disable-microvm --cpus "$cpus"
-     "${numa[@]}" "${verbose[@]}" "${rodirs[@]}"
+     "${numa[@]}" "${verbose[@]}" "${shares[@]}"
      --qemu-opts="${opts[*]}")
 [ $autoload = 1 ] || append+=("modprobe.blacklist=virtio_mem,virtio_mem_rust")
 for a in "${append[@]}"; do cmd+=(--append "$a"); done

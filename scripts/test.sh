@@ -102,6 +102,20 @@ guest pressure 1 "--append memhp_default_state=online_movable --vmem size=12G,bl
 guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 40)),id=vm0" \
     "$tests/bad_config.sh"
 
+# The host cannot back all of the request: the region is a file on a 3G tmpfs
+# (mounted here) of which a filler file takes 1324M, and the device
+# preallocates when it plugs; the guest deletes the filler through the share.
+# QEMU warns on its standard error when preallocation fails, into the middle
+# of the guest's output: the guest keeps the KTAP lines until the end.
+limit=$VMR_CACHE/run/limit-$$
+mkdir -p "$limit"
+mount -t tmpfs -o size=3G vmr-limit "$limit"
+trap 'rm -f "$backing"; umount "$limit" 2>/dev/null; rmdir "$limit" 2>/dev/null' EXIT
+fallocate -l 1324M "$limit/filler"
+guest host-limit 1 "--append memhp_default_state=online_movable --rwdir /mnt=$limit --vmem size=4G,block=2M,id=vm0,backend=file:$limit/region,prealloc=on" \
+    "VMR_BACKING=/mnt/region VMR_HOST_LIMIT=$((3 << 30)) $tests/host_limit.sh >/tmp/ktap 2>&1; rc=\$?; cat /tmp/ktap; exit \$rc"
+umount "$limit"; rmdir "$limit"
+
 guest rebind 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/rebind.sh"
 guest big-memmap 1 "--append memhp_default_state=online_movable --append memory_hotplug.memmap_on_memory=1 --vmem size=64G,block=2M,id=vm0" \
     "VMR_MEMMAP=1 $tests/big.sh"

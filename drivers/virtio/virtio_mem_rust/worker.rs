@@ -10,9 +10,11 @@
 //! one `PLUG` request and one memory add cover a batch of up to 8G (see [`crate::plug`]).
 //! Memory plugged before we were bound is unplugged first (`UNPLUG_ALL`), unless an earlier
 //! binding parked its region with memory still added: then that memory is taken over, its
-//! blocks rediscovered and their plugged state asked with `STATE` requests. A `NACK`, `BUSY` or
-//! a failed exchange is retried from a delayed work item, with the delay doubling from 5 s to
-//! 300 s; after an `ERROR` or a timeout the plugged state is first resynchronized with `STATE`
+//! blocks rediscovered and their plugged state asked with `STATE` requests. A plug the device
+//! refuses (`NACK`, `BUSY`: e.g. the host cannot allocate that much now) is tried again right
+//! away at half the size, down to one block, so that what the host can back is plugged. What
+//! still fails (also a failed exchange) is retried from a delayed work item, with the delay
+//! doubling from 5 s to 300 s; after an `ERROR` or a timeout the plugged state is first resynchronized with `STATE`
 //! requests. Only an answer outside the protocol stops the device, with a message that names it.
 //!
 //! After each step the run loop publishes a [`Status`] for the sysfs attributes, wakes pollers
@@ -117,6 +119,10 @@ struct State {
     group: Option<MemoryGroup>,
     /// Delay before the next retry.
     retry_secs: u32,
+    /// The most bytes one `PLUG` asks for: halved when the device refuses a plug (e.g. the
+    /// host cannot back that much now), so that what it can back is plugged; doubled again
+    /// after each plug it accepts.
+    plug_limit: u64,
     /// When the scheduled retry runs, in ms of `CLOCK_BOOTTIME`.
     retry_at_ms: Option<i64>,
     /// Set at unbind: no more requests but those that give memory back.
@@ -136,6 +142,8 @@ struct State {
     logged: Option<Reason>,
     /// Whether the message that the online-page callback is taken was logged.
     told_no_callback: bool,
+    /// Whether the message that plugs are made smaller was logged.
+    told_smaller_plugs: bool,
     /// The memory notifier, registered while bound (it holds a reference to the worker).
     notifier: Option<Pin<KBox<MemoryNotifier<Worker>>>>,
     /// Sub-block mode: the online-page callback, registered while an added block is partly
@@ -251,6 +259,7 @@ impl Worker {
                     group: Some(group),
                     added_end: geometry.first,
                     retry_secs: RETRY_MIN_SECS,
+                    plug_limit: u64::MAX,
                     retry_at_ms: None,
                     stopping: false,
                     stopped: false,
@@ -260,6 +269,7 @@ impl Worker {
                     reason: None,
                     logged: None,
                     told_no_callback: false,
+                    told_smaller_plugs: false,
                     notifier: None,
                     online_cb: None,
                 }),
@@ -1140,13 +1150,17 @@ impl Worker {
             if size == 0 {
                 return self.stall(st, Reason::MemmapNoRoom);
             }
+            let size = size.min(st.plug_limit / unit * unit.get()).max(unit.get());
             if let Err(again) = self.plug_and_add(st, addr, size) {
+                if again && self.smaller_plugs(st, size, unit.get()) {
+                    continue;
+                }
                 if again {
                     self.retry_later(st);
                 }
                 return;
             }
-            st.retry_secs = RETRY_MIN_SECS;
+            self.plug_accepted(st);
             self.update_sizes(st);
         }
     }
@@ -1174,9 +1188,17 @@ impl Worker {
             if want == 0 {
                 break;
             }
-            let done = match self.plug_partial(st, want.min(max_sbs_per_request)) {
+            // Sub-blocks one request may ask for now.
+            let limit = usize::try_from(st.plug_limit / sb_size)
+                .unwrap_or(usize::MAX)
+                .clamp(1, max_sbs_per_request);
+            let done = match self.plug_partial(st, want.min(limit)) {
                 Ok(done) => done,
                 Err(again) => {
+                    let tried = (want.min(limit) as u64) * sb_size.get();
+                    if again && self.smaller_plugs(st, tried, sb_size.get()) {
+                        continue;
+                    }
                     if again {
                         self.retry_later(st);
                     }
@@ -1184,7 +1206,7 @@ impl Worker {
                 }
             };
             if done {
-                st.retry_secs = RETRY_MIN_SECS;
+                self.plug_accepted(st);
                 self.update_sizes(st);
                 continue;
             }
@@ -1208,14 +1230,17 @@ impl Worker {
             }
             let (max_blocks, nr_sbs) = if whole > 0 {
                 let max = usize::try_from(self.geometry.max_units()).unwrap_or(1);
-                (whole.min(max).min(room).min(fits), None)
+                let limit = usize::try_from(st.plug_limit / self.geometry.unit)
+                    .unwrap_or(usize::MAX)
+                    .max(1);
+                (whole.min(max).min(room).min(fits).min(limit), None)
             } else {
                 if !self.ensure_online_callback(st) {
                     self.waiting_for_online.store(false, Ordering::SeqCst);
                     self.stall(st, Reason::NoCallback);
                     break;
                 }
-                (1, Some(want.min(max_sbs_per_request)))
+                (1, Some(want.min(limit).max(pinned)))
             };
             self.waiting_for_online.store(false, Ordering::SeqCst);
             let Some((mb, count)) = self.blocks.lock().unused_run(max_blocks) else {
@@ -1224,12 +1249,22 @@ impl Worker {
             };
             let nr_sbs = nr_sbs.unwrap_or(count * sbs_per_mb.get());
             if let Err(again) = self.plug_new_blocks(st, mb, nr_sbs) {
+                // Down to one block, or to the memmap's sub-blocks of a partly plugged one.
+                let tried = nr_sbs as u64 * sb_size.get();
+                let least = if nr_sbs < sbs_per_mb.get() {
+                    pinned.max(1) as u64 * sb_size.get()
+                } else {
+                    self.geometry.unit.get()
+                };
+                if again && self.smaller_plugs(st, tried, least) {
+                    continue;
+                }
                 if again {
                     self.retry_later(st);
                 }
                 break;
             }
-            st.retry_secs = RETRY_MIN_SECS;
+            self.plug_accepted(st);
             self.update_sizes(st);
         }
         // Give the online-page callback back when no added block needs it.
@@ -1237,6 +1272,33 @@ impl Worker {
         if !needed {
             st.online_cb = None;
         }
+    }
+
+    /// After a plug of `tried` bytes failed: if the device refused it (`BUSY` or `NACK`, e.g.
+    /// the host could not allocate that much) and plugs down to `least` bytes are possible,
+    /// halves the plug limit and says to try again right away.
+    fn smaller_plugs(&self, st: &mut State, tried: u64, least: u64) -> bool {
+        let refused = matches!(st.reason, Some(Reason::DeviceBusy | Reason::DeviceRefused));
+        if !refused || st.resync || tried <= least {
+            return false;
+        }
+        st.plug_limit = (tried / 2).max(least);
+        if !st.told_smaller_plugs {
+            dev_info!(
+                self.dev.as_ref(),
+                "the device refused to plug {:#x} bytes at once; trying smaller pieces\n",
+                tried
+            );
+            st.told_smaller_plugs = true;
+        }
+        true
+    }
+
+    /// After a plug the device accepted: back to the shortest retry delay, and more may be
+    /// asked for at once again.
+    fn plug_accepted(&self, st: &mut State) {
+        st.retry_secs = RETRY_MIN_SECS;
+        st.plug_limit = st.plug_limit.saturating_mul(2);
     }
 
     /// Registers the online-page callback unless it is registered; says whether it is.
@@ -1447,22 +1509,15 @@ impl Worker {
                 };
                 dev_err!(
                     self.dev.as_ref(),
-                    "{}: {}; resynchronizing with STATE requests in {} s\n",
+                    "{}: {}; resynchronizing with STATE requests before going on\n",
                     req,
-                    what,
-                    st.retry_secs
+                    what
                 );
                 st.resync = true;
                 Err(true)
             }
             _ => {
-                dev_info!(
-                    self.dev.as_ref(),
-                    "{} failed ({}); retrying in {} s\n",
-                    req,
-                    reason,
-                    st.retry_secs
-                );
+                dev_info!(self.dev.as_ref(), "{} failed ({})\n", req, reason);
                 Err(true)
             }
         }
@@ -1493,6 +1548,10 @@ impl Worker {
     fn retry_later(self: &Arc<Self>, st: &mut State) {
         let secs = st.retry_secs;
         st.retry_secs = (st.retry_secs * 2).min(RETRY_MAX_SECS);
+        // A failed request is logged each time; a stall once (see `stall`).
+        if !st.stopping && st.reason.is_some_and(|r| r.activity() == Activity::Waiting) {
+            dev_info!(self.dev.as_ref(), "retrying in {} s\n", secs);
+        }
         self.retry_in(st, secs);
     }
 

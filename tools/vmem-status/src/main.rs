@@ -58,7 +58,8 @@ wait DEV     block until DEV is done; sleeps in poll(2) on its activity
                    requested_size rounded down to block_size. Fails (exit 3)
                    if the device is stopped; a stalled or waiting device is
                    retrying, so it is waited for until the timeout.
-  --until settled  activity is idle, stalled or stopped.
+  --until settled  activity is idle, waiting, stalled or stopped: the driver got
+                   there or stopped short (the uevents' reached and stalled).
   --size SIZE      also require requested_size to be SIZE.
   --timeout SECS   give up after SECS seconds (default 300, decimals allowed).
   When done, prints: DEV: ACTIVITY plugged=BYTES requested=BYTES

@@ -62,7 +62,7 @@ pub fn judge(status: &Status, target: &Target) -> Verdict {
         Until::Settled => {
             let settled = matches!(
                 status.activity,
-                Activity::Idle | Activity::Stalled | Activity::Stopped
+                Activity::Idle | Activity::Waiting | Activity::Stalled | Activity::Stopped
             );
             if settled && size_ok {
                 Verdict::Done
@@ -223,15 +223,15 @@ mod tests {
     }
 
     #[test]
-    fn settled_accepts_idle_stalled_and_stopped() {
-        for done in ["idle", "stalled", "stopped"] {
+    fn settled_accepts_idle_waiting_stalled_and_stopped() {
+        for done in ["idle", "waiting", "stalled", "stopped"] {
             assert_eq!(
                 judge(&status(done, 4 * GIB, GIB), &SETTLED),
                 Verdict::Done,
                 "{done}"
             );
         }
-        for busy in ["pending", "plugging", "unplugging", "waiting", "unbinding"] {
+        for busy in ["pending", "plugging", "unplugging", "unbinding"] {
             assert_eq!(
                 judge(&status(busy, 4 * GIB, GIB), &SETTLED),
                 Verdict::NotYet,
