@@ -8,8 +8,8 @@
 # right, and the driver follows resizes again. The workload survives with its
 # data intact, nothing is OOM-killed and the kernel logs no splat.
 #
-# Expects vm0: an 8G region with 2M blocks, a 2G guest and
-# memhp_default_state=online_movable.
+# Expects vm0: an 8G region with 2M blocks (sub-block mode) or 1G blocks
+# (big-block mode), a 2G guest and memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
 
