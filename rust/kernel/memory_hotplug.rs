@@ -13,7 +13,9 @@
 
 mod online_page;
 
-pub use online_page::{OnlinePageCallback, OnlinePageHandler, OnliningPages, SplitPages};
+pub use online_page::{
+    is_fake_offline, OnlinePageCallback, OnlinePageHandler, OnliningPages, SplitPages,
+};
 
 use crate::{
     bindings, container_of, error::to_result, prelude::*, str::CString, sync::Arc, types::Opaque,

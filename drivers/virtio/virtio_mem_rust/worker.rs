@@ -624,8 +624,10 @@ impl Worker {
     }
 
     /// Takes over the memory an earlier binding left added (its region was parked): finds the
-    /// added blocks and their online state, and asks the device which sub-blocks are plugged.
-    /// What is plugged but not added is unplugged.
+    /// added blocks and their online state. Sub-blocks of online blocks count as plugged unless
+    /// their pages are kept offline (unplugged); for offline blocks the device is asked, with
+    /// `STATE` requests. Then the device is made to agree: what is plugged but not added is
+    /// unplugged, and memory in use that the device lost is plugged again.
     fn take_over(self: &Arc<Self>, st: &mut State, usable_end: u64) -> Result<(), bool> {
         self.counters.count(Event::TakeOver);
         let unit = self.geometry.unit.get();
@@ -652,6 +654,18 @@ impl Worker {
                     }
                 };
                 self.blocks.lock().set_state(mb, state);
+                if state.is_online() {
+                    // The pages tell: a sub-block is unplugged only if all its pages are kept
+                    // offline by us; anything else may be in use and must stay plugged, whatever
+                    // the device says (the resync below plugs it again if it lost it).
+                    for sb in 0..per {
+                        let at = addr + sb as u64 * sb_size;
+                        if !memory_hotplug::is_fake_offline(at, sb_size) {
+                            self.blocks.lock().set_plugged(mb, sb, 1, true);
+                        }
+                    }
+                    continue;
+                }
                 match self.query(st, addr, unit)? {
                     protocol::BlockState::Plugged => self.blocks.lock().set_plugged(mb, 0, per, true),
                     protocol::BlockState::Unplugged => {}
@@ -663,6 +677,12 @@ impl Worker {
                             }
                         }
                     }
+                }
+                // The memmap of an added block is in use, online or not.
+                let mut b = self.blocks.lock();
+                let pinned = b.pinned();
+                if pinned > 0 {
+                    b.set_plugged(mb, 0, pinned, true);
                 }
             }
             // Unplugged and partly plugged added blocks need the callback to stay safe.

@@ -165,6 +165,26 @@ fn all_online(pfn: usize, nr: usize) -> bool {
     true
 }
 
+/// Whether every page of `[start, start + size)` (page-aligned) is online and fake-offline:
+/// `PageOffline()` with the one reference of the driver that keeps it away from the kernel (kept
+/// offline when its block was onlined, or taken with [`OnlinePageCallback::fake_offline`]).
+/// Such pages are not in use; any other page of online memory may be. A driver that takes over
+/// memory another binding left online tells from this which of it is in use.
+pub fn is_fake_offline(start: u64, size: u64) -> bool {
+    let Ok((pfn, nr)) = super::page_range(start, size, 0, u64::MAX) else {
+        return false;
+    };
+    if !all_online(pfn, nr) {
+        return false;
+    }
+    // SAFETY: The pages are online, so their memmap is initialized and valid to read.
+    unsafe {
+        super::walk_pages(pfn, nr, |_, page| {
+            bindings::PageOffline(page) && bindings::page_ref_count(page) == 1
+        })
+    }
+}
+
 /// One registered handler: the range it decides for and how to call it.
 struct Entry {
     start: u64,
@@ -317,16 +337,7 @@ impl<H: OnlinePageHandler> OnlinePageCallback<H> {
     /// and fake-offline (`PageOffline()` with our reference).
     pub fn fake_online(&mut self, start: u64, size: u64) -> Result {
         let (pfn, nr) = self.pages_of(start, size)?;
-        if !all_online(pfn, nr) {
-            return Err(EINVAL);
-        }
-        // SAFETY: The pages are online, so their memmap is valid to read.
-        let ok = unsafe {
-            super::walk_pages(pfn, nr, |_, page| {
-                bindings::PageOffline(page) && bindings::page_ref_count(page) == 1
-            })
-        };
-        if !ok {
+        if !is_fake_offline(start, size) {
             return Err(EINVAL);
         }
         let max_order = bindings::MAX_PAGE_ORDER;

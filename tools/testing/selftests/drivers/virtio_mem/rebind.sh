@@ -4,9 +4,11 @@
 # in use. Unbinding gives back what is free (within the safety margin) and
 # leaves what is in use added and plugged, parked with the region; the next
 # binding, also of a freshly loaded module, takes it over: its blocks and
-# plugged sub-blocks are rediscovered (STATE requests), the sysfs sizes are
-# right, and the driver follows resizes again. The workload survives with its
-# data intact, nothing is OOM-killed and the kernel logs no splat.
+# plugged sub-blocks are rediscovered (from the pages of online blocks, whose
+# unplugged sub-blocks are kept offline, and STATE requests for the rest), the
+# device agrees, the sysfs sizes are right, and the driver follows resizes
+# again. The workload survives with its data intact, nothing is OOM-killed
+# and the kernel logs no splat.
 #
 # Expects vm0: an 8G region with 2M blocks (sub-block mode) or 1G blocks
 # (big-block mode), a 2G guest and memhp_default_state=online_movable.
@@ -14,7 +16,7 @@ set -u
 source "$(dirname "$0")/lib.sh"
 
 dir=$(mktemp -d)
-ktap_header 31
+ktap_header 33
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
 drv=/sys/bus/virtio/drivers/virtio_mem_rust
@@ -39,9 +41,12 @@ after_unbind() {
     ktap_check "$1: the driver says what stays added" eval "dmesg | grep -q 'virtio_mem_rust $vdev: .* bytes stay added to the system'"
 }
 
-# after_bind LABEL: the take-over (4 results).
+# after_bind LABEL: the take-over (5 results). What the driver takes for
+# plugged (from the pages of online blocks, from STATE for offline ones) is
+# what the device has: the resync finds nothing to fix.
 after_bind() {
     ktap_check "$1: the driver took the memory over" eval "dmesg | tail -n 30 | grep -q 'virtio_mem_rust $vdev: took over'"
+    ktap_eq "$1: the device agrees with the driver" "" "$(dmesg | grep "virtio_mem_rust $vdev: the device's plugged state of .* differs")"
     ktap_check "$1: it reaches the requested 4G again" quiet vmem_status wait "$vdev" --size 4G --timeout 300
     check_sizes "$1" "$vdev" vm0 "$base_kb"
 }
