@@ -83,7 +83,14 @@ guest numa 1 "--nodes 2 --append memhp_default_state=online_movable --vmem size=
     "$tests/numa.sh"
 # The region of this one is backed by a file on the host's tmpfs.
 backing=/dev/shm/vmr-backing-$$
-trap 'rm -f "$backing"' EXIT
+limit=$VMR_CACHE/run/limit-$$
+# Runs on exit, under set -e: every step must succeed whatever is left.
+cleanup() {
+    rm -f "$backing"
+    if mountpoint -q "$limit"; then umount "$limit"; fi
+    if [ -d "$limit" ]; then rmdir "$limit"; fi
+}
+trap cleanup EXIT
 rm -f "$backing"
 guest backing 1 "--append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=16G,block=2M,id=vm0,backend=file:$backing" \
     "VMR_BACKING=/mnt/${backing##*/} $tests/backing.sh"
@@ -107,10 +114,8 @@ guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 
 # preallocates when it plugs; the guest deletes the filler through the share.
 # QEMU warns on its standard error when preallocation fails, into the middle
 # of the guest's output: the guest keeps the KTAP lines until the end.
-limit=$VMR_CACHE/run/limit-$$
 mkdir -p "$limit"
 mount -t tmpfs -o size=3G vmr-limit "$limit"
-trap 'rm -f "$backing"; umount "$limit" 2>/dev/null; rmdir "$limit" 2>/dev/null' EXIT
 fallocate -l 1324M "$limit/filler"
 guest host-limit 1 "--append memhp_default_state=online_movable --rwdir /mnt=$limit --vmem size=4G,block=2M,id=vm0,backend=file:$limit/region,prealloc=on" \
     "VMR_BACKING=/mnt/region VMR_HOST_LIMIT=$((3 << 30)) $tests/host_limit.sh >/tmp/ktap 2>&1; rc=\$?; cat /tmp/ktap; exit \$rc"
