@@ -10,12 +10,13 @@
 //! one `PLUG` request and one memory add cover a batch of up to 8G (see [`crate::plug`]).
 //! Memory plugged before we were bound is unplugged first (`UNPLUG_ALL`), unless an earlier
 //! binding parked its region with memory still added: then that memory is taken over, its
-//! blocks rediscovered and their plugged state asked with `STATE` requests. A plug the device
-//! refuses (`NACK`, `BUSY`: e.g. the host cannot allocate that much now) is tried again right
-//! away at half the size, down to one block, so that what the host can back is plugged. What
-//! still fails (also a failed exchange) is retried from a delayed work item, with the delay
-//! doubling from 5 s to 300 s; after an `ERROR` or a timeout the plugged state is first resynchronized with `STATE`
-//! requests. Only an answer outside the protocol stops the device, with a message that names it.
+//! blocks rediscovered (the pages of online blocks tell which sub-blocks are in use) and the
+//! device made to agree. A plug the device refuses (`NACK`, `BUSY`: e.g. the host cannot
+//! allocate that much now) is tried again right away at half the size, down to one block, so
+//! that what the host can back is plugged. What still fails (also a failed exchange) is retried
+//! from a delayed work item, with the delay doubling from 5 s to 300 s; after an `ERROR` or a
+//! timeout the plugged state is first resynchronized with `STATE` requests. Only an answer
+//! outside the protocol stops the device, with a message that names it.
 //!
 //! After each step the run loop publishes a [`Status`] for the sysfs attributes, wakes pollers
 //! of `activity` when it changes, and sends a uevent when the requested size is reached or the
@@ -1303,6 +1304,8 @@ impl Worker {
             return false;
         }
         st.plug_limit = (tried / 2).max(least);
+        // Going on: the refusal is not why this step stops, unless a later one is.
+        st.reason = None;
         if !st.told_smaller_plugs {
             dev_info!(
                 self.dev.as_ref(),

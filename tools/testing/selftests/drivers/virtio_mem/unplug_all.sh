@@ -20,6 +20,8 @@ ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 130M >/dev/null
 size=$(vmctl wait vm0 130M --wait-timeout-s 120 2>&1 | tail -n1)
+# The device's size comes first: the driver adds the blocks after the PLUG.
+quiet vmem_status wait "$vdev" --size 130M --timeout 60
 ktap_eq "130M plugged, in two blocks" "$(to_bytes 130M) $((2 * block))" "$size $(virtio_mem_ram_bytes)"
 ktap_check "unload with both blocks offline" rmmod virtio_mem_rust
 ktap_eq "no memory of the region is left added" "" "$(grep "System RAM (virtio_mem)" /proc/iomem)"
@@ -38,6 +40,7 @@ size=$(vmctl wait vm0 100M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "it plugs the 100M requested" "$(to_bytes 100M)" "$size"
 ktap_check "after unplugging all of it first" \
     eval "dmesg | grep -q 'virtio_mem_rust $vdev: unplugged all memory plugged from before'"
+quiet vmem_status wait "$vdev" --size 100M --timeout 60
 ktap_eq "one partly plugged block is added" "$block" "$(virtio_mem_ram_bytes)"
 splats=$(kernel_splats)
 [ -z "$splats" ] || ktap_diag "$splats"

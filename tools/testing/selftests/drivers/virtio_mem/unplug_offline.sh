@@ -22,6 +22,8 @@ base_kb=$(memtotal_kb)
 vmctl set-size vm0 130M >/dev/null
 size=$(vmctl wait vm0 512M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "the 4 offline blocks are unplugged, the 4 online ones stay" "$(to_bytes 512M)" "$size"
+# The device's size comes first: the driver removes the blocks after the UNPLUG.
+quiet vmem_status wait "$(virtio_mem_devices)" --until settled --timeout 60
 ktap_eq "and they are removed" "$(to_bytes 512M)" "$(virtio_mem_ram_bytes)"
 ktap_eq "online memory is untouched (MemTotal, kB)" "$base_kb" "$(memtotal_kb)"
 ktap_check "the driver says why it stopped" \

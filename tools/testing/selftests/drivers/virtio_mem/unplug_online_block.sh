@@ -44,14 +44,16 @@ ktap_eq "its unplugged 56M are still PageOffline" $((56 * MIB / page)) "$(page_o
 check_sizes "onlined again" "$vdev" vm0 "$base_kb"
 vmctl set-size vm0 256M >/dev/null
 size=$(vmctl wait vm0 256M --wait-timeout-s 120 2>&1 | tail -n1)
-ktap_eq "256M again: the 56M are plugged and in use" "$(to_bytes 256M) 0" "$size $(page_offline_count $b1 $block)"
+# The device's size comes first: the driver hands the pages over after the PLUG.
 quiet vmem_status wait "$vdev" --size 256M --timeout 60
+ktap_eq "256M again: the 56M are plugged and in use" "$(to_bytes 256M) 0" "$size $(page_offline_count $b1 $block)"
 check_sizes "256M again" "$vdev" vm0 "$base_kb"
 vmctl set-size vm0 128M >/dev/null
 size=$(vmctl wait vm0 128M --wait-timeout-s 120 2>&1 | tail -n1)
+# The device's size comes first: the driver removes the block after the UNPLUG.
+quiet vmem_status wait "$vdev" --size 128M --timeout 60
 ktap_eq "128M: the lower (movable) block is unplugged and removed" "$(to_bytes 128M) $block" "$size $(virtio_mem_ram_bytes)"
 ktap_eq "the upper one stays online" "online" "$(block_state $n1)"
-quiet vmem_status wait "$vdev" --size 128M --timeout 60
 check_sizes "128M" "$vdev" vm0 "$base_kb"
 splats=$(kernel_splats)
 [ -z "$splats" ] || ktap_diag "$splats"
