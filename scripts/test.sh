@@ -123,6 +123,8 @@ umount "$limit"; rmdir "$limit"
 
 guest rebind 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/rebind.sh"
 guest rebind-bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=1G,id=vm0" "$tests/rebind.sh"
+guest lost-answer 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/lost_answer.sh"
+guest lost-answer-bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=1G,id=vm0" "$tests/lost_answer.sh"
 guest big-memmap 1 "--append memhp_default_state=online_movable --append memory_hotplug.memmap_on_memory=1 --vmem size=64G,block=2M,id=vm0" \
     "VMR_MEMMAP=1 $tests/big.sh"
 guest big-staged 1 "--mem 1G --append memhp_default_state=online_movable --vmem size=64G,block=2M,id=vm0" \

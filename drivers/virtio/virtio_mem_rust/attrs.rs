@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The device's state for operators: read-only sysfs attributes in
-//! `/sys/bus/virtio/devices/virtioN/virtio_mem/` and a debugfs file with every block's state.
+//! `/sys/bus/virtio/devices/virtioN/virtio_mem/`, and in debugfs a file with every block's state
+//! and a fault-injection knob for tests (`lose_answers`).
 //!
 //! Sizes are in bytes, in decimal. `activity` can be polled: the driver wakes pollers
 //! (`POLLPRI`) whenever the activity or the reason changes, and also sends a `KOBJ_CHANGE`
@@ -13,13 +14,14 @@ use crate::{
     worker::{Worker, ATTR_GROUP},
     Mode,
 };
-use core::fmt::Write;
+use core::{fmt::Write, sync::atomic::Ordering};
 use kernel::{
     debugfs, fmt,
     prelude::*,
     str::{CString, RawFormatter},
     sync::Arc,
     sysfs::{AttributeSource, DeviceAttributes},
+    uaccess::UserSliceReader,
     virtio,
 };
 
@@ -164,9 +166,31 @@ impl fmt::Debug for BlockDump {
     }
 }
 
-/// The device's debugfs directory, `virtio_mem_rust-<device>/`, with its `blocks` file.
+/// Shows how many more answers of the device `lose_answers` drops.
+fn show_lose_answers(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", w.lose_answers.load(Ordering::SeqCst))
+}
+
+/// Sets how many answers of the device to drop from now on (a decimal number).
+fn store_lose_answers(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
+    let mut buf = [0u8; 16];
+    let n = r.len();
+    if n > buf.len() {
+        return Err(EINVAL);
+    }
+    r.read_slice(&mut buf[..n])?;
+    let text = core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?;
+    let count = text.trim().parse::<u32>().map_err(|_| EINVAL)?;
+    w.lose_answers.store(count, Ordering::SeqCst);
+    Ok(())
+}
+
+/// The device's debugfs directory, `virtio_mem_rust-<device>/`: `blocks`, and `lose_answers`
+/// (write N: the next N answers of the device are dropped as if they had not come in time, so
+/// that tests can exercise the recovery from a timeout after the device acted).
 pub(crate) struct Debugfs {
-    _file: Pin<KBox<debugfs::File<BlockDump>>>,
+    _blocks: Pin<KBox<debugfs::File<BlockDump>>>,
+    _lose_answers: Pin<KBox<debugfs::File<Arc<Worker>>>>,
     _dir: debugfs::Dir,
 }
 
@@ -177,12 +201,22 @@ impl Debugfs {
     ) -> Result<Self> {
         let name = CString::try_from_fmt(fmt!("virtio_mem_rust-{}", dev.as_ref().name()))?;
         let dir = debugfs::Dir::new(&name);
-        let file = KBox::pin_init(
+        let blocks = KBox::pin_init(
             dir.read_only_file(c"blocks", BlockDump(worker.clone())),
             GFP_KERNEL,
         )?;
+        let lose_answers = KBox::pin_init(
+            dir.read_write_callback_file(
+                c"lose_answers",
+                worker.clone(),
+                &show_lose_answers,
+                &store_lose_answers,
+            ),
+            GFP_KERNEL,
+        )?;
         Ok(Self {
-            _file: file,
+            _blocks: blocks,
+            _lose_answers: lose_answers,
             _dir: dir,
         })
     }

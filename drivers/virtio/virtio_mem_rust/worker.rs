@@ -40,7 +40,7 @@ use crate::{
 use core::{
     mem::offset_of,
     num::NonZeroU64,
-    sync::atomic::{AtomicBool, AtomicI64, Ordering},
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering},
 };
 use kernel::{
     device,
@@ -175,6 +175,10 @@ pub(crate) struct Worker {
     offline: AtomicI64,
     /// Plugging waits for memory to be onlined.
     waiting_for_online: AtomicBool,
+    /// Fault injection (debugfs `lose_answers`): this many more answers of the device are
+    /// dropped as if they had not come in time. The device acts on the request; the driver
+    /// sees a timeout.
+    pub(crate) lose_answers: AtomicU32,
     #[pin]
     state: Mutex<State>,
     /// Sub-block mode: the state of every memory block; its `removing` flag stops onlining and
@@ -255,6 +259,7 @@ impl Worker {
                 counters: Counters::new(),
                 offline: AtomicI64::new(0),
                 waiting_for_online: AtomicBool::new(false),
+                lose_answers: AtomicU32::new(0),
                 state <- new_mutex!(State {
                     region: Some(region),
                     group: Some(group),
@@ -846,8 +851,18 @@ impl Worker {
             st.added_end = addr;
             let nb_blocks = self.geometry.nb_blocks(unit).unwrap_or(u16::MAX);
             if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
-                // Still plugged: add it back, so that nothing plugged is left unused.
-                if self.add(st, addr, unit).is_ok() {
+                if st.reason == Some(Reason::Timeout) {
+                    // The device may have unplugged it: it stays removed, and the resync makes
+                    // the device agree that it is unplugged.
+                    dev_warn!(
+                        self.dev.as_ref(),
+                        "no answer to the UNPLUG of the big block [{:#x}-{:#x}]: taking it as \
+                         unplugged\n",
+                        addr,
+                        addr + unit - 1
+                    );
+                } else if self.add(st, addr, unit).is_ok() {
+                    // Still plugged: added back, so that nothing plugged is left unused.
                     st.added_end = addr + unit;
                 } else {
                     dev_err!(
@@ -1002,8 +1017,18 @@ impl Worker {
             }
             let nb_blocks = self.geometry.nb_blocks(size).ok_or(None)?;
             if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
-                if online {
-                    // Give the pages back exactly as they were.
+                if st.reason == Some(Reason::Timeout) {
+                    // The device may have unplugged it: the pages stay unused (offline) until
+                    // the resync has made the device agree that it is unplugged.
+                    dev_warn!(
+                        self.dev.as_ref(),
+                        "no answer to the UNPLUG of [{:#x}-{:#x}]: taking it as unplugged\n",
+                        addr,
+                        addr + size - 1
+                    );
+                    b.set_plugged(mb, sb, count, false);
+                } else if online {
+                    // The device did not unplug it: give the pages back exactly as they were.
                     self.fake_online(st, addr, size);
                 }
                 drop(b);
@@ -1503,7 +1528,20 @@ impl Worker {
     /// state is resynchronized first) or not (`Err(false)`: unbound, or the device answered
     /// nonsense, which stops it).
     fn request(&self, st: &mut State, req: &Request) -> Result<Option<protocol::BlockState>, bool> {
-        let res = protocol::send(&self.vq, req);
+        let mut res = protocol::send(&self.vq, req);
+        if res.is_ok()
+            && self
+                .lose_answers
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            dev_info!(
+                self.dev.as_ref(),
+                "dropping the device's answer to {} (debugfs lose_answers)\n",
+                req
+            );
+            res = Err(SendError::Transport(ETIMEDOUT));
+        }
         self.counters.request(req, res.err());
         let e = match res {
             Ok(state) => return Ok(state),
