@@ -14,12 +14,13 @@ use crate::{
     worker::{Worker, ATTR_GROUP},
     Mode,
 };
-use core::{fmt::Write, sync::atomic::Ordering};
+use core::fmt::Write;
 use kernel::{
-    debugfs, fmt,
+    debugfs::{self, Reader},
+    fmt,
     prelude::*,
     str::{CString, RawFormatter},
-    sync::Arc,
+    sync::{atomic::Relaxed, Arc},
     sysfs::{AttributeSource, DeviceAttributes},
     uaccess::UserSliceReader,
     virtio,
@@ -168,21 +169,12 @@ impl fmt::Debug for BlockDump {
 
 /// Shows how many more answers of the device `lose_answers` drops.
 fn show_lose_answers(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    writeln!(f, "{}", w.lose_answers.load(Ordering::SeqCst))
+    writeln!(f, "{}", w.lose_answers.load(Relaxed))
 }
 
 /// Sets how many answers of the device to drop from now on (a decimal number).
 fn store_lose_answers(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
-    let mut buf = [0u8; 16];
-    let n = r.len();
-    if n > buf.len() {
-        return Err(EINVAL);
-    }
-    r.read_slice(&mut buf[..n])?;
-    let text = core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?;
-    let count = text.trim().parse::<u32>().map_err(|_| EINVAL)?;
-    w.lose_answers.store(count, Ordering::SeqCst);
-    Ok(())
+    w.lose_answers.read_from_slice(r)
 }
 
 /// The device's debugfs directory, `virtio_mem_rust-<device>/`: `blocks`, and `lose_answers`

@@ -40,7 +40,7 @@ use crate::{
 use core::{
     mem::offset_of,
     num::NonZeroU64,
-    sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicI64, Ordering},
 };
 use kernel::{
     device,
@@ -51,7 +51,11 @@ use kernel::{
     new_mutex, new_spinlock,
     prelude::*,
     str::CString,
-    sync::{aref::ARef, Arc, Mutex, SpinLock},
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Full, Relaxed},
+        Arc, Mutex, SpinLock,
+    },
     sysfs,
     time::{msecs_to_jiffies, BootTime, Instant},
     virtio,
@@ -178,7 +182,7 @@ pub(crate) struct Worker {
     /// Fault injection (debugfs `lose_answers`): this many more answers of the device are
     /// dropped as if they had not come in time. The device acts on the request; the driver
     /// sees a timeout.
-    pub(crate) lose_answers: AtomicU32,
+    pub(crate) lose_answers: Atomic<u32>,
     #[pin]
     state: Mutex<State>,
     /// Sub-block mode: the state of every memory block; its `removing` flag stops onlining and
@@ -259,7 +263,7 @@ impl Worker {
                 counters: Counters::new(),
                 offline: AtomicI64::new(0),
                 waiting_for_online: AtomicBool::new(false),
-                lose_answers: AtomicU32::new(0),
+                lose_answers: Atomic::new(0),
                 state <- new_mutex!(State {
                     region: Some(region),
                     group: Some(group),
@@ -1238,10 +1242,11 @@ impl Worker {
             let limit = usize::try_from(st.plug_limit / sb_size)
                 .unwrap_or(usize::MAX)
                 .clamp(1, max_sbs_per_request);
-            let done = match self.plug_partial(st, want.min(limit)) {
+            let max_sbs = want.min(limit);
+            let done = match self.plug_partial(st, max_sbs) {
                 Ok(done) => done,
                 Err(again) => {
-                    let tried = (want.min(limit) as u64) * sb_size.get();
+                    let tried = max_sbs as u64 * sb_size.get();
                     if again && self.smaller_plugs(st, tried, sb_size.get()) {
                         continue;
                     }
@@ -1276,17 +1281,17 @@ impl Worker {
             }
             let (max_blocks, nr_sbs) = if whole > 0 {
                 let max = usize::try_from(self.geometry.max_units()).unwrap_or(1);
-                let limit = usize::try_from(st.plug_limit / self.geometry.unit)
+                let limit_blocks = usize::try_from(st.plug_limit / self.geometry.unit)
                     .unwrap_or(usize::MAX)
                     .max(1);
-                (whole.min(max).min(room).min(fits).min(limit), None)
+                (whole.min(max).min(room).min(fits).min(limit_blocks), None)
             } else {
                 if !self.ensure_online_callback(st) {
                     self.waiting_for_online.store(false, Ordering::SeqCst);
                     self.stall(st, Reason::NoCallback);
                     break;
                 }
-                (1, Some(want.min(limit).max(pinned)))
+                (1, Some(max_sbs.max(pinned)))
             };
             self.waiting_for_online.store(false, Ordering::SeqCst);
             let Some((mb, count)) = self.blocks.lock().unused_run(max_blocks) else {
@@ -1529,12 +1534,8 @@ impl Worker {
     /// nonsense, which stops it).
     fn request(&self, st: &mut State, req: &Request) -> Result<Option<protocol::BlockState>, bool> {
         let mut res = protocol::send(&self.vq, req);
-        if res.is_ok()
-            && self
-                .lose_answers
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
+        let lose = self.lose_answers.load(Relaxed);
+        if res.is_ok() && lose > 0 && self.lose_answers.cmpxchg(lose, lose - 1, Full).is_ok() {
             dev_info!(
                 self.dev.as_ref(),
                 "dropping the device's answer to {} (debugfs lose_answers)\n",

@@ -42,7 +42,7 @@ ktap_check "plugged all but less than a memory block of what the host can back" 
     test "$size" -le "$free" -a "$size" -gt $((free - block))
 ktap_eq "sysfs activity: waiting" waiting "$(vmem_attr "$vdev" activity)"
 ktap_eq "sysfs reason: device busy" "device busy" "$(vmem_attr "$vdev" reason)"
-busy=$(sed -n 's/^plug_busy //p' "/sys/bus/virtio/devices/$vdev/virtio_mem/stats")
+busy=$(vmem_stat "$vdev" plug_busy)
 ktap_check "sysfs stats count the refused plugs" test "${busy:-0}" -gt 0
 uptime_s=$(cut -d' ' -f1 /proc/uptime)
 ktap_check "sysfs retry_at is in the future" \

@@ -134,6 +134,9 @@ vmem_attr() { cat "/sys/bus/virtio/devices/$1/virtio_mem/$2"; }
 
 vmem_status() { "$VMEM_STATUS" "$@"; }
 
+# Counter $2 (a line of the `stats` attribute) of device $1.
+vmem_stat() { sed -n "s/^$2 //p" "/sys/bus/virtio/devices/$1/virtio_mem/stats"; }
+
 # check_sizes LABEL DEV QID BASE_KB: the driver's plugged_size is the device's
 # plugged size over QMP, and its online_size is what MemTotal grew by since
 # BASE_KB (2 results).

@@ -26,8 +26,6 @@ ktap_header 18
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
 knob=/sys/kernel/debug/virtio_mem_rust-$vdev/lose_answers
-stats=/sys/bus/virtio/devices/$vdev/virtio_mem/stats
-counter() { sed -n "s/^$1 //p" "$stats"; }
 timeout_reason="device did not answer in time"
 
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
@@ -55,7 +53,7 @@ ktap_check "1G: it takes the memory as unplugged" \
 check_sizes "1G, no answer" "$vdev" vm0 "$base_kb"
 ktap_check "1G: the retry gets there" quiet vmem_status wait "$vdev" --size 1G --timeout 300
 check_sizes "1G" "$vdev" vm0 "$base_kb"
-ktap_diag "stats: resyncs $(counter resyncs), plug_failed $(counter plug_failed), unplug_failed $(counter unplug_failed)"
+ktap_diag "stats: resyncs $(vmem_stat "$vdev" resyncs), plug_failed $(vmem_stat "$vdev" plug_failed), unplug_failed $(vmem_stat "$vdev" unplug_failed)"
 splats=$(kernel_splats)
 [ -z "$splats" ] || ktap_diag "$splats"
 ktap_eq "no kernel warnings or oopses" "" "$splats"
