@@ -25,11 +25,6 @@ __rust_helper unsigned long rust_helper_page_to_pfn(const struct page *page)
 	return page_to_pfn(page);
 }
 
-__rust_helper bool rust_helper_PageOffline(const struct page *page)
-{
-	return PageOffline(page);
-}
-
 __rust_helper void rust_helper___SetPageOffline(struct page *page)
 {
 	__SetPageOffline(page);
@@ -40,34 +35,14 @@ __rust_helper void rust_helper___ClearPageOffline(struct page *page)
 	__ClearPageOffline(page);
 }
 
-__rust_helper bool rust_helper_PageDirty(const struct page *page)
+__rust_helper bool rust_helper_page_ref_freeze(struct page *page, int count)
 {
-	return PageDirty(page);
+	return page_ref_freeze(page, count);
 }
 
-__rust_helper void rust_helper_SetPageDirty(struct page *page)
+__rust_helper void rust_helper_page_ref_unfreeze(struct page *page, int count)
 {
-	SetPageDirty(page);
-}
-
-__rust_helper void rust_helper_ClearPageDirty(struct page *page)
-{
-	ClearPageDirty(page);
-}
-
-__rust_helper int rust_helper_page_ref_count(const struct page *page)
-{
-	return page_ref_count(page);
-}
-
-__rust_helper void rust_helper_page_ref_inc(struct page *page)
-{
-	page_ref_inc(page);
-}
-
-__rust_helper bool rust_helper_page_ref_dec_and_test(struct page *page)
-{
-	return page_ref_dec_and_test(page);
+	page_ref_unfreeze(page, count);
 }
 
 __rust_helper bool rust_helper_is_zone_movable_page(const struct page *page)

@@ -6,21 +6,38 @@
 //! [`include/linux/memory.h`](srctree/include/linux/memory.h).
 //!
 //! Queries about where and in which units memory can be hot(un)plugged and the NUMA node of
-//! hotplugged memory; [`SystemRamRegion`], the exclusive reservation of a physical range that a
-//! driver manages as System RAM; [`MemoryGroup`], the memory group its memory blocks belong to;
-//! [`MemoryNotifier`], which tells a handler when memory goes online or offline;
-//! [`OnlinePageCallback`], which lets a handler keep pages of memory being onlined offline.
+//! hotplugged memory; [`MemoryGroup`], the memory group a driver's memory blocks belong to;
+//! [`MemoryNotifier`], which tells a handler when memory goes online or offline; and
+//! [`SystemRamRegion`], the exclusive reservation of a physical range that a driver hotplugs as
+//! System RAM.
+//!
+//! A [`SystemRamRegion`] owns everything that makes hotplugging memory of which only parts are
+//! backed (a virtio-mem device's partly plugged memory blocks) sound: it records which memory
+//! blocks are added and, at a granule the driver picks, which of their pages are inaccessible
+//! (not backed by the device). Nothing the region records as inaccessible reaches the page
+//! allocator: the region keeps it offline when a block is onlined (through the kernel's
+//! online-page callback, which it holds while it needs it), lets offlining skip it (the
+//! `MEM_GOING_OFFLINE` contract), hands it to the kernel only when the driver says the device
+//! backs it, and takes it from the kernel (migrating what is in use) before the driver tells the
+//! device to stop backing it. Its own lock serializes all of this with onlining and offlining.
 
 mod online_page;
+mod pages;
+mod region;
 
-pub use online_page::{
-    is_fake_offline, OnlinePageCallback, OnlinePageHandler, OnliningPages, SplitPages,
+pub use region::{
+    BlockState, PagesError, SystemRamRegion, Undo, //
 };
 
 use crate::{
-    bindings, container_of, error::to_result, prelude::*, str::CString, sync::Arc, types::Opaque,
+    bindings,
+    container_of,
+    error::to_result,
+    prelude::*,
+    sync::Arc,
+    types::Opaque, //
 };
-use core::{mem::ManuallyDrop, ops::RangeInclusive, ptr::NonNull};
+use core::ops::RangeInclusive;
 
 /// The size of a Linux memory block, the unit in which memory is added, onlined, offlined and
 /// removed (128 MiB on most x86-64 machines).
@@ -56,49 +73,6 @@ pub fn pxm_to_node(pxm: i32) -> Option<i32> {
 #[cfg(not(CONFIG_ACPI_NUMA))]
 pub fn pxm_to_node(_pxm: i32) -> Option<i32> {
     None
-}
-
-/// Checks that `[start, start + size)` is non-empty, page-aligned and inside `[lo, hi)`, and
-/// returns its first pfn and number of pages.
-fn page_range(start: u64, size: u64, lo: u64, hi: u64) -> Result<(usize, usize)> {
-    let end = start.checked_add(size).ok_or(EINVAL)?;
-    let mask = crate::page::PAGE_SIZE as u64 - 1;
-    if size == 0 || start < lo || end > hi || (start | size) & mask != 0 {
-        return Err(EINVAL);
-    }
-    let shift = crate::page::PAGE_SHIFT;
-    Ok(((start >> shift) as usize, (size >> shift) as usize))
-}
-
-/// Calls `f` with the pfn and `struct page` of each of the `nr` pages from `pfn` on, in order,
-/// until it returns `false`; returns whether it never did. One `pfn_to_page` per memory section
-/// (the memmap of a section is contiguous), not per page: these loops run over whole memory
-/// blocks.
-///
-/// # Safety
-///
-/// The memmap of the pages must be initialized: they are online, or being onlined or offlined.
-unsafe fn walk_pages(
-    pfn: usize,
-    nr: usize,
-    mut f: impl FnMut(usize, *mut bindings::page) -> bool,
-) -> bool {
-    let per_section = bindings::PAGES_PER_SECTION as usize;
-    let end = pfn + nr;
-    let mut at = pfn;
-    while at < end {
-        let section_end = ((at / per_section + 1) * per_section).min(end);
-        // SAFETY: The memmap is initialized (safety requirement).
-        let first = unsafe { bindings::pfn_to_page(at as c_ulong) };
-        for i in 0..section_end - at {
-            // SAFETY: The `struct page`s of one section are contiguous.
-            if !f(at + i, unsafe { first.add(i) }) {
-                return false;
-            }
-        }
-        at = section_end;
-    }
-    true
 }
 
 /// Memory available for new allocations without swapping, in bytes: free memory plus what
@@ -149,299 +123,6 @@ pub fn free_kernel_memory() -> u64 {
     // SAFETY: Only reads per-zone counters of online nodes.
     let pages = unsafe { bindings::nr_free_kernel_pages() };
     pages as u64 * crate::page::PAGE_SIZE as u64
-}
-
-/// Whether the memory block at `addr` is online (its memmap is initialized and its pages belong
-/// to a zone): `Some(true)` in `ZONE_MOVABLE`, `Some(false)` in a kernel zone, `None` if it is
-/// offline or not present.
-pub fn online_zone(addr: u64) -> Option<bool> {
-    let pfn = (addr >> crate::page::PAGE_SHIFT) as c_ulong;
-    // SAFETY: `pfn_to_online_page` only looks up the section; a non-NULL result is a valid,
-    // initialized page of online memory.
-    let page = unsafe { bindings::pfn_to_online_page(pfn) };
-    if page.is_null() {
-        return None;
-    }
-    // SAFETY: `page` is a valid page of online memory (see above).
-    Some(unsafe { bindings::is_zone_movable_page(page) })
-}
-
-/// The exclusive reservation of a physical address range whose memory a driver hotplugs as
-/// System RAM (a parent resource in `/proc/iomem`, named after the owner).
-///
-/// Only one reservation can cover a range, and the request fails while any of the range is in
-/// use, e.g. System RAM that an earlier driver added and left behind: holding a
-/// [`SystemRamRegion`] means that no memory of the range is in use by anybody else. User space
-/// cannot map the range through `/dev/mem`.
-///
-/// Memory is added to and removed from the system through the region, which keeps count. On
-/// drop the reservation is released if nothing is added any more; otherwise the added memory
-/// stays in use by the kernel, so the reservation and the resource names stay too (they live in
-/// kernel memory, not in the module that may be unloaded), and a later request of the range
-/// fails.
-///
-/// # Invariants
-///
-/// `res` points to a resource returned by `__request_region` that was not released yet.
-pub struct SystemRamRegion {
-    res: NonNull<bindings::resource>,
-    start: u64,
-    size: u64,
-    /// Bytes currently added to the system through this region.
-    added: u64,
-    /// The reservation's name; the resource points to it until released.
-    name: ManuallyDrop<CString>,
-    /// The name of the "System RAM" resources of added memory.
-    ram_name: ManuallyDrop<CString>,
-}
-
-// SAFETY: The resource is only touched through the resource tree's own locking.
-unsafe impl Send for SystemRamRegion {}
-// SAFETY: `&SystemRamRegion` only reads immutable fields.
-unsafe impl Sync for SystemRamRegion {}
-
-impl SystemRamRegion {
-    /// Reserves `[start, start + size)`, naming the reservation `name`; memory added through it
-    /// will be named `ram_name`, which must read `System RAM (<driver>)`. Fails with `EBUSY` if
-    /// any of the range is reserved or in use already.
-    pub fn request(start: u64, size: u64, name: CString, ram_name: &CStr) -> Result<Self> {
-        if size == 0 || start.checked_add(size - 1).is_none() {
-            return Err(EINVAL);
-        }
-        let ram_name = CString::try_from_fmt(fmt!("{ram_name}"))?;
-        let flags = (bindings::IORESOURCE_SYSTEM_RAM | bindings::IORESOURCE_EXCLUSIVE) as c_int;
-        // SAFETY: `iomem_resource` is the root of the physical address space; `name` stays
-        // valid as long as the resource (it is stored next to it and dropped after release).
-        let res = unsafe {
-            bindings::__request_region(
-                core::ptr::addr_of_mut!(bindings::iomem_resource),
-                start,
-                size,
-                name.as_char_ptr(),
-                flags,
-            )
-        };
-        let res = NonNull::new(res).ok_or(EBUSY)?;
-        // The memory is not actually busy: memory hotplug adds its "System RAM" resources as
-        // children of this one.
-        // SAFETY: `res` is the valid resource we just requested; nobody else modifies it.
-        unsafe { (*res.as_ptr()).flags &= !(bindings::IORESOURCE_BUSY as c_ulong) };
-        Ok(Self {
-            res,
-            start,
-            size,
-            added: 0,
-            name: ManuallyDrop::new(name),
-            ram_name: ManuallyDrop::new(ram_name),
-        })
-    }
-
-    /// The first byte of the region.
-    pub fn start(&self) -> u64 {
-        self.start
-    }
-
-    /// The size of the region in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Bytes currently added to the system through this region.
-    pub fn added(&self) -> u64 {
-        self.added
-    }
-
-    /// Checks that `[start, start + size)` is non-empty, inside the region and aligned to the
-    /// memory block size, as adding and removing memory requires.
-    fn check_range(&self, start: u64, size: u64) -> Result {
-        // The memory block size is a power of two.
-        let mask = memory_block_size().wrapping_sub(1);
-        let end = start.checked_add(size).ok_or(EINVAL)?;
-        if size == 0
-            || start < self.start
-            || end > self.start + self.size
-            || (start | size) & mask != 0
-        {
-            return Err(EINVAL);
-        }
-        Ok(())
-    }
-
-    /// Adds `[start, start + size)`, a memory-block aligned part of the region, to the system as
-    /// driver-managed System RAM of `group`. Depending on the onlining policy
-    /// (`memhp_default_state`), the kernel onlines the new memory blocks at once; otherwise user
-    /// space does.
-    ///
-    /// The memory must be accessible (plugged, for a device that plugs memory) before it is
-    /// added: from then on the kernel may use it.
-    ///
-    /// With `memmap_on_memory` (and if [`memmap_on_memory()`] says the kernel can), the memmap
-    /// of each memory block is placed at the block's start instead of being allocated from
-    /// kernel memory.
-    pub fn add_memory(
-        &mut self,
-        group: &MemoryGroup,
-        start: u64,
-        size: u64,
-        memmap_on_memory: bool,
-    ) -> Result {
-        self.check_range(start, size)?;
-        let mut flags = bindings::MHP_MERGE_RESOURCE | bindings::MHP_NID_IS_MGID;
-        if memmap_on_memory {
-            flags |= bindings::MHP_MEMMAP_ON_MEMORY;
-        }
-        // SAFETY: The range is inside our exclusive reservation and aligned; `ram_name` lives
-        // as long as memory added through the region (see `Drop`); with `MHP_NID_IS_MGID` the
-        // group id stands for the node.
-        crate::error::to_result(unsafe {
-            bindings::add_memory_driver_managed(
-                group.id(),
-                start,
-                size,
-                self.ram_name.as_char_ptr(),
-                flags,
-            )
-        })?;
-        self.added += size;
-        Ok(())
-    }
-
-    /// Removes `[start, start + size)`, added by [`Self::add_memory`], from the system. All of
-    /// its memory blocks must be offline; fails with `EBUSY` otherwise.
-    pub fn remove_memory(&mut self, start: u64, size: u64) -> Result {
-        self.check_range(start, size)?;
-        if size > self.added {
-            return Err(EINVAL);
-        }
-        // SAFETY: The range is inside our reservation; `remove_memory` checks that it is
-        // offline and refuses otherwise.
-        crate::error::to_result(unsafe { bindings::remove_memory(start, size) })?;
-        self.added -= size;
-        Ok(())
-    }
-
-    /// Offlines `[start, start + size)`, added by [`Self::add_memory`], and removes it from the
-    /// system, as one operation that user space cannot get in between. Offlining migrates the
-    /// pages in use away (only the memory notifier may let `PageOffline()` pages stay), so it
-    /// fails, changing nothing, with `EBUSY` if they cannot be moved, e.g. in a kernel zone.
-    pub fn offline_and_remove_memory(&mut self, start: u64, size: u64) -> Result {
-        self.check_range(start, size)?;
-        if size > self.added {
-            return Err(EINVAL);
-        }
-        // SAFETY: The range is inside our reservation and was added through it; offlining
-        // moves or refuses whatever is in use.
-        crate::error::to_result(unsafe { bindings::offline_and_remove_memory(start, size) })?;
-        self.added -= size;
-        Ok(())
-    }
-}
-
-impl SystemRamRegion {
-    /// Whether all of `[start, start + size)` is added to the system (System RAM in use).
-    pub fn is_added(&self, start: u64, size: u64) -> bool {
-        if self.check_range(start, size).is_err() {
-            return false;
-        }
-        // Our reservation is System RAM but not busy; added memory is busy System RAM.
-        let flags = (bindings::IORESOURCE_SYSTEM_RAM | bindings::IORESOURCE_BUSY) as c_ulong;
-        // SAFETY: `region_intersects` only reads the resource tree, under its lock.
-        let ret = unsafe {
-            bindings::region_intersects(start, size as usize, flags, bindings::IORES_DESC_NONE as c_ulong)
-        };
-        ret == bindings::REGION_INTERSECTS as c_int
-    }
-
-    /// Hands the region, with the memory still added through it, and the memory group of that
-    /// memory over to the next driver of the same device, which gets both back from
-    /// [`Self::take_over`] (even after the module that parked them was unloaded: they live in
-    /// the kernel). A region with nothing added is simply released.
-    pub fn park(self, group: MemoryGroup) {
-        if self.added == 0 {
-            return;
-        }
-        init_parked();
-        let mut parked = PARKED.lock();
-        if parked.push(Parked { region: self, group }, GFP_KERNEL).is_err() {
-            // Dropping them keeps the reservation and the group for good (see `Drop`).
-            pr_warn!("cannot park a memory region for the next driver; it stays reserved\n");
-        }
-    }
-
-    /// Takes over the region `[start, start + size)` and its memory group, parked by an earlier
-    /// driver with memory still added. `None` if there is none.
-    pub fn take_over(start: u64, size: u64) -> Option<(Self, MemoryGroup)> {
-        init_parked();
-        let mut parked = PARKED.lock();
-        let i = parked
-            .iter()
-            .position(|p| p.region.start == start && p.region.size == size)?;
-        let p = parked.remove(i).ok()?;
-        Some((p.region, p.group))
-    }
-}
-
-/// A region left with memory added, and its memory group, waiting for the next driver.
-struct Parked {
-    region: SystemRamRegion,
-    group: MemoryGroup,
-}
-
-crate::global_lock! {
-    // SAFETY: `init_parked` initializes it before any use.
-    unsafe(uninit) static PARKED: Mutex<KVec<Parked>> = KVec::new();
-}
-
-/// 0: `PARKED` is not initialized, 1: being initialized, 2: ready.
-static PARKED_READY: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-
-fn init_parked() {
-    // SAFETY: `init_once` runs this once, before anybody uses `PARKED`.
-    init_once(&PARKED_READY, || unsafe { PARKED.init() });
-}
-
-/// Runs `init` once, for the first caller; later callers wait until it finished. `state` is
-/// a flag for this `init` only, starting at 0.
-pub(crate) fn init_once(state: &core::sync::atomic::AtomicU8, init: impl FnOnce()) {
-    use core::sync::atomic::Ordering;
-    match state.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            init();
-            state.store(2, Ordering::Release);
-        }
-        Err(_) => {
-            while state.load(Ordering::Acquire) != 2 {
-                core::hint::spin_loop();
-            }
-        }
-    }
-}
-
-impl Drop for SystemRamRegion {
-    fn drop(&mut self) {
-        if self.added > 0 {
-            pr_warn!(
-                "{:#x} bytes of [{:#x}-{:#x}] stay added to the system; keeping the region \
-                 reserved\n",
-                self.added,
-                self.start,
-                self.start + self.size - 1
-            );
-            // The resources (ours and those of the added memory) point to the names: keep
-            // both, and the reservation, for good.
-            return;
-        }
-        // SAFETY: By the type invariant `res` was requested and not released; `__request_region`
-        // allocated it with `kmalloc`, and it is no longer in the resource tree after
-        // `release_resource`. No memory was left added, so nothing points to the names any
-        // more, and they are dropped only here.
-        unsafe {
-            bindings::release_resource(self.res.as_ptr());
-            bindings::kfree(self.res.as_ptr().cast());
-            ManuallyDrop::drop(&mut self.name);
-            ManuallyDrop::drop(&mut self.ram_name);
-        }
-    }
 }
 
 /// A dynamic memory group: the memory blocks a driver adds for one device, on one NUMA node,
@@ -504,6 +185,11 @@ pub enum MemoryEvent {
 }
 
 impl MemoryEvent {
+    /// Whether a notifier can veto the event (only the announcements of a change can).
+    pub fn can_veto(self) -> bool {
+        matches!(self, Self::GoingOnline | Self::GoingOffline)
+    }
+
     fn from_action(action: c_ulong) -> Option<Self> {
         let action = bindings::memory_block_state::try_from(action).ok()?;
         Some(match action {
@@ -556,92 +242,27 @@ impl MemoryNotification {
         // set before memory goes online and kept until it went offline.
         unsafe { bindings::is_zone_movable_page(bindings::pfn_to_page(pfn)) }
     }
-
-    /// The first pfn and number of pages of `[start, start + size)`, a part of the event's
-    /// range.
-    fn pfns(&self, start: u64, size: u64) -> Result<(usize, usize)> {
-        page_range(start, size, self.range.start, self.range.start + self.range.size)
-    }
-
-    /// While memory goes offline ([`MemoryEvent::GoingOffline`]): drops the reference of the
-    /// pages of `[start, start + size)`, which the handler's driver keeps offline
-    /// (`PageOffline()` with one reference), so that offlining skips them as unused. Undo it
-    /// with [`Self::reacquire_offline_pages`] if offlining is cancelled. Fails with `EINVAL`,
-    /// changing nothing, for another event, a range outside the event's, or any page that is not
-    /// `PageOffline()` with exactly one reference.
-    pub fn release_offline_pages(&self, start: u64, size: u64) -> Result {
-        if self.event != MemoryEvent::GoingOffline {
-            return Err(EINVAL);
-        }
-        let (pfn, nr) = self.pfns(start, size)?;
-        // One pass: drop each reference after checking the page; undo on the first misfit.
-        let mut done = 0;
-        // SAFETY: The memmap of the range is initialized (type invariant). A `PageOffline()`
-        // page with one reference is the caller's (it keeps it offline); offlining treats such
-        // pages without references as never used. `page_ref_dec_and_test` is true when the
-        // count drops to zero; otherwise the page had more references and is not the caller's.
-        let ok = unsafe {
-            walk_pages(pfn, nr, |_, page| {
-                if !bindings::PageOffline(page) {
-                    return false;
-                }
-                if !bindings::page_ref_dec_and_test(page) {
-                    bindings::page_ref_inc(page);
-                    return false;
-                }
-                done += 1;
-                true
-            })
-        };
-        if !ok {
-            // SAFETY: We dropped the reference of these `done` pages just before.
-            unsafe {
-                walk_pages(pfn, done, |_, page| {
-                    bindings::page_ref_inc(page);
-                    true
-                })
-            };
-            return Err(EINVAL);
-        }
-        Ok(())
-    }
-
-    /// While offlining is cancelled ([`MemoryEvent::CancelOffline`]): takes back the reference
-    /// that [`Self::release_offline_pages`] dropped. Fails with `EINVAL`, changing nothing, for
-    /// another event, a range outside the event's, or any page that is not `PageOffline()`
-    /// without references.
-    pub fn reacquire_offline_pages(&self, start: u64, size: u64) -> Result {
-        if self.event != MemoryEvent::CancelOffline {
-            return Err(EINVAL);
-        }
-        let (pfn, nr) = self.pfns(start, size)?;
-        // SAFETY: The memmap of the range is initialized (type invariant).
-        let ok = unsafe {
-            walk_pages(pfn, nr, |_, page| {
-                bindings::PageOffline(page) && bindings::page_ref_count(page) == 0
-            })
-        };
-        if !ok {
-            return Err(EINVAL);
-        }
-        // SAFETY: The pages are offline without references: the caller released them when
-        // offlining began, and takes their references back.
-        unsafe {
-            walk_pages(pfn, nr, |_, page| {
-                bindings::page_ref_inc(page);
-                true
-            })
-        };
-        Ok(())
-    }
 }
 
 /// Receives memory events; see [`MemoryNotifier`].
+///
+/// Both methods are called with the memory hotplug lock held: they must not add, remove, online
+/// or offline memory, nor wait for anything that does.
 pub trait MemoryNotifierHandler: Send + Sync {
-    /// Called for every memory event in the system, with the memory hotplug lock held: it must
-    /// not add or remove memory, nor wait for anything that does. An error returned for
-    /// `GoingOnline` or `GoingOffline` vetoes the operation; for other events it is ignored.
-    fn notify(this: &Arc<Self>, notification: &MemoryNotification) -> Result;
+    /// Memory is about to go online or offline ([`MemoryEvent::GoingOnline`],
+    /// [`MemoryEvent::GoingOffline`]). An error vetoes it: the kernel then reports the matching
+    /// cancel event to every notifier, also to those that never saw this one.
+    fn prepare(this: &Arc<Self>, notification: &MemoryNotification) -> Result {
+        let _ = (this, notification);
+        Ok(())
+    }
+
+    /// Memory went online or offline, or a change was cancelled ([`MemoryEvent::Online`],
+    /// [`MemoryEvent::Offline`], [`MemoryEvent::CancelOnline`], [`MemoryEvent::CancelOffline`]).
+    /// These cannot be vetoed: every notifier hears about them.
+    fn complete(this: &Arc<Self>, notification: &MemoryNotification) {
+        let _ = (this, notification);
+    }
 }
 
 /// A registered memory notifier: `handler` hears about memory going online and offline until
@@ -699,9 +320,14 @@ impl<H: MemoryNotifierHandler + 'static> MemoryNotifier<H> {
         };
         // INVARIANT: The chain runs for `event` on `range`.
         let notification = MemoryNotification { event, range };
-        match H::notify(&this.handler, &notification) {
+        if !event.can_veto() {
+            H::complete(&this.handler, &notification);
+            return bindings::NOTIFY_OK as c_int;
+        }
+        match H::prepare(&this.handler, &notification) {
             Ok(()) => bindings::NOTIFY_OK as c_int,
-            // `notifier_from_errno()`.
+            // `notifier_from_errno()`: stops the chain; `memory_notify()`'s caller turns it back
+            // into the error and cancels.
             Err(e) => {
                 (bindings::NOTIFY_STOP_MASK as c_int)
                     | (bindings::NOTIFY_OK as c_int - e.to_errno())

@@ -143,24 +143,8 @@ impl fmt::Debug for BlockDump {
             }
             Mode::BigBlock { bb_size } => {
                 drop(b);
-                let s = *w.status.lock();
-                let first = w.geometry.first;
                 writeln!(f, "# address state (big block {bb_size:#x})")?;
-                let plugged_end = first + s.plugged;
-                let mut at = first;
-                while at + bb_size <= w.geometry.end {
-                    let state = if at < plugged_end {
-                        match kernel::memory_hotplug::online_zone(at) {
-                            Some(true) => "online-movable",
-                            Some(false) => "online-kernel",
-                            None => "offline",
-                        }
-                    } else {
-                        "unused"
-                    };
-                    writeln!(f, "{at:#x} {state}")?;
-                    at += bb_size;
-                }
+                w.dump_bigs(f)?;
             }
         }
         Ok(())
@@ -177,12 +161,25 @@ fn store_lose_answers(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
     w.lose_answers.read_from_slice(r)
 }
 
-/// The device's debugfs directory, `virtio_mem_rust-<device>/`: `blocks`, and `lose_answers`
+/// Shows how long the driver waits before removing a memory block it emptied, in ms.
+fn show_remove_delay(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", w.remove_delay_ms.load(Relaxed))
+}
+
+/// Sets how long the driver waits before removing a memory block it emptied (ms, decimal).
+fn store_remove_delay(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
+    w.remove_delay_ms.read_from_slice(r)
+}
+
+/// The device's debugfs directory, `virtio_mem_rust-<device>/`: `blocks`; `lose_answers`
 /// (write N: the next N answers of the device are dropped as if they had not come in time, so
-/// that tests can exercise the recovery from a timeout after the device acted).
+/// that tests can exercise the recovery from a timeout after the device acted); and
+/// `remove_delay_ms` (a wait between unplugging the last sub-block of a memory block and
+/// removing it, so that tests can try to online the block in that window).
 pub(crate) struct Debugfs {
     _blocks: Pin<KBox<debugfs::File<BlockDump>>>,
     _lose_answers: Pin<KBox<debugfs::File<Arc<Worker>>>>,
+    _remove_delay: Pin<KBox<debugfs::File<Arc<Worker>>>>,
     _dir: debugfs::Dir,
 }
 
@@ -206,9 +203,19 @@ impl Debugfs {
             ),
             GFP_KERNEL,
         )?;
+        let remove_delay = KBox::pin_init(
+            dir.read_write_callback_file(
+                c"remove_delay_ms",
+                worker.clone(),
+                &show_remove_delay,
+                &store_remove_delay,
+            ),
+            GFP_KERNEL,
+        )?;
         Ok(Self {
             _blocks: blocks,
             _lose_answers: lose_answers,
+            _remove_delay: remove_delay,
             _dir: dir,
         })
     }

@@ -16,11 +16,13 @@
 //!                   (cancel: back to Offline)    (cancel: back to Online)
 //! ```
 //!
-//! Each block has a bitmap of plugged sub-blocks. When a block is onlined, its plugged
-//! sub-blocks go to the page allocator and the others stay offline (the online-page callback
-//! asks [`SubBlocks::online_decision`]); plugging a sub-block of an online block hands its
-//! pages over at once. Blocks in a transition (`GoingOnline`, `GoingOffline`) are left alone by
-//! the run loop until the memory notifier reports the outcome.
+//! Each block has a bitmap of plugged sub-blocks: the driver's plan, and what the device backs.
+//! Which pages the kernel may use is the device region's record
+//! ([`kernel::memory_hotplug::SystemRamRegion`]), changed together with each `PLUG` and
+//! `UNPLUG`: it keeps unplugged sub-blocks offline when a block is onlined and hands a newly
+//! plugged sub-block of an online block to the kernel at once. Blocks in a transition
+//! (`GoingOnline`, `GoingOffline`) are left alone by the run loop until the memory notifier
+//! reports the outcome.
 //!
 //! With memmap-on-memory, the first `pinned` sub-blocks of an added block hold its memmap: they
 //! are plugged before the block is added and unplugged only after it is removed. A block that
@@ -89,17 +91,6 @@ impl Class {
     }
 }
 
-/// How the pages of a chunk being onlined are to be handled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum OnlineDecision {
-    /// All of it is plugged: online it.
-    Online,
-    /// None of it is plugged (or it is not ours): keep it offline.
-    KeepOffline,
-    /// Mixed: decide sub-block by sub-block.
-    PerSubBlock,
-}
-
 /// A memory event, as the block states see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Transition {
@@ -125,7 +116,7 @@ pub(crate) struct SubBlocks {
     nr_plugged: u64,
     /// Sub-blocks at the start of each added block that hold its memmap.
     pinned: usize,
-    /// Set at unbind: no more onlining.
+    /// Set at unbind: memory events no longer queue work.
     pub(crate) removing: bool,
 }
 
@@ -237,12 +228,6 @@ impl SubBlocks {
     pub(crate) fn is_partial(&self, mb: usize) -> bool {
         let n = self.nr_plugged(mb);
         n > 0 && n < self.sbs_per_mb.get()
-    }
-
-    /// Whether any added block has unplugged sub-blocks (and needs the online-page callback).
-    pub(crate) fn any_partial_added(&self) -> bool {
-        (0..self.blocks.len())
-            .any(|mb| self.state(mb).is_added() && self.nr_plugged(mb) < self.sbs_per_mb.get())
     }
 
     /// An added block with nothing plugged but its memmap, to be removed.
@@ -407,43 +392,12 @@ impl SubBlocks {
         (count > 0).then_some((mb, count))
     }
 
-    /// How the pages `[addr, addr + size)` of a block being onlined are to be handled.
-    pub(crate) fn online_decision(&self, addr: u64, size: u64) -> OnlineDecision {
-        let Some(mb) = self.block_of(addr) else {
-            return OnlineDecision::KeepOffline;
-        };
-        let offset = addr - self.block_addr(mb);
-        let sb = (offset / self.sb_size) as usize;
-        let last = ((offset + size.max(1) - 1) / self.sb_size) as usize;
-        if last >= self.sbs_per_mb.get() {
-            return OnlineDecision::KeepOffline;
-        }
-        let plugged = (sb..=last).filter(|&i| self.is_plugged(mb, i)).count();
-        if plugged == last - sb + 1 {
-            OnlineDecision::Online
-        } else if plugged == 0 {
-            OnlineDecision::KeepOffline
-        } else {
-            OnlineDecision::PerSubBlock
-        }
-    }
-
-    /// Whether the sub-block at `addr` is plugged.
-    pub(crate) fn is_plugged_at(&self, addr: u64) -> bool {
-        self.block_of(addr).is_some_and(|mb| {
-            let sb = ((addr - self.block_addr(mb)) / self.sb_size) as usize;
-            self.is_plugged(mb, sb)
-        })
-    }
-
     /// Applies a memory event to block `mb`. Returns the state it had, or `Err` with that state
-    /// if the event does not fit it (going online is then vetoed).
+    /// if the event does not fit it.
     pub(crate) fn transition(&mut self, mb: usize, t: Transition) -> Result<BlockState, BlockState> {
         let old = self.state(mb);
         let new = match (old, t) {
-            (BlockState::Offline, Transition::GoingOnline) if !self.removing => {
-                BlockState::GoingOnline
-            }
+            (BlockState::Offline, Transition::GoingOnline) => BlockState::GoingOnline,
             (BlockState::GoingOnline, Transition::Online { movable }) => {
                 BlockState::Online { movable }
             }
@@ -566,7 +520,6 @@ mod tests {
         s.set_state(0, BlockState::Offline);
         s.set_state(1, BlockState::Online { movable: true });
         s.set_state(2, BlockState::Online { movable: false });
-        assert!(s.any_partial_added());
         assert_eq!(s.next_partial(), Some(2));
         s.set_plugged(2, 0, 64, true);
         assert_eq!(s.next_partial(), Some(1));
@@ -609,7 +562,6 @@ mod tests {
         assert_eq!(s.next_empty_added(), None);
         s.set_plugged(3, 0, 64, false);
         assert_eq!(s.next_empty_added(), Some(3));
-        assert!(s.any_partial_added());
         // A removed block with something plugged goes first, and is not plugged into.
         s.set_state(3, BlockState::Unused);
         s.set_plugged(3, 0, 1, true);
@@ -637,19 +589,6 @@ mod tests {
     }
 
     #[test]
-    fn decides_what_goes_online() {
-        let mut s = sbm();
-        s.set_plugged(1, 0, 2, true);
-        let b1 = 4 * GIB + 128 * MIB;
-        assert_eq!(s.online_decision(b1, 4 * MIB), OnlineDecision::Online);
-        assert_eq!(s.online_decision(b1 + 2 * MIB, 4 * MIB), OnlineDecision::PerSubBlock);
-        assert_eq!(s.online_decision(b1 + 4 * MIB, 4 * MIB), OnlineDecision::KeepOffline);
-        assert_eq!(s.online_decision(b1 + 2 * MIB, 4096), OnlineDecision::Online);
-        assert_eq!(s.online_decision(GIB, 4 * MIB), OnlineDecision::KeepOffline);
-        assert!(s.is_plugged_at(b1 + MIB) && !s.is_plugged_at(b1 + 4 * MIB));
-    }
-
-    #[test]
     fn follows_memory_events() {
         let mut s = sbm();
         assert_eq!(s.transition(0, Transition::GoingOnline), Err(BlockState::Unused));
@@ -666,7 +605,7 @@ mod tests {
         assert!(s.transition(0, Transition::GoingOffline).is_ok());
         assert!(s.transition(0, Transition::Offline).is_ok());
         assert_eq!(s.state(0), BlockState::Offline);
-        s.removing = true;
-        assert_eq!(s.transition(0, Transition::GoingOnline), Err(BlockState::Offline));
+        // A cancel of a change never seen (another notifier vetoed it first) does not fit.
+        assert_eq!(s.transition(0, Transition::CancelOnline), Err(BlockState::Offline));
     }
 }

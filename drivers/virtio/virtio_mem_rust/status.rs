@@ -72,8 +72,12 @@ pub(crate) enum Reason {
     WaitingForOnline,
     /// Only offline memory may be unplugged (`unplug_online=0`) and none is left.
     OfflineOnly,
-    /// No block can be unplugged right now (e.g. blocks are being onlined or offlined).
-    NothingToUnplug,
+    /// The memory blocks to plug into or unplug are being onlined or offlined: the run goes on
+    /// when that is over.
+    Transition,
+    /// The driver's records and the kernel's disagree, or a request would not fit: a bug,
+    /// described in the kernel log.
+    Internal,
     /// Another driver holds the kernel's online-page callback.
     NoCallback,
     /// The device answered with a value the protocol does not define.
@@ -97,7 +101,8 @@ impl Reason {
             Reason::AddFailed => "add-failed",
             Reason::WaitingForOnline => "waiting-for-online",
             Reason::OfflineOnly => "offline-only",
-            Reason::NothingToUnplug => "nothing-to-unplug",
+            Reason::Transition => "transition",
+            Reason::Internal => "internal",
             Reason::NoCallback => "no-callback",
             Reason::Nonsense(_) => "nonsense",
             Reason::BadConfig => "bad-config",
@@ -112,7 +117,8 @@ impl Reason {
             | Reason::DeviceError
             | Reason::Timeout
             | Reason::ExchangeFailed
-            | Reason::WaitingForOnline => Activity::Waiting,
+            | Reason::WaitingForOnline
+            | Reason::Transition => Activity::Waiting,
             Reason::Nonsense(_) | Reason::BadConfig => Activity::Stopped,
             _ => Activity::Stalled,
         }
@@ -151,7 +157,8 @@ impl fmt::Display for Reason {
             Reason::OfflineOnly => {
                 f.write_str("only offline memory may be unplugged (unplug_online=0)")
             }
-            Reason::NothingToUnplug => f.write_str("no memory block can be unplugged right now"),
+            Reason::Transition => f.write_str("memory blocks are being onlined or offlined"),
+            Reason::Internal => f.write_str("internal error (see the kernel log)"),
             Reason::NoCallback => {
                 f.write_str("the online-page callback is held by another driver")
             }

@@ -9,6 +9,7 @@
 //! - [`protocol`]: the requests on the virtqueue and the device's answers.
 //! - [`plug`]: which part of the region to plug next.
 //! - [`sbm`]: sub-block mode, the state of every memory block and its sub-blocks.
+//! - [`bbm`]: big-block mode, the state of every big block.
 //! - [`worker`]: the run loop that follows the requested size, with retries, resynchronization
 //!   and the take-over of memory an earlier binding left added.
 //! - [`status`] and [`attrs`]: what operators see (sysfs attributes, uevents, debugfs).
@@ -27,6 +28,7 @@ use kernel::{
 };
 
 mod attrs;
+mod bbm;
 mod config;
 mod plug;
 mod protocol;
@@ -218,37 +220,60 @@ impl virtio::Driver for VirtioMemDriver {
         let name = CString::try_from_fmt(fmt!("{}", dev.as_ref().name()))?;
         let ram_name = c_str!("System RAM (virtio_mem)");
         let unit = mode.unit(mbs);
-        let (region, group, start) =
-            match SystemRamRegion::request(config.addr, config.region_size, name, ram_name) {
-                Ok(region) => {
-                    let unit_pages = usize::try_from(unit / PAGE_SIZE as u64)?;
-                    let group = MemoryGroup::register_dynamic(nid, unit_pages)?;
-                    let start = Start::Fresh {
-                        plugged_size: config.plugged_size,
-                    };
-                    (region, group, start)
-                }
-                Err(e) => {
-                    let Some((region, group)) =
-                        SystemRamRegion::take_over(config.addr, config.region_size)
-                    else {
-                        dev_err!(
-                            dev,
-                            "refusing device: its region [{:#x}-{:#x}] is in use already \
-                             (memory left added by another driver?)\n",
-                            config.addr,
-                            config.addr + config.region_size - 1
-                        );
-                        return Err(e);
-                    };
-                    dev_info!(
+        // The region tracks which pages the device backs in sub-blocks, or in pageblocks in
+        // big-block mode (where only a block's memmap stays backed while it is removed).
+        let granule = match mode {
+            Mode::SubBlock { sb_size } => sb_size,
+            Mode::BigBlock { .. } => memory_hotplug::pageblock_size(),
+        };
+        let (region, group, start) = match SystemRamRegion::request(
+            config.addr,
+            config.region_size,
+            granule,
+            name,
+            ram_name,
+        ) {
+            Ok(region) => {
+                let unit_pages = usize::try_from(unit / PAGE_SIZE as u64)?;
+                let group = MemoryGroup::register_dynamic(nid, unit_pages)?;
+                let start = Start::Fresh {
+                    plugged_size: config.plugged_size,
+                };
+                (region, group, start)
+            }
+            Err(e) => {
+                let Some((region, group)) =
+                    SystemRamRegion::take_over(dev.as_ref(), config.addr, config.region_size)
+                else {
+                    dev_err!(
                         dev,
-                        "taking over memory that an earlier binding left added ({:#x} bytes)\n",
-                        region.added()
+                        "refusing device: its region [{:#x}-{:#x}] is in use already \
+                         (memory left added by another driver?)\n",
+                        config.addr,
+                        config.addr + config.region_size - 1
                     );
-                    (region, group, Start::TakeOver)
+                    return Err(e);
+                };
+                if region.granule() != granule {
+                    dev_err!(
+                        dev,
+                        "refusing device: the memory an earlier binding left added is tracked \
+                         in units of {:#x}, not {:#x} (bound in another mode?); load the driver \
+                         with the parameters it had\n",
+                        region.granule(),
+                        granule
+                    );
+                    region.park(dev.as_ref(), group);
+                    return Err(EBUSY);
                 }
-            };
+                dev_info!(
+                    dev,
+                    "taking over memory that an earlier binding left added ({:#x} bytes)\n",
+                    region.added()
+                );
+                (region, group, Start::TakeOver)
+            }
+        };
         let memmap_on_memory = memory_hotplug::memmap_on_memory();
         dev_info!(
             dev,

@@ -5,22 +5,31 @@
 //! A config change (and probe) queues [`Worker`] on the freezable system workqueue. The work
 //! re-reads the requested and usable sizes and plugs toward the request. In sub-block mode it
 //! plugs sub-blocks into partly plugged memory blocks first, then adds new blocks (see
-//! [`crate::sbm`]); the online-page callback and the memory notifier keep unplugged sub-blocks
-//! of added blocks offline. In big-block mode it plugs and adds whole big blocks. Either way,
-//! one `PLUG` request and one memory add cover a batch of up to 8G (see [`crate::plug`]).
+//! [`crate::sbm`]); in big-block mode it plugs and adds whole big blocks (see [`crate::bbm`]).
+//! One `PLUG` request and one memory add cover a batch of up to 8G (see [`crate::plug`]), and
+//! the request is read again between batches: a run stops early when it moved.
+//!
+//! What the kernel may touch is the business of the device's [`SystemRamRegion`]: it records
+//! which pages of added memory are backed, keeps the others away from the page allocator
+//! whenever a block is onlined, and hands pages over or takes them back only atomically with
+//! the device request that plugs or unplugs them ([`SystemRamRegion::give_pages`],
+//! [`SystemRamRegion::take_pages`]), so that onlining and offlining by user space cannot get
+//! in between. The run loop only plans.
+//!
 //! Memory plugged before we were bound is unplugged first (`UNPLUG_ALL`), unless an earlier
-//! binding parked its region with memory still added: then that memory is taken over, its
-//! blocks rediscovered (the pages of online blocks tell which sub-blocks are in use) and the
-//! device made to agree. A plug the device refuses (`NACK`, `BUSY`: e.g. the host cannot
-//! allocate that much now) is tried again right away at half the size, down to one block, so
-//! that what the host can back is plugged. What still fails (also a failed exchange) is retried
-//! from a delayed work item, with the delay doubling from 5 s to 300 s; after an `ERROR` or a
-//! timeout the plugged state is first resynchronized with `STATE` requests. Only an answer
-//! outside the protocol stops the device, with a message that names it.
+//! binding parked its region with memory still added: then that memory is taken over (the
+//! region's record says which blocks are added and which of their pages are backed) and the
+//! device made to agree. A plug the device refuses (`NACK`, `BUSY`) or does not answer in time
+//! is tried again at half the size, down to one block, so that what the host can back is
+//! plugged. What still fails (also a failed exchange) is retried from a delayed work item, with
+//! the delay doubling from 5 s to 300 s; after an `ERROR` or a timeout the plugged state is
+//! first resynchronized with `STATE` requests. Only an answer outside the protocol stops the
+//! device, with a message that names it.
 //!
 //! After each step the run loop publishes a [`Status`] for the sysfs attributes, wakes pollers
 //! of `activity` when it changes, and sends a uevent when the requested size is reached or the
-//! loop stalls.
+//! loop stalls. Every way a step stops short of the request sets a [`Reason`]: `idle` means the
+//! request is met.
 //!
 //! When user space onlines memory (no auto-onlining), added memory stays offline until it does.
 //! So that a burst of plugs cannot fill the guest with offline memory (whose memmap still costs
@@ -29,39 +38,92 @@
 //! half of that is online again.
 
 use crate::{
+    bbm::{
+        BbState,
+        BigBlocks,
+        Usage, //
+    },
     config::Raw,
     module_parameters,
     plug::Geometry,
-    protocol::{self, Request, SendError},
-    sbm::{BlockState, OnlineDecision, SubBlocks, Transition},
-    status::{Activity, Counters, Event, Reason, Status},
+    protocol::{
+        self,
+        Request,
+        SendError, //
+    },
+    sbm::{
+        BlockState,
+        SubBlocks,
+        Transition, //
+    },
+    status::{
+        Activity,
+        Counters,
+        Event,
+        Reason,
+        Status, //
+    },
     Mode,
 };
 use core::{
     mem::offset_of,
     num::NonZeroU64,
-    sync::atomic::{AtomicBool, AtomicI64, Ordering},
+    sync::atomic::{
+        AtomicBool,
+        AtomicI64,
+        Ordering, //
+    },
 };
 use kernel::{
+    bindings,
     device,
     memory_hotplug::{
-        self, MemoryEvent, MemoryGroup, MemoryNotification, MemoryNotifier, MemoryNotifierHandler,
-        OnlinePageCallback, OnlinePageHandler, OnliningPages, SystemRamRegion,
+        self,
+        MemoryEvent,
+        MemoryGroup,
+        MemoryNotification,
+        MemoryNotifier,
+        MemoryNotifierHandler,
+        PagesError,
+        SystemRamRegion,
+        Undo, //
     },
-    new_mutex, new_spinlock,
+    new_mutex,
+    new_spinlock,
     prelude::*,
     str::CString,
     sync::{
         aref::ARef,
-        atomic::{Atomic, Full, Relaxed},
-        Arc, Mutex, SpinLock,
+        atomic::{
+            Atomic,
+            Full,
+            Relaxed, //
+        },
+        Arc,
+        Mutex,
+        SpinLock, //
     },
     sysfs,
-    time::{msecs_to_jiffies, BootTime, Instant},
+    time::{
+        delay::fsleep,
+        msecs_to_jiffies,
+        BootTime,
+        Delta,
+        Instant, //
+    },
     virtio,
     workqueue::{
-        self, cancel_arc_delayed_work_sync, cancel_arc_work_sync, impl_has_delayed_work,
-        impl_has_work, new_delayed_work, new_work, DelayedWork, Work, WorkItem,
+        self,
+        cancel_arc_delayed_work_sync,
+        cancel_arc_work_sync,
+        impl_has_delayed_work,
+        impl_has_work,
+        mod_arc_delayed_work,
+        new_delayed_work,
+        new_work,
+        DelayedWork,
+        Work,
+        WorkItem, //
     },
 };
 
@@ -113,23 +175,58 @@ fn unplug_margin() -> u64 {
     }
 }
 
+/// A request that did not succeed, or a step that could not be taken: why, and what was asked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Failed {
+    reason: Reason,
+    req: Option<Request>,
+}
+
+impl Failed {
+    fn internal() -> Self {
+        Self {
+            reason: Reason::Internal,
+            req: None,
+        }
+    }
+}
+
+/// Why a step stops short of the request.
+#[derive(Clone, Copy, Debug)]
+enum Short {
+    /// A request failed (or could not be sent).
+    Request(Failed),
+    /// Something in the guest is in the way: free memory, unmovable pages, blocks being
+    /// onlined, ...
+    Stall(Reason),
+}
+
+impl From<Failed> for Short {
+    fn from(f: Failed) -> Self {
+        Short::Request(f)
+    }
+}
+
 /// Mutable state of the run loop.
 struct State {
     /// The device's reserved region; `None` once unbound.
     region: Option<SystemRamRegion>,
-    /// Big-block mode: end of the plugged and added run of big blocks `[geometry.first,
-    /// added_end)`.
-    added_end: u64,
     /// The memory group of the memory we add; `None` once unbound.
     group: Option<MemoryGroup>,
+    /// Big-block mode: the big blocks (none in sub-block mode).
+    bigs: BigBlocks,
+    /// The requested size this run works toward.
+    requested: u64,
     /// Delay before the next retry.
     retry_secs: u32,
-    /// The most bytes one `PLUG` asks for: halved when the device refuses a plug (e.g. the
-    /// host cannot back that much now), so that what it can back is plugged; doubled again
-    /// after each plug it accepts.
+    /// The most bytes one `PLUG` asks for: halved when the device refuses a plug or does not
+    /// answer in time (e.g. the host cannot back that much now, or needs long to), so that what
+    /// it can back is plugged; doubled again after each plug it accepts.
     plug_limit: u64,
-    /// When the scheduled retry runs, in ms of `CLOCK_BOOTTIME`.
+    /// When the retry this step scheduled runs, in ms of `CLOCK_BOOTTIME` (shown in sysfs).
     retry_at_ms: Option<i64>,
+    /// When the queued retry work item runs, if one is queued.
+    queued_retry_ms: Option<i64>,
     /// Set at unbind: no more requests but those that give memory back.
     stopping: bool,
     /// The device answered with nonsense: no more requests until rebound.
@@ -151,17 +248,15 @@ struct State {
     told_smaller_plugs: bool,
     /// The memory notifier, registered while bound (it holds a reference to the worker).
     notifier: Option<Pin<KBox<MemoryNotifier<Worker>>>>,
-    /// Sub-block mode: the online-page callback, registered while an added block is partly
-    /// plugged (it holds a reference to the worker). Dropped without holding `blocks`, which
-    /// the callback takes.
-    online_cb: Option<OnlinePageCallback<Worker>>,
 }
 
 /// The per-device run loop, shared by its work items and the driver's data.
 ///
-/// Lock order: `state`, then `blocks`, then `status`. The memory notifier and the online-page
-/// callback take only `blocks` (they run while memory is added, with `state` held), so `blocks`
-/// is never held while adding, removing, onlining or offlining memory.
+/// Lock order: `state`, then `blocks`, then the region's own lock (taken inside its methods),
+/// then `status`. The memory notifier takes only `blocks` (it runs while memory is added,
+/// onlined or offlined, with `state` held by the add or removal), so `blocks` is never held
+/// while adding, removing, onlining or offlining memory; the region's notifier and its
+/// online-page callback take only the region's lock.
 #[pin_data]
 pub(crate) struct Worker {
     dev: ARef<virtio::Device>,
@@ -179,14 +274,20 @@ pub(crate) struct Worker {
     offline: AtomicI64,
     /// Plugging waits for memory to be onlined.
     waiting_for_online: AtomicBool,
+    /// A step stopped because a memory block was being onlined or offlined: the notifier
+    /// queues a run when that is over.
+    waiting_for_transition: AtomicBool,
     /// Fault injection (debugfs `lose_answers`): this many more answers of the device are
     /// dropped as if they had not come in time. The device acts on the request; the driver
     /// sees a timeout.
     pub(crate) lose_answers: Atomic<u32>,
+    /// Test knob (debugfs `remove_delay_ms`): how long to wait between unplugging the last
+    /// sub-block of a memory block and removing it, to widen that window for tests.
+    pub(crate) remove_delay_ms: Atomic<u32>,
     #[pin]
     state: Mutex<State>,
-    /// Sub-block mode: the state of every memory block; its `removing` flag stops onlining and
-    /// the notifier's kicks at unbind in both modes.
+    /// Sub-block mode: the state of every memory block; its `removing` flag stops the
+    /// notifier's kicks at unbind in both modes.
     #[pin]
     pub(crate) blocks: Mutex<SubBlocks>,
     /// What the sysfs attributes show; taken last, briefly.
@@ -210,7 +311,7 @@ impl WorkItem<0> for Worker {
     type Pointer = Arc<Worker>;
 
     fn run(this: Arc<Worker>) {
-        this.step();
+        this.step(false);
     }
 }
 
@@ -218,7 +319,7 @@ impl WorkItem<1> for Worker {
     type Pointer = Arc<Worker>;
 
     fn run(this: Arc<Worker>) {
-        this.step();
+        this.step(true);
     }
 }
 
@@ -252,6 +353,11 @@ impl Worker {
             sb_size.unwrap_or(geometry.unit),
             pinned,
         );
+        let bigs = if sb_size.is_some() {
+            BigBlocks::new(geometry.first, geometry.first, geometry.unit.get())?
+        } else {
+            BigBlocks::new(geometry.first, geometry.end, geometry.unit.get())?
+        };
         Arc::pin_init(
             try_pin_init!(Worker {
                 dev: dev.into(),
@@ -263,14 +369,18 @@ impl Worker {
                 counters: Counters::new(),
                 offline: AtomicI64::new(0),
                 waiting_for_online: AtomicBool::new(false),
+                waiting_for_transition: AtomicBool::new(false),
                 lose_answers: Atomic::new(0),
+                remove_delay_ms: Atomic::new(0),
                 state <- new_mutex!(State {
                     region: Some(region),
                     group: Some(group),
-                    added_end: geometry.first,
+                    bigs,
+                    requested: 0,
                     retry_secs: RETRY_MIN_SECS,
                     plug_limit: u64::MAX,
                     retry_at_ms: None,
+                    queued_retry_ms: None,
                     stopping: false,
                     stopped: false,
                     unplug_all: matches!(start, Start::Fresh { plugged_size } if plugged_size > 0),
@@ -281,7 +391,6 @@ impl Worker {
                     told_no_callback: false,
                     told_smaller_plugs: false,
                     notifier: None,
-                    online_cb: None,
                 }),
                 blocks <- new_mutex!(sbm),
                 status <- new_spinlock!(Status::new()),
@@ -313,8 +422,9 @@ impl Worker {
     /// Stops the run loop for unbind and waits until no work item runs or is queued. Then gives
     /// back what it can: offline blocks are removed, free memory is unplugged (within the
     /// safety margin) and whatever is plugged but not added is unplugged. Memory that stays in
-    /// use is parked with the region for the next binding of the device to take over. Only the
-    /// first call does anything.
+    /// use is parked with the region for the next binding of the device to take over; the
+    /// region keeps its unplugged pages offline meanwhile, whatever happened here (also if the
+    /// device was stopped or a removal failed). Only the first call does anything.
     pub(crate) fn stop(self: &Arc<Self>) {
         {
             let mut st = self.state.lock();
@@ -323,7 +433,7 @@ impl Worker {
             }
             st.stopping = true;
         }
-        // From here on memory of the region is not onlined and the notifier queues no work.
+        // From here on the notifier queues no work.
         self.blocks.lock().removing = true;
         cancel_arc_work_sync::<Worker, 0>(self);
         cancel_arc_delayed_work_sync::<Worker, 1>(self);
@@ -331,14 +441,16 @@ impl Worker {
         let mut st = self.state.lock();
         st.reason = None;
         st.retry_at_ms = None;
+        st.queued_retry_ms = None;
         self.publish(&mut st);
+        // Nobody but us onlines or offlines the region's memory while we give it back.
+        if let Some(region) = st.region.as_mut() {
+            region.block_hotplug(true);
+        }
         if !st.stopped {
             self.give_back(&mut st);
         }
-        // Unregister the notifier, then the online-page callback: no partly plugged block is
-        // offline any more, so nothing that needs the callback can be onlined.
         st.notifier = None;
-        st.online_cb = None;
         let added = st.region.as_ref().map_or(0, |r| r.added());
         if added > 0 {
             dev_info!(
@@ -352,36 +464,41 @@ impl Worker {
         self.publish(&mut st);
         // Releases the region and the group, or parks them while memory stays added.
         if let (Some(region), Some(group)) = (st.region.take(), st.group.take()) {
-            region.park(group);
+            region.park(self.dev.as_ref(), group);
         }
     }
 
-    /// At unbind: gives back what is not in use. Offline blocks go first: partly plugged ones
-    /// must, since without the online-page callback onlining them would hand unplugged memory to
-    /// the kernel. If nothing stays added, everything is unplugged (`UNPLUG_ALL`).
+    /// At unbind: gives back what is not in use. Offline blocks go first. If nothing stays
+    /// added, everything is unplugged (`UNPLUG_ALL`).
     fn give_back(self: &Arc<Self>, st: &mut State) {
         if self.sub_blocks {
             self.remove_offline_blocks(st);
             self.unplug_sbm(st, 0);
-            let _ = self.unplug_strays(st);
+            if let Err(f) = self.unplug_strays(st) {
+                self.note(st, f);
+            }
         } else {
             self.unplug_bbm(st, 0);
         }
         let nothing_added = !matches!(st.region.as_ref(), Some(r) if r.added() > 0);
         if nothing_added && self.plugged_in(st) > 0 {
-            match self.request(st, &Request::UnplugAll) {
+            match self.send(&Request::UnplugAll) {
                 Ok(_) => {
                     let mut b = self.blocks.lock();
                     let per = b.sbs_per_mb().get();
                     for mb in 0..b.len() {
                         b.set_plugged(mb, 0, per, false);
                     }
-                    st.added_end = self.geometry.first;
+                    let n = st.bigs.len();
+                    st.bigs.set(0, n, BbState::Unused);
                 }
-                Err(_) => dev_warn!(
-                    self.dev.as_ref(),
-                    "unplugging all memory at unbind failed; the next driver will\n"
-                ),
+                Err(f) => {
+                    self.note(st, f);
+                    dev_warn!(
+                        self.dev.as_ref(),
+                        "unplugging all memory at unbind failed; the next driver will\n"
+                    )
+                }
             }
         }
     }
@@ -393,7 +510,8 @@ impl Worker {
             if self.blocks.lock().state(mb) != BlockState::Offline {
                 continue;
             }
-            // A failure is logged; the block stays added.
+            // A failure is logged; the block stays added, and the region keeps its unplugged
+            // pages offline.
             let _ = self.remove_block(st, mb);
         }
     }
@@ -408,7 +526,7 @@ impl Worker {
         if self.sub_blocks {
             self.blocks.lock().plugged_bytes()
         } else {
-            st.added_end - self.geometry.first
+            st.bigs.plugged_bytes()
         }
     }
 
@@ -540,9 +658,13 @@ impl Worker {
         }
     }
 
-    /// One run: follow the requested size until it is met or something stops us.
-    fn step(self: &Arc<Self>) {
+    /// One run: follow the requested size until it is met or something stops us. `retry`: the
+    /// delayed retry work item runs it (so it is no longer queued).
+    fn step(self: &Arc<Self>, retry: bool) {
         let mut st = self.state.lock();
+        if retry {
+            st.queued_retry_ms = None;
+        }
         if st.stopping || st.stopped {
             return;
         }
@@ -574,22 +696,20 @@ impl Worker {
             st.reason = Some(Reason::BadConfig);
             return;
         }
+        st.requested = requested;
         self.begin(requested, self.plugged_in(st));
         let usable_end = self.addr + usable;
         if st.take_over {
-            if self.take_over(st, usable_end).is_err() {
-                return self.retry_later(st);
+            if let Err(f) = self.take_over(st, usable_end) {
+                return self.failed(st, f);
             }
             st.take_over = false;
         }
         if st.unplug_all {
             // Memory plugged before we were bound (e.g. before a reboot or by another driver)
             // is not added by us: start from nothing.
-            if let Err(again) = self.request(st, &Request::UnplugAll) {
-                if again {
-                    self.retry_later(st);
-                }
-                return;
+            if let Err(f) = self.send(&Request::UnplugAll) {
+                return self.failed(st, f);
             }
             dev_info!(self.dev.as_ref(), "unplugged all memory plugged from before\n");
             st.unplug_all = false;
@@ -597,11 +717,8 @@ impl Worker {
             return self.kick();
         }
         if st.resync {
-            if let Err(again) = self.resync(st, usable_end) {
-                if again {
-                    self.retry_later(st);
-                }
-                return;
+            if let Err(f) = self.resync(st, usable_end) {
+                return self.failed(st, f);
             }
             st.resync = false;
         }
@@ -610,11 +727,8 @@ impl Worker {
             // remove its block right away, or one left by a failed run), then what is plugged
             // but not added.
             self.remove_empty_blocks(st);
-            if let Err(again) = self.unplug_strays(st) {
-                if again {
-                    self.retry_later(st);
-                }
-                return;
+            if let Err(f) = self.unplug_strays(st) {
+                return self.failed(st, f);
             }
         }
         let plugged = self.plugged_in(st);
@@ -633,115 +747,124 @@ impl Worker {
         }
     }
 
-    /// Takes over the memory an earlier binding left added (its region was parked): finds the
-    /// added blocks and their online state. Sub-blocks of online blocks count as plugged unless
-    /// their pages are kept offline (unplugged); for offline blocks the device is asked, with
-    /// `STATE` requests. Then the device is made to agree: what is plugged but not added is
-    /// unplugged, and memory in use that the device lost is plugged again.
-    fn take_over(self: &Arc<Self>, st: &mut State, usable_end: u64) -> Result<(), bool> {
+    /// Whether the device's requested size moved away from what this run works toward: the run
+    /// stops after its current batch, and a new one starts at once (as the C driver aborts a
+    /// run with `-EAGAIN` when the config changed).
+    fn request_moved(self: &Arc<Self>, st: &State) -> bool {
+        let moved = matches!(self.read_sizes(), Ok((requested, _)) if requested != st.requested);
+        if moved {
+            self.kick();
+        }
+        moved
+    }
+
+    /// Takes over the memory an earlier binding left added (its region was parked): the
+    /// region's record says which blocks are added, their online state, and which of their
+    /// pages are backed (plugged). Then the device is made to agree: what is plugged but not
+    /// added (or not backed) is unplugged, and memory in use that the device lost is plugged
+    /// again.
+    fn take_over(self: &Arc<Self>, st: &mut State, usable_end: u64) -> Result<(), Failed> {
         self.counters.count(Event::TakeOver);
         let unit = self.geometry.unit.get();
+        let mbs = self.info.memory_block_size;
+        let Some(region) = st.region.as_ref() else {
+            return Ok(());
+        };
         if self.sub_blocks {
-            if let Err(e) = self.blocks.lock().grow(usable_end) {
+            let mut b = self.blocks.lock();
+            if let Err(e) = b.grow(usable_end) {
                 dev_err!(self.dev.as_ref(), "tracking the usable region failed: {:?}\n", e);
-                return Err(true);
+                return Err(Failed::internal());
             }
-            let (len, sb_size, per) = {
-                let b = self.blocks.lock();
-                (b.len(), b.sb_size().get(), b.sbs_per_mb().get())
-            };
-            for mb in 0..len {
-                let addr = self.blocks.lock().block_addr(mb);
-                let added = st.region.as_ref().is_some_and(|r| r.is_added(addr, unit));
-                if !added {
+            let (sb_size, per) = (b.sb_size().get(), b.sbs_per_mb().get());
+            for mb in 0..b.len() {
+                let addr = b.block_addr(mb);
+                let Some(state) = region.block_state(addr) else {
                     continue;
-                }
-                let state = match memory_hotplug::online_zone(addr) {
-                    Some(movable) => BlockState::Online { movable },
-                    None => {
+                };
+                let state = match state {
+                    memory_hotplug::BlockState::Offline => {
                         self.offline.fetch_add(unit as i64, Ordering::SeqCst);
                         BlockState::Offline
                     }
+                    memory_hotplug::BlockState::GoingOnline => BlockState::GoingOnline,
+                    memory_hotplug::BlockState::Online { movable } => BlockState::Online { movable },
+                    memory_hotplug::BlockState::GoingOffline { movable } => {
+                        BlockState::GoingOffline { movable }
+                    }
                 };
-                self.blocks.lock().set_state(mb, state);
-                if state.is_online() {
-                    // The pages tell: a sub-block is unplugged only if all its pages are kept
-                    // offline by us; anything else may be in use and must stay plugged, whatever
-                    // the device says (the resync below plugs it again if it lost it).
-                    for sb in 0..per {
-                        let at = addr + sb as u64 * sb_size;
-                        if !memory_hotplug::is_fake_offline(at, sb_size) {
-                            self.blocks.lock().set_plugged(mb, sb, 1, true);
-                        }
-                    }
-                    continue;
-                }
-                match self.query(st, addr, unit)? {
-                    protocol::BlockState::Plugged => self.blocks.lock().set_plugged(mb, 0, per, true),
-                    protocol::BlockState::Unplugged => {}
-                    protocol::BlockState::Mixed => {
-                        for sb in 0..per {
-                            let at = addr + sb as u64 * sb_size;
-                            if self.query(st, at, sb_size)? == protocol::BlockState::Plugged {
-                                self.blocks.lock().set_plugged(mb, sb, 1, true);
-                            }
-                        }
+                b.set_state(mb, state);
+                for sb in 0..per {
+                    if region.is_accessible(addr + sb as u64 * sb_size, sb_size) {
+                        b.set_plugged(mb, sb, 1, true);
                     }
                 }
-                // The memmap of an added block is in use, online or not.
-                let mut b = self.blocks.lock();
-                let pinned = b.pinned();
-                if pinned > 0 {
-                    b.set_plugged(mb, 0, pinned, true);
-                }
-            }
-            // Unplugged and partly plugged added blocks need the callback to stay safe.
-            let partial = self.blocks.lock().any_partial_added();
-            if partial && !self.ensure_online_callback(st) {
-                self.remove_offline_blocks(st);
             }
         } else {
-            let mut end = self.geometry.first;
-            while end + unit <= self.geometry.end
-                && st.region.as_ref().is_some_and(|r| r.is_added(end, unit))
-            {
-                if memory_hotplug::online_zone(end).is_none() {
-                    self.offline.fetch_add(unit as i64, Ordering::SeqCst);
+            for i in 0..st.bigs.len() {
+                let addr = st.bigs.addr(i);
+                if !region.is_added(addr, unit) {
+                    continue;
                 }
-                end += unit;
+                st.bigs.set(i, 1, BbState::Added);
+                let mut at = addr;
+                while at < addr + unit {
+                    if region.block_state(at) == Some(memory_hotplug::BlockState::Offline) {
+                        self.offline.fetch_add(mbs as i64, Ordering::SeqCst);
+                    }
+                    at += mbs;
+                }
             }
-            st.added_end = end;
         }
         dev_info!(
             self.dev.as_ref(),
             "took over {:#x} bytes of memory that an earlier binding left added ({:#x} plugged)\n",
-            st.region.as_ref().map_or(0, |r| r.added()),
+            region.added(),
             self.plugged_in(st)
         );
         // Whatever else the device has plugged is unused: make the device agree with us.
         self.resync(st, usable_end)
     }
 
+    /// The number of device blocks of `size` bytes, which one request must be able to carry:
+    /// requests are cut to fit, so a failure here is a bug, reported as one.
+    fn nb_blocks(&self, size: u64) -> Result<u16, Failed> {
+        self.geometry.nb_blocks(size).ok_or_else(|| {
+            dev_err!(
+                self.dev.as_ref(),
+                "internal error: a request for {:#x} bytes does not fit in one request\n",
+                size
+            );
+            Failed::internal()
+        })
+    }
+
     /// Asks the device whether `[addr, addr + size)` is plugged.
-    fn query(&self, st: &mut State, addr: u64, size: u64) -> Result<protocol::BlockState, bool> {
-        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
-        match self.request(st, &Request::State { addr, nb_blocks })? {
+    fn query(&self, addr: u64, size: u64) -> Result<protocol::BlockState, Failed> {
+        let req = Request::State {
+            addr,
+            nb_blocks: self.nb_blocks(size)?,
+        };
+        match self.send(&req)? {
             Some(state) => Ok(state),
-            None => Err(false),
+            None => Err(Failed {
+                reason: Reason::Nonsense(u16::MAX),
+                req: Some(req),
+            }),
         }
     }
 
     /// Makes the device's plugged state of `[addr, addr + size)` match ours (`plugged`), with
     /// `STATE` requests and, where it differs, `PLUG` or `UNPLUG`: a mixed range is split in
     /// halves down to device blocks.
-    fn make_state(&self, st: &mut State, addr: u64, size: u64, plugged: bool) -> Result<(), bool> {
+    fn make_state(&self, addr: u64, size: u64, plugged: bool) -> Result<(), Failed> {
         let block = self.geometry.block_size.get();
-        let fix = match (self.query(st, addr, size)?, plugged) {
+        let fix = match (self.query(addr, size)?, plugged) {
             (protocol::BlockState::Plugged, true) | (protocol::BlockState::Unplugged, false) => {
                 return Ok(())
             }
             (protocol::BlockState::Unplugged, true) | (protocol::BlockState::Plugged, false) => {
-                let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
+                let nb_blocks = self.nb_blocks(size)?;
                 if plugged {
                     Request::Plug { addr, nb_blocks }
                 } else {
@@ -751,11 +874,20 @@ impl Worker {
             (protocol::BlockState::Mixed, _) => {
                 let blocks = size / block;
                 if blocks < 2 {
-                    return Err(false);
+                    // One device block cannot be partly plugged.
+                    dev_err!(
+                        self.dev.as_ref(),
+                        "the device says the one block at {:#x} is partly plugged\n",
+                        addr
+                    );
+                    return Err(Failed {
+                        reason: Reason::Nonsense(bindings::VIRTIO_MEM_STATE_MIXED as u16),
+                        req: None,
+                    });
                 }
                 let half = blocks / 2 * block;
-                self.make_state(st, addr, half, plugged)?;
-                return self.make_state(st, addr + half, size - half, plugged);
+                self.make_state(addr, half, plugged)?;
+                return self.make_state(addr + half, size - half, plugged);
             }
         };
         dev_warn!(
@@ -765,11 +897,11 @@ impl Worker {
             addr + size - 1,
             fix
         );
-        self.request(st, &fix).map(|_| ())
+        self.send(&fix).map(|_| ())
     }
 
     /// Makes the device's plugged state match ours everywhere below `usable_end`.
-    fn resync(&self, st: &mut State, usable_end: u64) -> Result<(), bool> {
+    fn resync(&self, st: &mut State, usable_end: u64) -> Result<(), Failed> {
         self.counters.count(Event::Resync);
         let unit = self.geometry.unit.get();
         let chunk = self.geometry.max_units() * unit;
@@ -785,105 +917,215 @@ impl Worker {
                     (b.block_addr(mb), b.nr_plugged(mb))
                 };
                 if nr == 0 || nr == per {
-                    self.make_state(st, addr, unit, nr == per)?;
+                    self.make_state(addr, unit, nr == per)?;
                 } else {
                     for sb in 0..per {
                         let plugged = self.blocks.lock().is_plugged(mb, sb);
-                        self.make_state(st, addr + sb as u64 * sb_size, sb_size, plugged)?;
+                        self.make_state(addr + sb as u64 * sb_size, sb_size, plugged)?;
                     }
                 }
                 tracked_end = addr + unit;
             }
         } else {
-            let mut at = self.geometry.first;
-            while at < st.added_end {
-                let size = chunk.min(st.added_end - at);
-                self.make_state(st, at, size, true)?;
-                at += size;
+            // Runs of big blocks that are plugged or not, in requests of at most `chunk`.
+            let mut i = 0;
+            while i < st.bigs.len() && st.bigs.addr(i) + unit <= usable_end {
+                let plugged = st.bigs.state(i) != BbState::Unused;
+                let mut n = 1;
+                while i + n < st.bigs.len()
+                    && (n as u64) * unit < chunk
+                    && st.bigs.addr(i + n) + unit <= usable_end
+                    && (st.bigs.state(i + n) != BbState::Unused) == plugged
+                {
+                    n += 1;
+                }
+                self.make_state(st.bigs.addr(i), n as u64 * unit, plugged)?;
+                i += n;
             }
-            tracked_end = st.added_end;
+            tracked_end = self.geometry.first + i as u64 * unit;
         }
         let end = usable_end - (usable_end - tracked_end.min(usable_end)) % unit;
         let mut at = tracked_end;
         while at < end {
             let size = chunk.min(end - at);
-            self.make_state(st, at, size, false)?;
+            self.make_state(at, size, false)?;
             at += size;
         }
         Ok(())
     }
 
-    /// Big-block mode: unplugs whole big blocks from the top of the plugged run while at least
-    /// one fits above `requested`. Each is offlined (its pages in use migrated away; with
-    /// `unplug_online=0` only if it is offline already) and removed, then unplugged; if the
-    /// device refuses, it is added back. Stops short, as in sub-block mode, when that would
-    /// take available memory below the safety margin or the pages cannot be moved.
+    /// How the memory of the added big block at `addr` is used (for the unplug order), or
+    /// `None` while one of its memory blocks is being onlined or offlined.
+    fn bb_usage(&self, region: Option<&SystemRamRegion>, addr: u64) -> Option<Usage> {
+        let region = region?;
+        let mbs = self.info.memory_block_size;
+        let mut usage = Usage::Offline;
+        let mut at = addr;
+        while at < addr + self.geometry.unit.get() {
+            let u = match region.block_state(at)? {
+                memory_hotplug::BlockState::Offline => Usage::Offline,
+                memory_hotplug::BlockState::Online { movable: true } => Usage::Movable,
+                memory_hotplug::BlockState::Online { movable: false } => Usage::Kernel,
+                _ => return None,
+            };
+            usage = usage.max(u);
+            at += mbs;
+        }
+        Some(usage)
+    }
+
+    /// Big-block mode: unplugs whole big blocks while at least one fits above `requested`:
+    /// any big block, the cheapest first (see [`BigBlocks::next_unplug`]), with
+    /// `unplug_online=0` only offline ones. The pages of an online big block are taken from
+    /// the kernel first (migrated away; this fails fast for a page that cannot move, and then
+    /// the next big block is tried), so that offlining it, then removing it, cannot wedge on
+    /// a page in use; then the device is asked to unplug it. If the device refuses, it is added
+    /// back; if that fails, it stays tracked as plugged and not added, and is added or
+    /// unplugged later. Stops short, as in sub-block mode, when unplugging would take available
+    /// memory below the safety margin.
     fn unplug_bbm(self: &Arc<Self>, st: &mut State, requested: u64) {
         let unit = self.geometry.unit.get();
-        while self.plugged_in(st) >= requested + unit {
-            let addr = st.added_end - unit;
-            let Some(region) = st.region.as_mut() else {
+        let online_ok = module_parameters::unplug_online.value();
+        // Big blocks that could not go in this run.
+        let mut skip = KVec::new();
+        loop {
+            if st.bigs.plugged_bytes() < requested + unit {
+                st.retry_secs = RETRY_MIN_SECS;
                 return;
+            }
+            if !st.stopping && self.request_moved(st) {
+                return;
+            }
+            let next = st.bigs.next_unplug(online_ok, &skip, |addr| {
+                self.bb_usage(st.region.as_ref(), addr)
+            });
+            let Some((i, usage)) = next else {
+                let why = if !skip.is_empty() {
+                    Reason::Unmovable
+                } else if !online_ok {
+                    Reason::OfflineOnly
+                } else {
+                    Reason::Transition
+                };
+                return self.stall(st, why);
             };
-            let res = if module_parameters::unplug_online.value() {
-                if memory_hotplug::available_memory() < unit + unplug_margin() {
-                    return self.stall(st, Reason::Margin);
+            match self.unplug_bb(st, i, usage) {
+                Ok(()) => {
+                    st.retry_secs = RETRY_MIN_SECS;
+                    self.update_sizes(st);
                 }
-                region.offline_and_remove_memory(addr, unit)
-            } else {
-                match region.remove_memory(addr, unit) {
-                    Err(e) if e == EBUSY => return self.stall(st, Reason::OfflineOnly),
-                    res => res,
+                Err(Short::Stall(Reason::Unmovable)) => {
+                    if skip.push(i, GFP_KERNEL).is_err() {
+                        return self.stall(st, Reason::Unmovable);
+                    }
                 }
-            };
-            if let Err(e) = res {
+                Err(s) => return self.short(st, s),
+            }
+        }
+    }
+
+    /// Big-block mode: removes big block `i` (used as `usage` says) from the system and
+    /// unplugs it.
+    fn unplug_bb(self: &Arc<Self>, st: &mut State, i: usize, usage: Usage) -> Result<(), Short> {
+        let unit = self.geometry.unit.get();
+        let addr = st.bigs.addr(i);
+        let nb_blocks = self.nb_blocks(unit)?;
+        let req = Request::Unplug { addr, nb_blocks };
+        if usage == Usage::NotAdded {
+            match self.send(&req) {
+                Ok(_) => st.bigs.set(i, 1, BbState::Unused),
+                Err(f) => {
+                    if f.reason == Reason::Timeout {
+                        st.bigs.set(i, 1, BbState::Unused);
+                    }
+                    return Err(f.into());
+                }
+            }
+            return Ok(());
+        }
+        if usage != Usage::Offline && memory_hotplug::available_memory() < unit + unplug_margin()
+        {
+            return Err(Short::Stall(Reason::Margin));
+        }
+        let region = st.region.as_mut().ok_or(Short::Stall(Reason::Internal))?;
+        if usage == Usage::Offline {
+            match region.remove_memory(addr, unit) {
+                Ok(()) => {}
+                // Onlined meanwhile: a later pass sees it online.
+                Err(e) if e == EBUSY || e == EAGAIN => return Err(Short::Stall(Reason::Unmovable)),
+                Err(e) => return Err(self.region_error(addr, unit, e)),
+            }
+        } else {
+            // Take every page first: fails fast if one cannot be moved, and then offlining
+            // skips them all.
+            match region.take_pages(addr, unit, || Ok::<(), Undo<()>>(())) {
+                Ok(()) => {}
+                Err(PagesError::Region(e)) if e == EBUSY => {
+                    self.counters.count(Event::UnplugFailed);
+                    return Err(Short::Stall(Reason::Unmovable));
+                }
+                Err(PagesError::Region(e)) => return Err(self.region_error(addr, unit, e)),
+                Err(PagesError::Step(())) => return Err(Short::Stall(Reason::Internal)),
+            }
+            if let Err(e) = region.offline_and_remove_memory(addr, unit) {
                 self.counters.count(Event::UnplugFailed);
-                if e != EBUSY {
+                dev_warn!(
+                    self.dev.as_ref(),
+                    "offlining the big block [{:#x}-{:#x}] failed ({:?}); giving its pages back\n",
+                    addr,
+                    addr + unit - 1,
+                    e
+                );
+                if let Err(e) = region.give_pages(addr, unit, || Ok::<(), ()>(())) {
                     dev_err!(
                         self.dev.as_ref(),
-                        "removing the big block [{:#x}-{:#x}] failed: {:?}\n",
+                        "giving the pages of [{:#x}-{:#x}] back failed ({:?}); they stay unused\n",
                         addr,
                         addr + unit - 1,
                         e
                     );
                 }
-                return self.stall(st, Reason::Unmovable);
+                return Err(Short::Stall(Reason::Unmovable));
             }
-            self.counters.count(Event::BlockRemoved);
-            // Removed: it is no longer offline either (the notifier counted it offline).
-            self.offline.fetch_sub(unit as i64, Ordering::SeqCst);
-            st.added_end = addr;
-            let nb_blocks = self.geometry.nb_blocks(unit).unwrap_or(u16::MAX);
-            if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
-                if st.reason == Some(Reason::Timeout) {
-                    // The device may have unplugged it: it stays removed, and the resync makes
-                    // the device agree that it is unplugged.
-                    dev_warn!(
-                        self.dev.as_ref(),
-                        "no answer to the UNPLUG of the big block [{:#x}-{:#x}]: taking it as \
-                         unplugged\n",
-                        addr,
-                        addr + unit - 1
-                    );
-                } else if self.add(st, addr, unit).is_ok() {
-                    // Still plugged: added back, so that nothing plugged is left unused.
-                    st.added_end = addr + unit;
+        }
+        self.counters.count(Event::BlockRemoved);
+        // Removed: it is no longer offline either (the notifier counted it offline).
+        self.offline.fetch_sub(unit as i64, Ordering::SeqCst);
+        st.bigs.set(i, 1, BbState::Plugged);
+        match self.send(&req) {
+            Ok(_) => {
+                st.bigs.set(i, 1, BbState::Unused);
+                Ok(())
+            }
+            Err(f) if f.reason == Reason::Timeout => {
+                // The device may have unplugged it: it stays removed, and the resync makes the
+                // device agree that it is unplugged.
+                dev_warn!(
+                    self.dev.as_ref(),
+                    "no answer to the UNPLUG of the big block [{:#x}-{:#x}]: taking it as \
+                     unplugged\n",
+                    addr,
+                    addr + unit - 1
+                );
+                st.bigs.set(i, 1, BbState::Unused);
+                Err(f.into())
+            }
+            Err(f) => {
+                // Still plugged: added back, so that nothing plugged is left unused; if that
+                // fails, a later run adds it or unplugs it.
+                if self.add(st, addr, unit, unit).is_ok() {
+                    st.bigs.set(i, 1, BbState::Added);
                 } else {
                     dev_err!(
                         self.dev.as_ref(),
                         "adding the big block [{:#x}-{:#x}] back failed; it stays plugged and \
-                         unused\n",
+                         is tried again later\n",
                         addr,
                         addr + unit - 1
                     );
                 }
-                if again {
-                    self.retry_later(st);
-                }
-                return;
+                Err(f.into())
             }
-            st.retry_secs = RETRY_MIN_SECS;
-            self.update_sizes(st);
         }
     }
 
@@ -910,6 +1152,9 @@ impl Worker {
                 st.retry_secs = RETRY_MIN_SECS;
                 return;
             }
+            if !st.stopping && self.request_moved(st) {
+                return;
+            }
             let next = self.blocks.lock().next_unplug(cursor, online);
             if next.is_none() && progress {
                 cursor = None;
@@ -920,7 +1165,7 @@ impl Worker {
                 let why = if busy {
                     Reason::Unmovable
                 } else if online {
-                    Reason::NothingToUnplug
+                    Reason::Transition
                 } else {
                     Reason::OfflineOnly
                 };
@@ -932,9 +1177,8 @@ impl Worker {
             progress |= self.blocks.lock().plugged_bytes() < before;
             match res {
                 Ok(()) => st.retry_secs = RETRY_MIN_SECS,
-                Err(None) => return,
-                Err(Some(Reason::Unmovable)) => busy = true,
-                Err(Some(why)) => return self.stall(st, why),
+                Err(Short::Stall(Reason::Unmovable)) => busy = true,
+                Err(s) => return self.short(st, s),
             }
             self.update_sizes(st);
         }
@@ -942,14 +1186,9 @@ impl Worker {
 
     /// Unplugs up to `want` sub-blocks of block `mb`, highest first, and removes the block
     /// when nothing of it but its memmap stays plugged and that is wanted too. Sub-blocks of an
-    /// online block whose pages cannot be moved are skipped. `Err(None)`: a request failed and
-    /// a retry is scheduled (or the device is stopped).
-    fn unplug_block(
-        self: &Arc<Self>,
-        st: &mut State,
-        mb: usize,
-        want: usize,
-    ) -> Result<(), Option<Reason>> {
+    /// online block whose pages cannot be moved are skipped (`Stall(Unmovable)` if that left
+    /// some of `want`).
+    fn unplug_block(self: &Arc<Self>, st: &mut State, mb: usize, want: usize) -> Result<(), Short> {
         let mut left = want;
         // Sub-blocks from here up that could not be taken offline are skipped.
         let mut below = usize::MAX;
@@ -977,72 +1216,66 @@ impl Worker {
             let sb_size = b.sb_size().get();
             let addr = b.block_addr(mb) + sb as u64 * sb_size;
             let size = count as u64 * sb_size;
-            // What stays plugged and added needs the online-page callback (onlining it later).
-            if added && (nr > count || online) && st.online_cb.is_none() {
-                drop(b);
-                if !self.ensure_online_callback(st) {
-                    return Err(Some(Reason::NoCallback));
+            if online && memory_hotplug::available_memory() < size + unplug_margin() {
+                return Err(Short::Stall(Reason::Margin));
+            }
+            let req = Request::Unplug {
+                addr,
+                nb_blocks: self.nb_blocks(size)?,
+            };
+            if !added {
+                // Plugged sub-blocks of a removed block (its memmap): nothing of it is in use.
+                match self.send(&req) {
+                    Ok(_) => b.set_plugged(mb, sb, count, false),
+                    Err(f) => {
+                        if f.reason == Reason::Timeout {
+                            b.set_plugged(mb, sb, count, false);
+                        }
+                        return Err(f.into());
+                    }
                 }
+                left = left.saturating_sub(count);
                 continue;
             }
-            if online {
-                if memory_hotplug::available_memory() < size + unplug_margin() {
-                    return Err(Some(Reason::Margin));
-                }
-                let Some(cb) = st.online_cb.as_mut() else {
-                    return Err(Some(Reason::NoCallback));
-                };
-                match cb.fake_offline(addr, size) {
-                    Ok(()) => {}
-                    Err(e) if e == EBUSY => {
-                        self.counters.count(Event::UnplugFailed);
-                        // Some page cannot be moved: try smaller pieces, or below it.
-                        if whole {
-                            whole_failed = true;
-                        } else {
-                            below = sb;
-                        }
-                        busy = true;
-                        continue;
-                    }
-                    Err(e) if e == ENOMEM => return Err(Some(Reason::Margin)),
-                    Err(e) => {
-                        self.counters.count(Event::UnplugFailed);
-                        dev_err!(
-                            self.dev.as_ref(),
-                            "taking [{:#x}-{:#x}] offline failed: {:?}\n",
-                            addr,
-                            addr + size - 1,
-                            e
-                        );
-                        return Err(Some(Reason::Unmovable));
-                    }
-                }
-            }
-            let nb_blocks = self.geometry.nb_blocks(size).ok_or(None)?;
-            if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
-                if st.reason == Some(Reason::Timeout) {
-                    // The device may have unplugged it: the pages stay unused (offline) until
-                    // the resync has made the device agree that it is unplugged.
-                    dev_warn!(
-                        self.dev.as_ref(),
-                        "no answer to the UNPLUG of [{:#x}-{:#x}]: taking it as unplugged\n",
-                        addr,
-                        addr + size - 1
-                    );
+            let region = st.region.as_mut().ok_or(Short::Stall(Reason::Internal))?;
+            // The region takes the pages (migrating what is in use) and keeps them offline, then
+            // the device unplugs them; if it refuses, the pages go back as they were.
+            let res = region.take_pages(addr, size, || match self.send(&req) {
+                Ok(_) => Ok(()),
+                Err(f) if f.reason == Reason::Timeout => Err(Undo::Keep(f)),
+                Err(f) => Err(Undo::GiveBack(f)),
+            });
+            match res {
+                Ok(()) => {
                     b.set_plugged(mb, sb, count, false);
-                } else if online {
-                    // The device did not unplug it: give the pages back exactly as they were.
-                    self.fake_online(st, addr, size);
+                    left = left.saturating_sub(count);
                 }
-                drop(b);
-                if again {
-                    self.retry_later(st);
+                Err(PagesError::Step(f)) => {
+                    if f.reason == Reason::Timeout {
+                        // The device may have unplugged it: the pages stay offline until the
+                        // resync has made the device agree that it is unplugged.
+                        dev_warn!(
+                            self.dev.as_ref(),
+                            "no answer to the UNPLUG of [{:#x}-{:#x}]: taking it as unplugged\n",
+                            addr,
+                            addr + size - 1
+                        );
+                        b.set_plugged(mb, sb, count, false);
+                    }
+                    return Err(f.into());
                 }
-                return Err(None);
+                Err(PagesError::Region(e)) if e == EBUSY => {
+                    self.counters.count(Event::UnplugFailed);
+                    // Some page cannot be moved: try smaller pieces, or below it.
+                    if whole {
+                        whole_failed = true;
+                    } else {
+                        below = sb;
+                    }
+                    busy = true;
+                }
+                Err(PagesError::Region(e)) => return Err(self.region_error(addr, size, e)),
             }
-            b.set_plugged(mb, sb, count, false);
-            left = left.saturating_sub(count);
         }
         // Nothing but the memmap left, and that is to go too: remove the block; its memmap
         // sub-blocks are then unplugged as those of a removed block.
@@ -1054,19 +1287,48 @@ impl Worker {
             && nr <= pinned
             && left >= nr
         {
+            let delay = self.remove_delay_ms.load(Relaxed);
+            if delay > 0 {
+                // Test knob: user space may try to online the emptied block meanwhile; the
+                // region refuses, since nothing of it is backed.
+                fsleep(Delta::from_millis(delay.into()));
+            }
             if self.remove_block(st, mb).is_err() {
                 self.counters.count(Event::UnplugFailed);
-                return Err(Some(Reason::Unmovable));
+                return Err(Short::Stall(Reason::Unmovable));
             }
         }
         if busy && left > 0 {
-            return Err(Some(Reason::Unmovable));
+            return Err(Short::Stall(Reason::Unmovable));
         }
         Ok(())
     }
 
+    /// What a refusal of the region means for the step: the block is being onlined or offlined
+    /// (`EAGAIN`: wait for it), another driver holds the online-page callback (`EPERM`), free
+    /// memory ran out (`ENOMEM`). Anything else means the driver's records and the region's
+    /// disagree: a bug, logged as one.
+    fn region_error(&self, addr: u64, size: u64, e: Error) -> Short {
+        Short::Stall(if e == EAGAIN {
+            Reason::Transition
+        } else if e == EPERM {
+            Reason::NoCallback
+        } else if e == ENOMEM {
+            Reason::Margin
+        } else {
+            dev_err!(
+                self.dev.as_ref(),
+                "internal error: the memory region refused [{:#x}-{:#x}] ({:?})\n",
+                addr,
+                addr + size - 1,
+                e
+            );
+            Reason::Internal
+        })
+    }
+
     /// Removes added blocks with nothing plugged: offline ones, and online ones after offlining
-    /// them (their pages are all fake-offline, so the notifier lets offlining skip them).
+    /// them (their pages are all inaccessible, so offlining skips them).
     fn remove_empty_blocks(&self, st: &mut State) {
         // Each pass removes a block (it becomes unused) or stops.
         loop {
@@ -1081,23 +1343,28 @@ impl Worker {
 
     /// Unplugs what is plugged in blocks that are not added (the memmap of a removed block,
     /// or blocks whose removal happened without their unplug).
-    fn unplug_strays(&self, st: &mut State) -> Result<(), bool> {
+    fn unplug_strays(&self, _st: &mut State) -> Result<(), Failed> {
         loop {
             // Not `while let`: that would hold the lock over the loop body.
             let next = self.blocks.lock().next_stray();
             let Some(mb) = next else {
                 return Ok(());
             };
-            let (addr, sb, count) = {
+            let (addr, sb, count, sb_size) = {
                 let b = self.blocks.lock();
                 let Some((sb, count)) = b.last_plugged_run(mb, usize::MAX, usize::MAX) else {
                     return Ok(());
                 };
-                (b.block_addr(mb) + sb as u64 * b.sb_size().get(), sb, count)
+                let sb_size = b.sb_size().get();
+                (b.block_addr(mb) + sb as u64 * sb_size, sb, count, sb_size)
             };
-            let size = count as u64 * self.blocks.lock().sb_size().get();
-            let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
-            self.request(st, &Request::Unplug { addr, nb_blocks })?;
+            let nb_blocks = self.nb_blocks(count as u64 * sb_size)?;
+            if let Err(f) = self.send(&Request::Unplug { addr, nb_blocks }) {
+                if f.reason == Reason::Timeout {
+                    self.blocks.lock().set_plugged(mb, sb, count, false);
+                }
+                return Err(f);
+            }
             self.blocks.lock().set_plugged(mb, sb, count, false);
         }
     }
@@ -1134,15 +1401,24 @@ impl Worker {
         Ok(())
     }
 
+    /// Ends the step short of the request: a failed request is noted (and retried later); a
+    /// stall says why.
+    fn short(self: &Arc<Self>, st: &mut State, s: Short) {
+        match s {
+            Short::Request(f) => self.failed(st, f),
+            Short::Stall(why) => self.stall(st, why),
+        }
+    }
+
     /// Records why this step stopped short, says so once while it lasts, and retries later:
-    /// soon when free memory may come back, with back-off otherwise.
+    /// soon when free memory may come back, when the notifier says so for blocks being onlined
+    /// or offlined, with back-off otherwise.
     fn stall(self: &Arc<Self>, st: &mut State, why: Reason) {
         st.reason = Some(why);
         if st.logged != Some(why) {
-            let requested = self.status.lock().requested;
             let what = if st.stopping {
                 "unbinding"
-            } else if requested < self.plugged_in(st) {
+            } else if st.requested < self.plugged_in(st) {
                 "unplugging"
             } else {
                 "plugging"
@@ -1158,6 +1434,11 @@ impl Worker {
         match why {
             Reason::Margin | Reason::MemmapNoRoom => self.retry_in(st, MEMORY_RETRY_SECS),
             Reason::WaitingForOnline => {}
+            Reason::Transition => {
+                self.waiting_for_transition.store(true, Ordering::SeqCst);
+                // In case the transition ended before the flag was seen.
+                self.retry_in(st, 1);
+            }
             _ => self.retry_later(st),
         }
     }
@@ -1185,34 +1466,85 @@ impl Worker {
         want.min(free / per_unit)
     }
 
-    /// Big-block mode: plug and add whole big blocks, one contiguous run from the start.
+    /// Big-block mode: adds back big blocks that are plugged but not added, then plugs and adds
+    /// whole big blocks, the lowest unused ones first.
     fn plug_bbm(self: &Arc<Self>, st: &mut State, requested: u64, usable_end: u64) {
         let unit = self.geometry.unit;
-        while let Some((addr, size)) = self.geometry.next_plug(st.added_end, requested, usable_end)
-        {
+        loop {
+            let plugged = st.bigs.plugged_bytes();
+            let want = (requested - requested % unit).saturating_sub(plugged) / unit;
+            if want == 0 {
+                return;
+            }
+            if self.request_moved(st) {
+                return;
+            }
             // Keep added-but-offline memory within the limit; the notifier resumes us.
-            let size = size.min(self.offline_room());
-            if size == 0 {
+            let room = self.offline_room() / unit;
+            if room == 0 {
                 return self.stall(st, Reason::WaitingForOnline);
             }
             self.waiting_for_online.store(false, Ordering::SeqCst);
-            let size = self.memmap_room(size / unit) * unit.get();
-            if size == 0 {
+            let fits = self.memmap_room(want.min(room));
+            if fits == 0 {
                 return self.stall(st, Reason::MemmapNoRoom);
             }
-            let size = size.min(st.plug_limit / unit * unit.get()).max(unit.get());
-            if let Err(again) = self.plug_and_add(st, addr, size) {
-                if again && self.smaller_plugs(st, size, unit.get()) {
-                    continue;
+            if let Some(i) = st.bigs.next_plugged() {
+                let addr = st.bigs.addr(i);
+                if let Err(e) = self.add(st, addr, unit.get(), unit.get()) {
+                    dev_err!(
+                        self.dev.as_ref(),
+                        "adding the plugged big block [{:#x}-{:#x}] failed ({:?})\n",
+                        addr,
+                        addr + unit.get() - 1,
+                        e
+                    );
+                    return self.stall(st, Reason::AddFailed);
                 }
-                if again {
-                    self.retry_later(st);
-                }
+                st.bigs.set(i, 1, BbState::Added);
+                self.update_sizes(st);
+                continue;
+            }
+            let max = fits
+                .min(self.geometry.max_units())
+                .min((st.plug_limit / unit).max(1));
+            let Some((i, n)) = st.bigs.unused_run(usable_end, max as usize) else {
+                // The usable region is full.
                 return;
+            };
+            let size = n as u64 * unit.get();
+            if let Err(s) = self.plug_and_add(st, i, n) {
+                if let Short::Request(f) = s {
+                    if self.smaller_plugs(st, &f, size, unit.get()) {
+                        continue;
+                    }
+                }
+                return self.short(st, s);
             }
             self.plug_accepted(st);
             self.update_sizes(st);
         }
+    }
+
+    /// Big-block mode: plugs big blocks `i..i + n` at the device and adds each to the system.
+    fn plug_and_add(&self, st: &mut State, i: usize, n: usize) -> Result<(), Short> {
+        let unit = self.geometry.unit.get();
+        let addr = st.bigs.addr(i);
+        let nb_blocks = self.nb_blocks(n as u64 * unit)?;
+        self.send(&Request::Plug { addr, nb_blocks })?;
+        st.bigs.set(i, n, BbState::Plugged);
+        // One big block per add, the pieces it will be removed in (see `plug_new_blocks`).
+        for k in 0..n {
+            let at = addr + k as u64 * unit;
+            if let Err(e) = self.add(st, at, unit, unit) {
+                let rest = n - k;
+                st.bigs.set(i + k, rest, BbState::Unused);
+                let nb = self.nb_blocks(rest as u64 * unit)?;
+                return Err(self.unplug_after_failed_add(st, at, rest as u64 * unit, nb, e));
+            }
+            st.bigs.set(i + k, 1, BbState::Added);
+        }
+        Ok(())
     }
 
     /// Sub-block mode: plug sub-blocks into partly plugged blocks first, then add new memory
@@ -1220,7 +1552,7 @@ impl Worker {
     fn plug_sbm(self: &Arc<Self>, st: &mut State, requested: u64, usable_end: u64) {
         if let Err(e) = self.blocks.lock().grow(usable_end) {
             dev_err!(self.dev.as_ref(), "tracking the usable region failed: {:?}\n", e);
-            return self.stall(st, Reason::ExchangeFailed);
+            return self.stall(st, Reason::Internal);
         }
         let (sb_size, sbs_per_mb, pinned) = {
             let b = self.blocks.lock();
@@ -1238,6 +1570,9 @@ impl Worker {
             if want == 0 {
                 break;
             }
+            if self.request_moved(st) {
+                return;
+            }
             // Sub-blocks one request may ask for now.
             let limit = usize::try_from(st.plug_limit / sb_size)
                 .unwrap_or(usize::MAX)
@@ -1245,15 +1580,14 @@ impl Worker {
             let max_sbs = want.min(limit);
             let done = match self.plug_partial(st, max_sbs) {
                 Ok(done) => done,
-                Err(again) => {
+                Err(s) => {
                     let tried = max_sbs as u64 * sb_size.get();
-                    if again && self.smaller_plugs(st, tried, sb_size.get()) {
-                        continue;
+                    if let Short::Request(f) = s {
+                        if self.smaller_plugs(st, &f, tried, sb_size.get()) {
+                            continue;
+                        }
                     }
-                    if again {
-                        self.retry_later(st);
-                    }
-                    break;
+                    return self.short(st, s);
                 }
             };
             if done {
@@ -1270,14 +1604,12 @@ impl Worker {
             let room = usize::try_from(self.offline_room() / self.geometry.unit)
                 .unwrap_or(usize::MAX);
             if room == 0 {
-                self.stall(st, Reason::WaitingForOnline);
-                break;
+                return self.stall(st, Reason::WaitingForOnline);
             }
+            self.waiting_for_online.store(false, Ordering::SeqCst);
             let fits = usize::try_from(self.memmap_room(whole.max(1) as u64)).unwrap_or(1);
             if fits == 0 {
-                self.waiting_for_online.store(false, Ordering::SeqCst);
-                self.stall(st, Reason::MemmapNoRoom);
-                break;
+                return self.stall(st, Reason::MemmapNoRoom);
             }
             let (max_blocks, nr_sbs) = if whole > 0 {
                 let max = usize::try_from(self.geometry.max_units()).unwrap_or(1);
@@ -1286,20 +1618,32 @@ impl Worker {
                     .max(1);
                 (whole.min(max).min(room).min(fits).min(limit_blocks), None)
             } else {
-                if !self.ensure_online_callback(st) {
-                    self.waiting_for_online.store(false, Ordering::SeqCst);
-                    self.stall(st, Reason::NoCallback);
-                    break;
+                // A partly plugged block needs the kernel's online-page callback: claim it
+                // before plugging anything for it.
+                let claimed = st
+                    .region
+                    .as_mut()
+                    .map_or(Err(ENODEV), |r| r.hold_online_page_callback());
+                if let Err(e) = claimed {
+                    if !st.told_no_callback {
+                        dev_warn!(
+                            self.dev.as_ref(),
+                            "cannot hold the online-page callback ({:?}; another driver, such \
+                             as virtio_mem, holds it?): plugging whole memory blocks only\n",
+                            e
+                        );
+                        st.told_no_callback = true;
+                    }
+                    return self.stall(st, Reason::NoCallback);
                 }
                 (1, Some(max_sbs.max(pinned)))
             };
-            self.waiting_for_online.store(false, Ordering::SeqCst);
             let Some((mb, count)) = self.blocks.lock().unused_run(max_blocks) else {
                 // The usable region is full.
                 break;
             };
             let nr_sbs = nr_sbs.unwrap_or(count * sbs_per_mb.get());
-            if let Err(again) = self.plug_new_blocks(st, mb, nr_sbs) {
+            if let Err(s) = self.plug_new_blocks(st, mb, nr_sbs) {
                 // Down to one block, or to the memmap's sub-blocks of a partly plugged one.
                 let tried = nr_sbs as u64 * sb_size.get();
                 let least = if nr_sbs < sbs_per_mb.get() {
@@ -1307,44 +1651,41 @@ impl Worker {
                 } else {
                     self.geometry.unit.get()
                 };
-                if again && self.smaller_plugs(st, tried, least) {
-                    continue;
+                if let Short::Request(f) = s {
+                    if self.smaller_plugs(st, &f, tried, least) {
+                        continue;
+                    }
                 }
-                if again {
-                    self.retry_later(st);
-                }
-                break;
+                return self.short(st, s);
             }
             self.plug_accepted(st);
             self.update_sizes(st);
         }
-        // Give the online-page callback back when no added block needs it.
-        let needed = self.blocks.lock().any_partial_added();
-        if !needed {
-            st.online_cb = None;
-        }
     }
 
-    /// After a plug of `tried` bytes failed: if the device refused it (`BUSY` or `NACK`, e.g.
-    /// the host could not allocate that much) and plugs down to `least` bytes are possible,
-    /// halves the plug limit and says to try again right away.
-    fn smaller_plugs(&self, st: &mut State, tried: u64, least: u64) -> bool {
-        let refused = matches!(st.reason, Some(Reason::DeviceBusy | Reason::DeviceRefused));
-        if !refused || st.resync || tried <= least {
+    /// After a plug of `tried` bytes failed with `f`: if the device refused it (`BUSY` or
+    /// `NACK`, e.g. the host could not allocate that much) and plugs down to `least` bytes are
+    /// possible, halves the plug limit and says to try again right away. After a timeout the
+    /// limit is halved too (a host slower than the timeout for a big plug gets smaller ones),
+    /// but the retry comes after the resync that a timeout needs.
+    fn smaller_plugs(&self, st: &mut State, f: &Failed, tried: u64, least: u64) -> bool {
+        let refused = matches!(f.reason, Reason::DeviceBusy | Reason::DeviceRefused);
+        if tried <= least || !(refused || f.reason == Reason::Timeout) {
             return false;
         }
         st.plug_limit = (tried / 2).max(least);
-        // Going on: the refusal is not why this step stops, unless a later one is.
-        st.reason = None;
         if !st.told_smaller_plugs {
             dev_info!(
                 self.dev.as_ref(),
-                "the device refused to plug {:#x} bytes at once; trying smaller pieces\n",
+                "the device {} a plug of {:#x} bytes; trying smaller pieces\n",
+                if refused { "refused" } else { "did not answer in time to" },
                 tried
             );
             st.told_smaller_plugs = true;
         }
-        true
+        // Going on at once after a refusal (it is not why this step stops, unless a later
+        // one is); a timeout stops the step for the resync.
+        refused && !st.resync
     }
 
     /// After a plug the device accepted: back to the shortest retry delay, and more may be
@@ -1354,37 +1695,11 @@ impl Worker {
         st.plug_limit = st.plug_limit.saturating_mul(2);
     }
 
-    /// Registers the online-page callback unless it is registered; says whether it is.
-    fn ensure_online_callback(self: &Arc<Self>, st: &mut State) -> bool {
-        if st.online_cb.is_some() {
-            return true;
-        }
-        match OnlinePageCallback::register(self.addr, self.geometry.end - self.addr, self.clone())
-        {
-            Ok(cb) => {
-                st.online_cb = Some(cb);
-                true
-            }
-            Err(e) => {
-                if !st.told_no_callback {
-                    dev_warn!(
-                        self.dev.as_ref(),
-                        "cannot register the online-page callback ({:?}; another driver, such as \
-                         virtio_mem, holds it?): plugging whole memory blocks only\n",
-                        e
-                    );
-                    st.told_no_callback = true;
-                }
-                false
-            }
-        }
-    }
-
     /// Plugs up to `max_sbs` sub-blocks into a partly plugged block, if there is one that is not
-    /// in a transition. `Ok(false)` if there is none.
-    fn plug_partial(&self, st: &mut State, max_sbs: usize) -> Result<bool, bool> {
-        // Hold the block states during the request, so that the block is not onlined or
-        // offlined meanwhile.
+    /// in a transition. `Ok(false)` if there is none. The region hands the pages to the kernel
+    /// (if the block is online) atomically with the `PLUG`.
+    fn plug_partial(&self, st: &mut State, max_sbs: usize) -> Result<bool, Short> {
+        // Hold the block states during the request, so that the plan stays valid.
         let mut b = self.blocks.lock();
         let Some(mb) = b.next_partial() else {
             return Ok(false);
@@ -1395,57 +1710,45 @@ impl Worker {
         let sb_size = b.sb_size().get();
         let addr = b.block_addr(mb) + sb as u64 * sb_size;
         let size = count as u64 * sb_size;
-        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
-        self.request(st, &Request::Plug { addr, nb_blocks })?;
-        b.set_plugged(mb, sb, count, true);
-        if let BlockState::Online { .. } = b.state(mb) {
-            // The pages were kept offline when the block was onlined: hand them over.
-            self.fake_online(st, addr, size);
-        }
-        Ok(true)
-    }
-
-    /// Hands the fake-offline pages of `[addr, addr + size)`, in an online block and plugged,
-    /// to the kernel; if that fails they stay unused, and the driver says so.
-    fn fake_online(&self, st: &mut State, addr: u64, size: u64) {
-        let res = st
-            .online_cb
-            .as_mut()
-            .map_or(Err(ENOENT), |cb| cb.fake_online(addr, size));
-        if let Err(e) = res {
-            dev_err!(
-                self.dev.as_ref(),
-                "cannot online the plugged pages [{:#x}-{:#x}] ({:?}); they stay unused\n",
-                addr,
-                addr + size - 1,
-                e
-            );
+        let req = Request::Plug {
+            addr,
+            nb_blocks: self.nb_blocks(size)?,
+        };
+        let region = st.region.as_mut().ok_or(Short::Stall(Reason::Internal))?;
+        match region.give_pages(addr, size, || self.send(&req).map(|_| ())) {
+            Ok(()) => {
+                b.set_plugged(mb, sb, count, true);
+                Ok(true)
+            }
+            Err(PagesError::Step(f)) => Err(f.into()),
+            Err(PagesError::Region(e)) => Err(self.region_error(addr, size, e)),
         }
     }
 
     /// Plugs the first `nr_sbs` sub-blocks from block `mb` on (unused blocks) and adds their
-    /// blocks to the system.
-    fn plug_new_blocks(&self, st: &mut State, mb: usize, nr_sbs: usize) -> Result<(), bool> {
+    /// blocks to the system, each with its plugged part accessible.
+    fn plug_new_blocks(&self, st: &mut State, mb: usize, nr_sbs: usize) -> Result<(), Short> {
         let (addr, sb_size, sbs_per_mb, mb_size) = {
             let b = self.blocks.lock();
             (b.block_addr(mb), b.sb_size().get(), b.sbs_per_mb(), b.mb_size().get())
         };
         let nr_blocks = nr_sbs.div_ceil(sbs_per_mb.get());
         let size = nr_sbs as u64 * sb_size;
-        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
-        self.request(st, &Request::Plug { addr, nb_blocks })?;
+        let nb_blocks = self.nb_blocks(size)?;
+        self.send(&Request::Plug { addr, nb_blocks })?;
         // Mark them added before adding: onlining during the add looks them up.
         self.set_new_blocks(mb, nr_blocks, nr_sbs, true);
         // One memory block per add: memory must be removed in the pieces it was added in (a
         // bigger add may get a 1G direct mapping that removing one block cannot split).
         for i in 0..nr_blocks {
             let block = addr + i as u64 * mb_size;
-            if let Err(e) = self.add(st, block, mb_size) {
+            let plugged = (nr_sbs - i * sbs_per_mb.get()).min(sbs_per_mb.get()) as u64 * sb_size;
+            if let Err(e) = self.add(st, block, mb_size, plugged) {
                 let rest_sbs = nr_sbs - i * sbs_per_mb.get();
                 self.set_new_blocks(mb + i, nr_blocks - i, rest_sbs, false);
                 let rest = rest_sbs as u64 * sb_size;
-                let nb = self.geometry.nb_blocks(rest).ok_or(false)?;
-                return self.unplug_after_failed_add(st, block, rest, nb, e);
+                let nb = self.nb_blocks(rest)?;
+                return Err(self.unplug_after_failed_add(st, block, rest, nb, e));
             }
         }
         Ok(())
@@ -1468,13 +1771,14 @@ impl Worker {
         }
     }
 
-    /// Adds `[addr, addr + size)` (plugged) to the system, counting it offline until onlined.
-    fn add(&self, st: &mut State, addr: u64, size: u64) -> Result {
+    /// Adds `[addr, addr + size)` (of which the first `accessible` bytes are plugged) to the
+    /// system, counting it offline until onlined.
+    fn add(&self, st: &mut State, addr: u64, size: u64, accessible: u64) -> Result {
         let region = st.region.as_mut().ok_or(ENODEV)?;
         let group = st.group.as_ref().ok_or(ENODEV)?;
         // Counted as offline before it is added: auto-onlining reports it online during the add.
         self.offline.fetch_add(size as i64, Ordering::SeqCst);
-        match region.add_memory(group, addr, size, self.info.memmap_on_memory) {
+        match region.add_memory(group, addr, size, self.info.memmap_on_memory, accessible) {
             Ok(()) => {
                 self.counters.count(Event::BlockAdded);
                 Ok(())
@@ -1488,8 +1792,7 @@ impl Worker {
     }
 
     /// After adding `[addr, addr + size)` failed with `e`, unplugs its plugged part (`plugged`
-    /// bytes, `nb_blocks` device blocks) again. Retried later (`Err(true)`) unless the device
-    /// is stopped.
+    /// bytes, `nb_blocks` device blocks) again. The step stops either way.
     fn unplug_after_failed_add(
         &self,
         st: &mut State,
@@ -1497,7 +1800,7 @@ impl Worker {
         plugged: u64,
         nb_blocks: u16,
         e: Error,
-    ) -> Result<(), bool> {
+    ) -> Short {
         dev_err!(
             self.dev.as_ref(),
             "adding memory [{:#x}-{:#x}] failed ({:?}); unplugging it again\n",
@@ -1505,8 +1808,7 @@ impl Worker {
             addr + plugged - 1,
             e
         );
-        st.reason = Some(Reason::AddFailed);
-        if let Err(again) = self.request(st, &Request::Unplug { addr, nb_blocks }) {
+        if let Err(f) = self.send(&Request::Unplug { addr, nb_blocks }) {
             dev_err!(
                 self.dev.as_ref(),
                 "unplugging [{:#x}-{:#x}] failed too; resynchronizing with the device later\n",
@@ -1514,9 +1816,9 @@ impl Worker {
                 addr + plugged - 1,
             );
             st.resync = true;
-            return Err(again);
+            return f.into();
         }
-        Err(true)
+        Short::Stall(Reason::AddFailed)
     }
 
     /// Reads the requested and usable region sizes.
@@ -1527,12 +1829,8 @@ impl Worker {
         ))
     }
 
-    /// Sends `req` (waiting a bounded time for the answer) and counts it. On failure, records
-    /// why in `st.reason` and says whether to retry later (`Err(true)`: refused for now, the
-    /// exchange failed or timed out, or the device answered `ERROR`, after which the plugged
-    /// state is resynchronized first) or not (`Err(false)`: unbound, or the device answered
-    /// nonsense, which stops it).
-    fn request(&self, st: &mut State, req: &Request) -> Result<Option<protocol::BlockState>, bool> {
+    /// Sends `req`, waiting a bounded time for the answer, and counts it. The failure says why.
+    fn send(&self, req: &Request) -> Result<Option<protocol::BlockState>, Failed> {
         let mut res = protocol::send(&self.vq, req);
         let lose = self.lose_answers.load(Relaxed);
         if res.is_ok() && lose > 0 && self.lose_answers.cmpxchg(lose, lose - 1, Full).is_ok() {
@@ -1544,66 +1842,61 @@ impl Worker {
             res = Err(SendError::Transport(ETIMEDOUT));
         }
         self.counters.request(req, res.err());
-        let e = match res {
-            Ok(state) => return Ok(state),
-            Err(SendError::Transport(e)) if e == ENODEV => return Err(false),
-            Err(e) => e,
-        };
-        let reason = Reason::of(e);
-        st.reason = Some(reason);
-        match reason {
-            Reason::Nonsense(v) => {
-                dev_err!(
-                    self.dev.as_ref(),
-                    "device answered {} to {}, a value the protocol does not define; stopping \
-                     until it is bound again\n",
-                    v,
-                    req
-                );
+        res.map_err(|e| Failed {
+            reason: Reason::of(e),
+            req: Some(*req),
+        })
+    }
+
+    /// Records a failed request (or step) in `st.reason`, says so, and tells whether to retry
+    /// later: not if the device answered nonsense (it is stopped) or is gone.
+    fn note(&self, st: &mut State, f: Failed) -> bool {
+        st.reason = Some(f.reason);
+        let dev = self.dev.as_ref();
+        match (f.reason, f.req) {
+            (Reason::Nonsense(v), req) => {
+                match req {
+                    Some(req) => dev_err!(
+                        dev,
+                        "device answered {} to {}, a value the protocol does not define; \
+                         stopping until it is bound again\n",
+                        v,
+                        req
+                    ),
+                    None => dev_err!(dev, "stopping until the device is bound again\n"),
+                }
                 st.stopped = true;
-                Err(false)
+                false
             }
-            Reason::DeviceError | Reason::Timeout => {
-                let what = if reason == Reason::Timeout {
+            (Reason::DeviceError | Reason::Timeout, Some(req)) => {
+                let what = if f.reason == Reason::Timeout {
                     "no answer within the time limit"
                 } else {
                     "the device answered ERROR"
                 };
                 dev_err!(
-                    self.dev.as_ref(),
+                    dev,
                     "{}: {}; resynchronizing with STATE requests before going on\n",
                     req,
                     what
                 );
                 st.resync = true;
-                Err(true)
+                true
             }
-            _ => {
-                dev_info!(self.dev.as_ref(), "{} failed ({})\n", req, reason);
-                Err(true)
+            (reason, Some(req)) => {
+                dev_info!(dev, "{} failed ({})\n", req, reason);
+                true
             }
+            // Logged where it happened.
+            (_, None) => true,
         }
     }
 
-    /// Plugs `[addr, addr + size)` at the device and adds it to the system (big-block mode).
-    /// On failure, says whether to retry later (`Err(true)`) or not (`Err(false)`).
-    /// Advances `st.added_end` over what was added.
-    fn plug_and_add(&self, st: &mut State, addr: u64, size: u64) -> Result<(), bool> {
-        let nb_blocks = self.geometry.nb_blocks(size).ok_or(false)?;
-        self.request(st, &Request::Plug { addr, nb_blocks })?;
-        // One big block per add, the pieces it will be removed in (see `plug_new_blocks`).
-        let unit = self.geometry.unit.get();
-        let mut at = addr;
-        while at < addr + size {
-            if let Err(e) = self.add(st, at, unit) {
-                let rest = addr + size - at;
-                let nb = self.geometry.nb_blocks(rest).ok_or(false)?;
-                return self.unplug_after_failed_add(st, at, rest, nb, e);
-            }
-            at += unit;
-            st.added_end = at;
+    /// A request (or step) failed: records it and retries later, if that makes sense.
+    fn failed(self: &Arc<Self>, st: &mut State, f: Failed) {
+        if self.note(st, f) {
+            self.retry_later(st);
         }
-        Ok(())
     }
 
     /// Schedules the next run after the current back-off delay, and doubles the delay.
@@ -1617,31 +1910,68 @@ impl Worker {
         self.retry_in(st, secs);
     }
 
-    /// Schedules the next run in `secs` seconds (not while unbinding) and records when.
+    /// Schedules the next run in `secs` seconds (not while unbinding) and records when. A retry
+    /// queued for later is moved up; one queued for sooner stays (it runs a step that schedules
+    /// again if it needs to).
     fn retry_in(self: &Arc<Self>, st: &mut State, secs: u32) {
         if st.stopping {
             return;
         }
         let now_ms = Instant::<BootTime>::now().as_nanos() / 1_000_000;
-        st.retry_at_ms = Some(now_ms + i64::from(secs) * 1000);
-        let delay = msecs_to_jiffies(secs * 1000);
-        let _ =
-            workqueue::system_freezable().enqueue_delayed::<Arc<Worker>, 1>(self.clone(), delay);
+        let at = now_ms + i64::from(secs) * 1000;
+        match st.queued_retry_ms {
+            Some(queued) if queued > now_ms && queued <= at => {
+                st.retry_at_ms = Some(queued);
+            }
+            _ => {
+                let delay = msecs_to_jiffies(secs * 1000);
+                mod_arc_delayed_work::<Worker, 1>(workqueue::system_freezable(), self, delay);
+                st.retry_at_ms = Some(at);
+                st.queued_retry_ms = Some(at);
+            }
+        }
+    }
+
+    /// Formats the big blocks and their states (debugfs).
+    pub(crate) fn dump_bigs(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
+        let st = self.state.lock();
+        for i in 0..st.bigs.len() {
+            let addr = st.bigs.addr(i);
+            let state = match st.bigs.state(i) {
+                BbState::Unused => "unused",
+                BbState::Plugged => "plugged-not-added",
+                BbState::Added => match self.bb_usage(st.region.as_ref(), addr) {
+                    Some(Usage::Offline) => "offline",
+                    Some(Usage::Movable) => "online-movable",
+                    Some(Usage::Kernel) => "online-kernel",
+                    _ => "in-transition",
+                },
+            };
+            writeln!(f, "{addr:#x} {state}")?;
+        }
+        Ok(())
     }
 }
+
 impl MemoryNotifierHandler for Worker {
-    fn notify(this: &Arc<Self>, n: &MemoryNotification) -> Result {
+    fn prepare(this: &Arc<Self>, n: &MemoryNotification) -> Result {
+        if this.sub_blocks && this.concerns(n) {
+            this.track_blocks(&mut this.blocks.lock(), n);
+        }
+        // The region vetoes what must not happen; the driver only follows.
+        Ok(())
+    }
+
+    fn complete(this: &Arc<Self>, n: &MemoryNotification) {
+        if !this.concerns(n) {
+            return;
+        }
         let range = n.range();
         let end = range.start + range.size;
-        if end <= this.geometry.first || range.start >= this.geometry.end {
-            return Ok(());
-        }
         let event = n.event();
         let mut b = this.blocks.lock();
         if this.sub_blocks {
-            this.track_blocks(&mut b, n)?;
-        } else if event == MemoryEvent::GoingOnline && b.removing {
-            return Err(EBUSY);
+            this.track_blocks(&mut b, n);
         }
         // Whole memory blocks: with memmap-on-memory the range leaves out the block's memmap,
         // but the block was counted whole when it was added.
@@ -1665,22 +1995,30 @@ impl MemoryNotifierHandler for Worker {
             }
             _ => {}
         }
+        // A step waited for a block being onlined or offlined: that is over.
+        if !b.removing && this.waiting_for_transition.swap(false, Ordering::SeqCst) {
+            this.kick();
+        }
         if matches!(event, MemoryEvent::Online | MemoryEvent::Offline) {
             // User space may online and offline memory at any time: keep `online_size` right.
             let added = this.status.lock().added;
             let online = this.online_in(&b, added);
             this.status.lock().online = online;
         }
-        Ok(())
     }
 }
 
 impl Worker {
-    /// Sub-block mode: keeps the block states in step with a memory event. Vetoes onlining of
-    /// blocks that are not added by us or while unbinding. When a block goes offline, drops
-    /// the reference of its unplugged (kept offline) pages so that offlining skips them, and
-    /// takes it back if offlining is cancelled.
-    fn track_blocks(&self, b: &mut SubBlocks, n: &MemoryNotification) -> Result {
+    /// Whether a memory event is about the device's region.
+    fn concerns(&self, n: &MemoryNotification) -> bool {
+        let range = n.range();
+        range.start + range.size > self.geometry.first && range.start < self.geometry.end
+    }
+
+    /// Sub-block mode: keeps the block states in step with a memory event. Events the states do
+    /// not expect are logged, except a cancel of a change we never saw (another notifier vetoed
+    /// it before ours was called).
+    fn track_blocks(&self, b: &mut SubBlocks, n: &MemoryNotification) {
         let range = n.range();
         let t = match n.event() {
             MemoryEvent::GoingOnline => Transition::GoingOnline,
@@ -1692,94 +2030,29 @@ impl Worker {
             MemoryEvent::Offline => Transition::Offline,
             MemoryEvent::CancelOffline => Transition::CancelOffline,
         };
-        if t == Transition::GoingOnline && b.removing {
-            return Err(EBUSY);
-        }
         let mb_size = b.mb_size().get();
-        let sb_size = b.sb_size().get();
         let mut addr = range.start - range.start % b.mb_size();
-        let mut result = Ok(());
         while addr < range.start + range.size {
-            let Some(mb) = b.block_of(addr) else {
-                addr += mb_size;
-                continue;
-            };
-            match b.transition(mb, t) {
-                Ok(_) => {}
-                Err(state) => {
-                    let refusing = if t == Transition::GoingOnline {
-                        ", refusing"
-                    } else {
-                        ""
-                    };
-                    dev_warn!(
-                        self.dev.as_ref(),
-                        "memory block [{:#x}-{:#x}]: {:?} in state {:?}{}\n",
-                        addr,
-                        addr + mb_size - 1,
-                        t,
-                        state,
-                        refusing
+            if let Some(mb) = b.block_of(addr) {
+                if let Err(state) = b.transition(mb, t) {
+                    let unseen_cancel = matches!(
+                        (t, state),
+                        (Transition::CancelOnline, BlockState::Offline)
+                            | (Transition::CancelOffline, BlockState::Online { .. })
                     );
-                    if t == Transition::GoingOnline {
-                        result = Err(EBUSY);
-                    }
-                    addr += mb_size;
-                    continue;
-                }
-            }
-            let block = b.block_addr(mb);
-            let runs = b.unplugged_runs(mb).map(|(sb, count)| {
-                (block + sb as u64 * sb_size, count as u64 * sb_size)
-            });
-            match t {
-                Transition::GoingOffline => {
-                    for (start, size) in runs {
-                        if let Err(e) = n.release_offline_pages(start, size) {
-                            dev_err!(
-                                self.dev.as_ref(),
-                                "cannot release the unplugged pages [{:#x}-{:#x}] for offlining \
-                                 ({:?}); refusing\n",
-                                start,
-                                start + size - 1,
-                                e
-                            );
-                            // Offlining is cancelled: the cancel event takes back what was
-                            // released.
-                            result = Err(EBUSY);
-                            break;
-                        }
+                    if !unseen_cancel {
+                        dev_warn!(
+                            self.dev.as_ref(),
+                            "memory block [{:#x}-{:#x}]: {:?} in state {:?}\n",
+                            addr,
+                            addr + mb_size - 1,
+                            t,
+                            state
+                        );
                     }
                 }
-                Transition::CancelOffline => {
-                    for (start, size) in runs {
-                        // Fails (harmlessly) for runs a refused offlining did not release.
-                        let _ = n.reacquire_offline_pages(start, size);
-                    }
-                }
-                _ => {}
             }
             addr += mb_size;
-        }
-        result
-    }
-}
-
-impl OnlinePageHandler for Worker {
-    fn online_pages(this: &Arc<Self>, pages: OnliningPages) {
-        let b = this.blocks.lock();
-        match b.online_decision(pages.start(), pages.size()) {
-            OnlineDecision::Online => pages.online(),
-            OnlineDecision::KeepOffline => pages.keep_offline(),
-            OnlineDecision::PerSubBlock => {
-                for p in pages.split(b.sb_size().get()) {
-                    if b.is_plugged_at(p.start()) {
-                        p.online();
-                    } else {
-                        p.keep_offline();
-                    }
-                }
-            }
         }
     }
 }
