@@ -30,6 +30,16 @@ fi
 rm -rf "$VMR_CACHE/modules"
 make -s -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" INSTALL_MOD_PATH="$VMR_CACHE/modules" \
     INSTALL_MOD_STRIP=1 modules_install >/dev/null
+# The guest tests' own helper module (tools/testing/.../pin_page), built out of tree against
+# this kernel and staged next to the others.
+ext=$VMR_CACHE/ext/pin_page
+rm -rf "$ext"; mkdir -p "$ext"
+cp "$REPO"/tools/testing/selftests/drivers/virtio_mem/pin_page/{Kbuild,*.c} "$ext"/
+make -s -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" M="$ext" modules >"$VMR_CACHE/build-ext.log" 2>&1 ||
+    { cat "$VMR_CACHE/build-ext.log" >&2; die "building the test helper module failed"; }
+if grep -E '(warning|error):' "$VMR_CACHE/build-ext.log" >&2; then die "the test helper module has warnings"; fi
+cp "$ext/vmr_pin_page.ko" "$VMR_CACHE/modules/"
+
 kver=$(cat "$KBUILD/include/config/kernel.release")
 hits=$(ccache --print-stats 2>/dev/null | awk -F'\t' '$1 == "direct_cache_hit" || $1 == "preprocessed_cache_hit" { h += $2 } $1 == "cache_miss" { m = $2 } END { printf "%d/%d", h, h + m }')
 line=$(printf '%s %s build of %s: %dm%02ds (ccache hits %s)' "$(date -u +%FT%TZ)" "$kind" "$kver" \

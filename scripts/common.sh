@@ -82,5 +82,5 @@ guest_env() {
     local kver moddir
     kver=$(cat "$KBUILD/include/config/kernel.release")
     moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
-    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN"
+    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$VMR_CACHE/modules/vmr_pin_page.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN"
 }

@@ -125,6 +125,17 @@ guest rebind 1 "--append memhp_default_state=online_movable --vmem size=8G,block
 guest rebind-bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=1G,id=vm0" "$tests/rebind.sh"
 guest lost-answer 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/lost_answer.sh"
 guest lost-answer-bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=1G,id=vm0" "$tests/lost_answer.sh"
+# Races and lifecycle (issue 11): user space onlines blocks the driver just emptied (the
+# region is a host tmpfs file, checked for backing), flaps a partly plugged block while the
+# driver plugs into it, a page that cannot move in big-block mode, a stopped device unbound.
+rm -f "$backing"
+guest online-race 1 "--rodir /mnt=/dev/shm --vmem size=8G,block=2M,id=vm0,backend=file:$backing" \
+    "VMR_BACKING=/mnt/${backing##*/} $tests/online_race.sh"
+rm -f "$backing"
+guest flap 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" "$tests/flap.sh"
+guest bbm-unmovable 1 "--append memhp_default_state=online_movable --vmem size=4G,block=1G,id=vm0" \
+    "$tests/bbm_unmovable.sh"
+guest stopped 1 "--vmem size=4G,block=2M,id=vm0" "$tests/stopped.sh"
 guest big-memmap 1 "--append memhp_default_state=online_movable --append memory_hotplug.memmap_on_memory=1 --vmem size=64G,block=2M,id=vm0" \
     "VMR_MEMMAP=1 $tests/big.sh"
 guest big-staged 1 "--mem 1G --append memhp_default_state=online_movable --vmem size=64G,block=2M,id=vm0" \

@@ -45,6 +45,7 @@ const NAMES: &[&CStr] = &[
     c"region_size",
     c"usable_region_size",
     c"stats",
+    c"device_plugged_size",
 ];
 
 /// Creates the attributes of the device driven by `worker`.
@@ -104,6 +105,13 @@ impl AttributeSource for Worker {
             14 => writeln!(f, "{}", self.info.region_size),
             15 => writeln!(f, "{}", live().map_or(0, |l| l.1)),
             16 => self.counters.write(f),
+            // What the device says it has plugged, read live from its config: it differs from
+            // `plugged_size` while a request is in flight, or when the two disagree (the driver
+            // then resynchronizes).
+            17 => match self.read_plugged() {
+                Ok(size) => writeln!(f, "{size}"),
+                Err(_) => writeln!(f, "unknown"),
+            },
             _ => Err(fmt::Error),
         }
     }
@@ -161,6 +169,16 @@ fn store_lose_answers(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
     w.lose_answers.read_from_slice(r)
 }
 
+/// Shows how many more answers of the device `garble_answers` replaces.
+fn show_garble_answers(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", w.garble_answers.load(Relaxed))
+}
+
+/// Sets how many answers of the device to replace by nonsense from now on (decimal).
+fn store_garble_answers(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
+    w.garble_answers.read_from_slice(r)
+}
+
 /// Shows how long the driver waits before removing a memory block it emptied, in ms.
 fn show_remove_delay(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "{}", w.remove_delay_ms.load(Relaxed))
@@ -173,12 +191,15 @@ fn store_remove_delay(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
 
 /// The device's debugfs directory, `virtio_mem_rust-<device>/`: `blocks`; `lose_answers`
 /// (write N: the next N answers of the device are dropped as if they had not come in time, so
-/// that tests can exercise the recovery from a timeout after the device acted); and
-/// `remove_delay_ms` (a wait between unplugging the last sub-block of a memory block and
-/// removing it, so that tests can try to online the block in that window).
+/// that tests can exercise the recovery from a timeout after the device acted);
+/// `garble_answers` (write N: the next N answers become a value the protocol does not define,
+/// which stops the device); and `remove_delay_ms` (a wait between unplugging the last
+/// sub-block of a memory block and removing it, so that tests can try to online the block in
+/// that window).
 pub(crate) struct Debugfs {
     _blocks: Pin<KBox<debugfs::File<BlockDump>>>,
     _lose_answers: Pin<KBox<debugfs::File<Arc<Worker>>>>,
+    _garble_answers: Pin<KBox<debugfs::File<Arc<Worker>>>>,
     _remove_delay: Pin<KBox<debugfs::File<Arc<Worker>>>>,
     _dir: debugfs::Dir,
 }
@@ -203,6 +224,15 @@ impl Debugfs {
             ),
             GFP_KERNEL,
         )?;
+        let garble_answers = KBox::pin_init(
+            dir.read_write_callback_file(
+                c"garble_answers",
+                worker.clone(),
+                &show_garble_answers,
+                &store_garble_answers,
+            ),
+            GFP_KERNEL,
+        )?;
         let remove_delay = KBox::pin_init(
             dir.read_write_callback_file(
                 c"remove_delay_ms",
@@ -215,6 +245,7 @@ impl Debugfs {
         Ok(Self {
             _blocks: blocks,
             _lose_answers: lose_answers,
+            _garble_answers: garble_answers,
             _remove_delay: remove_delay,
             _dir: dir,
         })

@@ -175,6 +175,15 @@ fn unplug_margin() -> u64 {
     }
 }
 
+/// The answer `garble_answers` makes of the device's.
+const GARBLED: u16 = 0xbad;
+
+/// Takes one from a fault-injection counter if it is not 0; says whether it did.
+fn take_one(counter: &Atomic<u32>) -> bool {
+    let n = counter.load(Relaxed);
+    n > 0 && counter.cmpxchg(n, n - 1, Full).is_ok()
+}
+
 /// A request that did not succeed, or a step that could not be taken: why, and what was asked.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Failed {
@@ -252,11 +261,11 @@ struct State {
 
 /// The per-device run loop, shared by its work items and the driver's data.
 ///
-/// Lock order: `state`, then `blocks`, then the region's own lock (taken inside its methods),
-/// then `status`. The memory notifier takes only `blocks` (it runs while memory is added,
-/// onlined or offlined, with `state` held by the add or removal), so `blocks` is never held
-/// while adding, removing, onlining or offlining memory; the region's notifier and its
-/// online-page callback take only the region's lock.
+/// Lock order: `state`, then `blocks`, then `status`. The memory notifier takes only `blocks`
+/// (it runs while memory is added, onlined or offlined, with `state` held by the add or
+/// removal), so `blocks` is never held across a call of the region's methods, which may wait
+/// for memory being onlined (see [`SystemRamRegion`]'s locking rules); the region's own
+/// notifier and online-page callback take only the region's lock.
 #[pin_data]
 pub(crate) struct Worker {
     dev: ARef<virtio::Device>,
@@ -281,6 +290,9 @@ pub(crate) struct Worker {
     /// dropped as if they had not come in time. The device acts on the request; the driver
     /// sees a timeout.
     pub(crate) lose_answers: Atomic<u32>,
+    /// Fault injection (debugfs `garble_answers`): this many more answers of the device are
+    /// replaced by a value the protocol does not define, which stops the device.
+    pub(crate) garble_answers: Atomic<u32>,
     /// Test knob (debugfs `remove_delay_ms`): how long to wait between unplugging the last
     /// sub-block of a memory block and removing it, to widen that window for tests.
     pub(crate) remove_delay_ms: Atomic<u32>,
@@ -371,6 +383,7 @@ impl Worker {
                 waiting_for_online: AtomicBool::new(false),
                 waiting_for_transition: AtomicBool::new(false),
                 lose_answers: Atomic::new(0),
+                garble_answers: Atomic::new(0),
                 remove_delay_ms: Atomic::new(0),
                 state <- new_mutex!(State {
                     region: Some(region),
@@ -1195,27 +1208,33 @@ impl Worker {
         let mut busy = false;
         let mut whole_failed = false;
         while left > 0 {
-            let mut b = self.blocks.lock();
-            let state = b.state(mb);
-            let online = matches!(state, BlockState::Online { .. });
-            let added = state.is_added();
-            if !online && state != BlockState::Offline && added {
-                // Being onlined or offlined: a later run sees it.
-                break;
-            }
-            let nr = b.nr_plugged(mb);
-            let pinned = if added { b.pinned() } else { 0 };
-            // A fully plugged online block that is to go whole (but its memmap) is taken in one
-            // piece, else sub-block by sub-block; offline and removed blocks a run at a time.
-            let whole =
-                online && !whole_failed && nr == b.sbs_per_mb().get() && left >= nr - pinned;
-            let max = if online && !whole { 1 } else { left };
-            let Some((sb, count)) = b.last_plugged_run(mb, below, max) else {
-                break;
+            // The plan, made under `blocks`, which is not held across the region's calls (they
+            // may wait for memory being onlined, whose notifier takes it); only the run loop
+            // changes plugged sub-blocks, and the region refuses blocks in a transition.
+            let (sb, count, addr, size, online, added, whole) = {
+                let b = self.blocks.lock();
+                let state = b.state(mb);
+                let online = matches!(state, BlockState::Online { .. });
+                let added = state.is_added();
+                if !online && state != BlockState::Offline && added {
+                    // Being onlined or offlined: a later run sees it.
+                    break;
+                }
+                let nr = b.nr_plugged(mb);
+                let pinned = if added { b.pinned() } else { 0 };
+                // A fully plugged online block that is to go whole (but its memmap) is taken in
+                // one piece, else sub-block by sub-block; offline and removed blocks a run at a
+                // time.
+                let whole =
+                    online && !whole_failed && nr == b.sbs_per_mb().get() && left >= nr - pinned;
+                let max = if online && !whole { 1 } else { left };
+                let Some((sb, count)) = b.last_plugged_run(mb, below, max) else {
+                    break;
+                };
+                let sb_size = b.sb_size().get();
+                let addr = b.block_addr(mb) + sb as u64 * sb_size;
+                (sb, count, addr, count as u64 * sb_size, online, added, whole)
             };
-            let sb_size = b.sb_size().get();
-            let addr = b.block_addr(mb) + sb as u64 * sb_size;
-            let size = count as u64 * sb_size;
             if online && memory_hotplug::available_memory() < size + unplug_margin() {
                 return Err(Short::Stall(Reason::Margin));
             }
@@ -1226,10 +1245,10 @@ impl Worker {
             if !added {
                 // Plugged sub-blocks of a removed block (its memmap): nothing of it is in use.
                 match self.send(&req) {
-                    Ok(_) => b.set_plugged(mb, sb, count, false),
+                    Ok(_) => self.blocks.lock().set_plugged(mb, sb, count, false),
                     Err(f) => {
                         if f.reason == Reason::Timeout {
-                            b.set_plugged(mb, sb, count, false);
+                            self.blocks.lock().set_plugged(mb, sb, count, false);
                         }
                         return Err(f.into());
                     }
@@ -1247,7 +1266,7 @@ impl Worker {
             });
             match res {
                 Ok(()) => {
-                    b.set_plugged(mb, sb, count, false);
+                    self.blocks.lock().set_plugged(mb, sb, count, false);
                     left = left.saturating_sub(count);
                 }
                 Err(PagesError::Step(f)) => {
@@ -1260,7 +1279,7 @@ impl Worker {
                             addr,
                             addr + size - 1
                         );
-                        b.set_plugged(mb, sb, count, false);
+                        self.blocks.lock().set_plugged(mb, sb, count, false);
                     }
                     return Err(f.into());
                 }
@@ -1699,17 +1718,21 @@ impl Worker {
     /// in a transition. `Ok(false)` if there is none. The region hands the pages to the kernel
     /// (if the block is online) atomically with the `PLUG`.
     fn plug_partial(&self, st: &mut State, max_sbs: usize) -> Result<bool, Short> {
-        // Hold the block states during the request, so that the plan stays valid.
-        let mut b = self.blocks.lock();
-        let Some(mb) = b.next_partial() else {
-            return Ok(false);
+        // Only the run loop (under `state`) changes plugged sub-blocks, so the plan holds
+        // without `blocks`, which must not be held across the region's calls (they may wait for
+        // memory being onlined, whose notifier takes it).
+        let (mb, sb, count, addr, size) = {
+            let b = self.blocks.lock();
+            let Some(mb) = b.next_partial() else {
+                return Ok(false);
+            };
+            let Some((sb, count)) = b.unplugged_run(mb, max_sbs) else {
+                return Ok(false);
+            };
+            let sb_size = b.sb_size().get();
+            let addr = b.block_addr(mb) + sb as u64 * sb_size;
+            (mb, sb, count, addr, count as u64 * sb_size)
         };
-        let Some((sb, count)) = b.unplugged_run(mb, max_sbs) else {
-            return Ok(false);
-        };
-        let sb_size = b.sb_size().get();
-        let addr = b.block_addr(mb) + sb as u64 * sb_size;
-        let size = count as u64 * sb_size;
         let req = Request::Plug {
             addr,
             nb_blocks: self.nb_blocks(size)?,
@@ -1717,7 +1740,7 @@ impl Worker {
         let region = st.region.as_mut().ok_or(Short::Stall(Reason::Internal))?;
         match region.give_pages(addr, size, || self.send(&req).map(|_| ())) {
             Ok(()) => {
-                b.set_plugged(mb, sb, count, true);
+                self.blocks.lock().set_plugged(mb, sb, count, true);
                 Ok(true)
             }
             Err(PagesError::Step(f)) => Err(f.into()),
@@ -1829,17 +1852,28 @@ impl Worker {
         ))
     }
 
+    /// Reads the device's plugged size.
+    pub(crate) fn read_plugged(&self) -> Result<u64> {
+        self.vq.read_config(offset_of!(Raw, plugged_size))
+    }
+
     /// Sends `req`, waiting a bounded time for the answer, and counts it. The failure says why.
     fn send(&self, req: &Request) -> Result<Option<protocol::BlockState>, Failed> {
         let mut res = protocol::send(&self.vq, req);
-        let lose = self.lose_answers.load(Relaxed);
-        if res.is_ok() && lose > 0 && self.lose_answers.cmpxchg(lose, lose - 1, Full).is_ok() {
+        if res.is_ok() && take_one(&self.lose_answers) {
             dev_info!(
                 self.dev.as_ref(),
                 "dropping the device's answer to {} (debugfs lose_answers)\n",
                 req
             );
             res = Err(SendError::Transport(ETIMEDOUT));
+        } else if res.is_ok() && take_one(&self.garble_answers) {
+            dev_info!(
+                self.dev.as_ref(),
+                "garbling the device's answer to {} (debugfs garble_answers)\n",
+                req
+            );
+            res = Err(SendError::Refused(protocol::Refusal::Nonsense(GARBLED)));
         }
         self.counters.request(req, res.err());
         res.map_err(|e| Failed {

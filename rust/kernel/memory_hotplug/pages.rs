@@ -12,6 +12,32 @@ use crate::{
     prelude::*, //
 };
 
+/// Holds off onlining and offlining of memory anywhere (the memory hotplug lock, for reading)
+/// while it lives.
+///
+/// Taking pages with [`take`] needs it: offlining isolates a block's pageblocks before it tells
+/// the memory notifiers, and an `alloc_contig_range()` that fails to isolate a range in that
+/// window undoes the isolation of every pageblock of the range, offlining's too, after which
+/// offlining retries forever. Take it before any lock that a memory notifier or the online-page
+/// callback takes (those run with the hotplug lock held for writing), and never around setting
+/// or restoring the online-page callback (which take it themselves).
+pub(super) struct NoHotplug(());
+
+impl NoHotplug {
+    pub(super) fn new() -> Self {
+        // SAFETY: No preconditions; released in `drop`.
+        unsafe { bindings::get_online_mems() };
+        Self(())
+    }
+}
+
+impl Drop for NoHotplug {
+    fn drop(&mut self) {
+        // SAFETY: Taken in `new`.
+        unsafe { bindings::put_online_mems() };
+    }
+}
+
 /// Calls `f` with the `struct page` of each of the `nr` pages from `pfn` on, in order, until it
 /// returns `false`; returns whether it never did. One `pfn_to_page` per memory section (the
 /// memmap of a section is contiguous), not per page: these loops run over whole memory blocks.
@@ -77,19 +103,34 @@ pub(super) unsafe fn online_kept(pfn: usize, nr: usize) {
 /// # Safety
 ///
 /// The pages are online, accessible memory of the caller's region, whose lock the caller holds
-/// (so the block cannot go offline meanwhile).
+/// (so the block cannot go offline meanwhile), and the caller holds a [`NoHotplug`].
 pub(super) unsafe fn take(pfn: usize, nr: usize) -> Result {
     let gfp = bindings::GFP_KERNEL | bindings::__GFP_NOWARN;
-    // SAFETY: The range is online (safety requirement). `alloc_contig_range` isolates and
-    // migrates it, or fails without changing anything.
-    crate::error::to_result(unsafe {
-        bindings::alloc_contig_range_noprof(
-            pfn as c_ulong,
-            (pfn + nr) as c_ulong,
-            0, // ACR_FLAGS_NONE
-            gfp,
-        )
-    })?;
+    // SAFETY: The range is online (safety requirement), so its memmap is initialized.
+    let movable = unsafe { bindings::is_zone_movable_page(bindings::pfn_to_page(pfn as c_ulong)) };
+    // `ZONE_MOVABLE` promises that its pages can be moved, yet a migration can fail for a moment
+    // (a page briefly pinned or locked): there, try a few times, as the C driver does. In a
+    // kernel zone a failure usually means an unmovable page: fail at once.
+    let mut tries = if movable { 5 } else { 1 };
+    loop {
+        // SAFETY: The range is online (safety requirement). `alloc_contig_range` isolates and
+        // migrates it, or fails without changing anything (nobody else isolates it meanwhile:
+        // the caller holds a `NoHotplug`).
+        let ret = crate::error::to_result(unsafe {
+            bindings::alloc_contig_range_noprof(
+                pfn as c_ulong,
+                (pfn + nr) as c_ulong,
+                0, // ACR_FLAGS_NONE
+                gfp,
+            )
+        });
+        tries -= 1;
+        match ret {
+            Ok(()) => break,
+            Err(e) if e == EBUSY && tries > 0 => continue,
+            Err(e) => return Err(e),
+        }
+    }
     // SAFETY: The pages are ours now, one reference each; marking them offline under
     // `page_offline_begin/end` tells readers such as /proc/kcore to leave them alone.
     unsafe {

@@ -711,6 +711,16 @@ impl MemoryNotifierHandler for RegionInner {
 ///   migration), each atomically with the caller's step (the device request) and with respect
 ///   to onlining and offlining, which wait for the region's lock.
 ///
+/// # Locking
+///
+/// The region's methods that change memory or pages may wait for memory being onlined or
+/// offlined anywhere in the system (adding and removing memory take the memory hotplug lock;
+/// holding or letting go of the online-page callback waits for onlining in progress). Their
+/// caller must not hold a lock that a memory notifier or an online-page callback takes, or it
+/// deadlocks with an onlining that waits for that lock. The closures given to
+/// [`Self::give_pages`] and [`Self::take_pages`] run with the region's own lock held, which
+/// onlining and offlining of the region's memory wait for: they should only talk to the device.
+///
 /// On drop the reservation is released if nothing is added any more; otherwise the added
 /// memory stays in use by the kernel, so the reservation, the resource names and the tracking
 /// of its inaccessible pages stay for good (they live in kernel memory, not in the module that
@@ -1046,16 +1056,20 @@ impl SystemRamRegion {
         let geo = self.inner.geo;
         let segs = geo.segments(start, size).map_err(PagesError::Region)?;
         self.cover().map_err(PagesError::Region)?;
+        // Before the record's lock, which onlining and offlining take with the hotplug lock.
+        let no_hotplug = pages::NoHotplug::new();
         let mut rec = self.inner.record.lock();
         if let Err(e) = rec.check_pages(segs.clone(), false) {
             drop(rec);
+            drop(no_hotplug);
             self.uncover_if_unneeded();
             return Err(PagesError::Region(e));
         }
-        // SAFETY: We hold the lock; the checks say every granule is accessible in an added
-        // block that is not in a transition.
+        // SAFETY: We hold the lock and keep hotplug off; the checks say every granule is
+        // accessible in an added block that is not in a transition.
         if let Err(e) = unsafe { self.inner.take_from_kernel(&rec, segs.clone()) } {
             drop(rec);
+            drop(no_hotplug);
             self.uncover_if_unneeded();
             return Err(PagesError::Region(e));
         }
@@ -1070,6 +1084,7 @@ impl SystemRamRegion {
                 unsafe { self.inner.hand_over(&rec, segs.clone()) };
                 rec.set_pages(segs, true);
                 drop(rec);
+                drop(no_hotplug);
                 self.uncover_if_unneeded();
                 Err(PagesError::Step(e))
             }
@@ -1140,16 +1155,16 @@ impl RegionInner {
     ///
     /// # Safety
     ///
-    /// The caller holds the record's lock (`rec`), every granule of `segs` is accessible in an
-    /// added block that is not in a transition, and on success the caller marks them
-    /// inaccessible before unlocking.
+    /// The caller holds a [`pages::NoHotplug`] and the record's lock (`rec`), every granule of
+    /// `segs` is accessible in an added block that is not in a transition, and on success the
+    /// caller marks them inaccessible before unlocking.
     unsafe fn take_from_kernel(&self, rec: &Record, segs: Segments) -> Result {
         let online =
             |s: &Segment| matches!(rec.state(s.block), Some(BlockState::Online { .. }));
         for (k, s) in rec.parts(segs.clone()).filter(online).enumerate() {
             let (pfn, nr) = self.geo.pfns(s);
-            // SAFETY: Online, accessible pages of the region (safety requirement); the lock is
-            // held, so the block stays online.
+            // SAFETY: Online, accessible pages of the region (safety requirement); the lock and
+            // the `NoHotplug` are held, so the block stays online and nobody isolates it.
             if let Err(e) = unsafe { pages::take(pfn, nr) } {
                 for s in rec.parts(segs).filter(online).take(k) {
                     let (pfn, nr) = self.geo.pfns(s);

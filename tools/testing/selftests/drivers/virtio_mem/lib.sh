@@ -5,6 +5,7 @@
 # The tests run inside a guest booted by scripts/run-guest.sh and expect:
 #   VMR_KO_RUST  path of virtio_mem_rust.ko
 #   VMR_KO_C     path of the C driver's virtio_mem.ko
+#   VMR_KO_PIN   path of the test helper vmr_pin_page.ko (holds pages, see pin_page/)
 #   VMCTL        path of the vmctl binary (speaks QMP over the guest's port)
 #   VMEM_STATUS  path of the vmem-status binary (reads the driver's sysfs state)
 
