@@ -46,9 +46,4 @@ __rust_helper void rust_helper_virtio_del_vqs(struct virtio_device *vdev)
 	vdev->config->del_vqs(vdev);
 }
 
-__rust_helper void rust_helper_reinit_completion(struct completion *x)
-{
-	reinit_completion(x);
-}
-
 #endif /* CONFIG_RUST_VIRTIO_ABSTRACTIONS */

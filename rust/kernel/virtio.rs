@@ -6,10 +6,11 @@
 //! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h).
 //!
 //! A virtio driver implements [`Driver`] and registers with [`module_virtio_driver!`]. It gets a
-//! [`Device`] in `probe`, reads its configuration space with [`Device::read_config`], checks the
-//! negotiated features with [`Device::has_feature`], and talks to the device through a
-//! [`Virtqueue`]: [`Virtqueue::transact`] sends one request and waits, bounded in time, for the
-//! device's answer.
+//! [`Device`] in `probe`, reads fields of its configuration space (the uapi struct of its device
+//! type, see [`ConfigSpace`]) with [`Device::read_config`], checks the negotiated features with
+//! [`Device::has_feature`] (only the features the driver offers can be asked about), and talks to
+//! the device through a [`Virtqueue`]: [`Virtqueue::transact`] sends one request and waits,
+//! bounded in time, for the device's answer.
 //!
 //! Teardown follows the virtio rules without the driver having to remember them: when a device is
 //! unbound, [`Driver::unbind`] runs first (stop using the device there), then the adapter resets
@@ -31,6 +32,7 @@ use crate::{
     sync::{
         aref::AlwaysRefCounted,
         Arc,
+        Completion,
         Mutex, //
     },
     time::{
@@ -244,7 +246,8 @@ pub trait Driver {
     const ID_TABLE: IdTable;
 
     /// The feature bits the driver understands; the virtio core negotiates the intersection with
-    /// what the device offers before `probe`. Check the result with [`Device::has_feature`].
+    /// what the device offers before `probe`. Check the result with [`Device::has_feature`],
+    /// which refuses bits that are not in this table; [`offers`] checks it at compile time.
     const FEATURES: &'static [u32] = &[];
 
     /// Virtio driver probe.
@@ -318,6 +321,54 @@ macro_rules! impl_config_field {
 }
 impl_config_field!(u8, u16, u32, u64);
 
+/// The device-specific configuration space of a virtio device type: its uapi struct.
+///
+/// Reads name a field of the struct ([`Device::read_config`]), so their offset and size come
+/// from the struct's layout, and they are refused for a device of another type: a read can
+/// never run past the configuration space the device type defines (the transports `BUG()` on
+/// that).
+///
+/// # Safety
+///
+/// `Self` is the `struct virtio_*_config` of devices of type [`Self::DEVICE_ID`] (`VIRTIO_ID_*`),
+/// laid out as the virtio specification (and the device) present it.
+pub unsafe trait ConfigSpace: Default + Copy {
+    /// The device type whose configuration space this is.
+    const DEVICE_ID: u32;
+}
+
+// SAFETY: `struct virtio_mem_config` is the configuration space of virtio-mem devices (virtio
+// 1.2, 5.15.4), as the uapi header defines it.
+unsafe impl ConfigSpace for bindings::virtio_mem_config {
+    const DEVICE_ID: u32 = bindings::VIRTIO_ID_MEM;
+}
+
+/// The offset of the field `field` projects a `C` to, checked to lie within `C` (a projection
+/// that returns a reference to anything else is refused with `EINVAL`).
+fn config_offset<C: ConfigSpace, F: ConfigField>(field: impl FnOnce(&C) -> &F) -> Result<usize> {
+    let config = C::default();
+    let base = core::ptr::from_ref(&config) as usize;
+    let at = core::ptr::from_ref(field(&config)) as usize;
+    let offset = at.checked_sub(base).ok_or(EINVAL)?;
+    if offset + F::SIZE > core::mem::size_of::<C>() {
+        return Err(EINVAL);
+    }
+    Ok(offset)
+}
+
+/// Whether `fbit` is in `features`, a driver's feature table: usable at compile time, e.g.
+/// `const _: () = assert!(virtio::offers(<MyDriver as virtio::Driver>::FEATURES, BIT));`.
+pub const fn offers(features: &[u32], fbit: u32) -> bool {
+    let mut i = 0;
+    while i < features.len() {
+        if features[i] == fbit {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 impl<Ctx: device::DeviceContext> Device<Ctx> {
     fn as_raw(&self) -> *mut bindings::virtio_device {
         self.0.get()
@@ -350,23 +401,66 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
 }
 
 impl Device<device::Bound> {
-    /// Whether feature bit `fbit` was negotiated with the device.
-    pub fn has_feature(&self, fbit: u32) -> bool {
-        // SAFETY: `self.as_raw()` is a valid `struct virtio_device`; the helper checks that
-        // `fbit` is in range.
-        unsafe { bindings::virtio_has_feature(self.as_raw(), fbit) }
+    /// Whether feature bit `fbit` was negotiated with the device. Only device-specific bits that
+    /// the bound driver offers (its [`Driver::FEATURES`]) and transport bits can be asked about:
+    /// for any other bit the C accessor would `BUG()`, so this fails with `EINVAL`.
+    pub fn has_feature(&self, fbit: u32) -> Result<bool> {
+        if fbit >= bindings::VIRTIO_FEATURES_BITS
+            || (fbit < bindings::VIRTIO_TRANSPORT_F_START && !self.driver_offers(fbit))
+        {
+            return Err(EINVAL);
+        }
+        // SAFETY: `self.as_raw()` is a valid, bound `struct virtio_device`; `fbit` is a
+        // transport bit or one the driver offers (checked above), so the C accessor's
+        // `virtio_check_driver_offered_feature` finds it.
+        Ok(unsafe { bindings::virtio_has_feature(self.as_raw(), fbit) })
     }
 
-    /// Reads a little-endian field of type `F` at byte `offset` of the device-specific
-    /// configuration space, as one consistent snapshot (retried if the device changes its
-    /// configuration during the read).
-    ///
-    /// Use `core::mem::offset_of!` on the uapi configuration struct for `offset`. Like the C
-    /// accessors, it expects the field to lie within the configuration space the device type
-    /// defines. May sleep.
-    pub fn read_config<F: ConfigField>(&self, offset: usize) -> Result<F> {
-        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to a driver.
-        unsafe { read_config_raw(self.as_raw(), offset) }
+    /// Whether the bound driver's feature tables (as `virtio_check_driver_offered_feature`
+    /// reads them) hold `fbit`.
+    fn driver_offers(&self, fbit: u32) -> bool {
+        // SAFETY: The device is bound, so `dev.driver` is the `struct device_driver` embedded in
+        // the bound `struct virtio_driver`, whose tables have the sizes it states and live as
+        // long as the driver is registered (at least while it is bound).
+        unsafe {
+            let drv = (*self.as_raw()).dev.driver;
+            if drv.is_null() {
+                return false;
+            }
+            let vdrv = crate::container_of!(drv, bindings::virtio_driver, driver);
+            let table = |ptr: *const c_uint, len: c_uint| {
+                if ptr.is_null() {
+                    &[][..]
+                } else {
+                    core::slice::from_raw_parts(ptr, len as usize)
+                }
+            };
+            offers(table((*vdrv).feature_table, (*vdrv).feature_table_size), fbit)
+                || offers(
+                    table(
+                        (*vdrv).feature_table_legacy,
+                        (*vdrv).feature_table_size_legacy,
+                    ),
+                    fbit,
+                )
+        }
+    }
+
+    /// Reads a field of the device's configuration space `C` (the uapi struct of its type),
+    /// named by `field` (`|c: &C| &c.requested_size`), little endian, as one consistent
+    /// snapshot (retried if the device changes its configuration during the read). Fails with
+    /// `EINVAL` if the device is of another type than `C` describes. May sleep.
+    pub fn read_config<C: ConfigSpace, F: ConfigField>(
+        &self,
+        field: impl FnOnce(&C) -> &F,
+    ) -> Result<F> {
+        if self.device_id() != C::DEVICE_ID {
+            return Err(EINVAL);
+        }
+        let offset = config_offset(field)?;
+        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to a driver; the field
+        // lies within its type's configuration space.
+        unsafe { read_config_raw::<F>(self.as_raw(), offset) }
     }
 }
 
@@ -375,15 +469,16 @@ impl Device<device::Bound> {
 /// # Safety
 ///
 /// `vdev` must be a valid `struct virtio_device` bound to a driver (so that its transport's
-/// config ops are set up).
+/// config ops are set up), and `[offset, offset + F::SIZE)` must lie within its device type's
+/// configuration space.
 unsafe fn read_config_raw<F: ConfigField>(
     vdev: *mut bindings::virtio_device,
     offset: usize,
 ) -> Result<F> {
     let offset = u32::try_from(offset).map_err(|_| EINVAL)?;
     let mut buf = [0u8; 8];
-    // SAFETY: `vdev` is valid and bound (function safety requirement); `buf` has room for
-    // `F::SIZE <= 8` bytes.
+    // SAFETY: `vdev` is valid and bound and the field within the config space (function safety
+    // requirements); `buf` has room for `F::SIZE <= 8` bytes.
     unsafe { bindings::virtio_cread_le(vdev, offset, buf.as_mut_ptr().cast(), F::SIZE) };
     Ok(F::from_le(&buf))
 }
@@ -399,11 +494,15 @@ impl<'a> Device<device::Core<'a>> {
     }
 
     /// Finds the device's virtqueue 0 and sets it up for [`Virtqueue::transact`], with bounce
-    /// buffers of `max_out` bytes for requests and `max_in` bytes for answers.
+    /// buffers of `max_out` bytes for requests and `max_in` bytes for answers (both at least
+    /// one byte: `EINVAL` otherwise).
     ///
     /// A device has at most one such virtqueue; it lives until the device is unbound.
     pub fn find_vq(&self, name: &'static CStr, max_out: usize, max_in: usize) -> Result<Virtqueue> {
         let raw = self.as_raw();
+        if max_out == 0 || max_in == 0 {
+            return Err(EINVAL);
+        }
         // SAFETY: `priv` of a `struct virtio_device` is for the driver's use: this abstraction
         // uses it to track the virtqueue, and nothing else touches it while we are bound.
         if unsafe { !(*raw).priv_.is_null() } {
@@ -414,10 +513,7 @@ impl<'a> Device<device::Core<'a>> {
         let inp = KVec::from_elem(0u8, max_in, GFP_KERNEL)?;
         let inner = Arc::pin_init(
             try_pin_init!(VqInner {
-                done <- Opaque::ffi_init(|slot: *mut bindings::completion| {
-                    // SAFETY: `slot` is valid for writes and pinned.
-                    unsafe { bindings::init_completion(slot) }
-                }),
+                done <- Completion::new(),
                 state <- new_mutex!(VqState {
                     vq: core::ptr::null_mut(),
                     vdev: raw,
@@ -429,24 +525,32 @@ impl<'a> Device<device::Core<'a>> {
             GFP_KERNEL,
         )?;
 
+        // Keep one reference for the adapter and the virtqueue callback, published before the
+        // virtqueue exists, so that the callback (which cannot run before a buffer is added)
+        // always finds it: `teardown` deletes the virtqueue first and releases it after.
+        let keep = Arc::into_raw(inner.clone());
+        // SAFETY: `priv` is ours (see above) and was NULL.
+        unsafe { (*raw).priv_ = keep.cast_mut().cast() };
+
         // SAFETY: `raw` is a valid `struct virtio_device` in probe; `vq_callback` matches
         // `vq_callback_t` and `name` is a static string.
         let vq = from_err_ptr(unsafe {
             bindings::virtio_find_single_vq(raw, Some(vq_callback), name.as_char_ptr())
-        })?;
-        if vq.is_null() {
-            return Err(ENOMEM);
-        }
-
+        });
+        let vq = match vq {
+            Ok(vq) if !vq.is_null() => vq,
+            res => {
+                // SAFETY: No virtqueue exists, so no callback can see `priv`; the reference
+                // came from `Arc::into_raw` just above.
+                unsafe {
+                    (*raw).priv_ = core::ptr::null_mut();
+                    drop(Arc::from_raw(keep));
+                }
+                return Err(res.err().unwrap_or(ENOMEM));
+            }
+        };
         inner.state.lock().vq = vq;
-
-        // Keep one reference for the adapter and the virtqueue callback: `teardown` revokes
-        // the virtqueue and releases it. No buffer was added yet, so no callback ran before.
-        let handle = Virtqueue { inner };
-        let keep = handle.inner.clone();
-        // SAFETY: `priv` is ours (see above) and was NULL.
-        unsafe { (*raw).priv_ = Arc::into_raw(keep).cast_mut().cast() };
-        Ok(handle)
+        Ok(Virtqueue { inner })
     }
 
     /// Resets the device and deletes its virtqueue: the device stops using the driver's buffers
@@ -460,8 +564,9 @@ impl<'a> Device<device::Core<'a>> {
     }
 
     /// Quiets the device and revokes its virtqueue: reset if the driver got as far as
-    /// `DRIVER_OK`, then delete the virtqueue, so no buffer of ours is used by the device and no
-    /// callback runs afterwards.
+    /// `DRIVER_OK`, take back the buffers the device still has (a request that timed out), then
+    /// delete the virtqueue, so no buffer of ours is used by the device and no callback runs
+    /// afterwards.
     fn teardown(&self) {
         let raw = self.as_raw();
         if self.status() & STATUS_DRIVER_OK != 0 {
@@ -469,24 +574,33 @@ impl<'a> Device<device::Core<'a>> {
             unsafe { bindings::virtio_reset_device(raw) };
         }
         // SAFETY: `priv_` is only ever set by `find_vq`, to a pointer from `Arc::into_raw`;
-        // `raw` is valid and we are its driver's probe or remove, so nobody else touches it.
-        let keep = unsafe {
-            let keep = (*raw).priv_;
-            (*raw).priv_ = core::ptr::null_mut();
-            keep
-        };
+        // `raw` is valid and we are its driver's probe or remove, so nobody else writes it.
+        let keep = unsafe { (*raw).priv_ }.cast::<VqInner>().cast_const();
         if keep.is_null() {
             return;
         }
-        // SAFETY: `keep` came from `Arc::<VqInner>::into_raw` in `find_vq` and was not
-        // converted back since (we just cleared `priv_`).
-        let inner = unsafe { Arc::<VqInner>::from_raw(keep.cast()) };
-        let mut state = inner.state.lock();
-        if !state.vq.is_null() {
-            state.vq = core::ptr::null_mut();
-            // SAFETY: `raw` is valid and its virtqueue was created by `find_vq`; the device is
-            // reset (or was never made ready), so it owns none of our buffers any more.
-            unsafe { bindings::virtio_del_vqs(raw) };
+        // SAFETY: `keep` is the reference `find_vq` published; it stays alive until released
+        // below.
+        let inner = unsafe { &*keep };
+        {
+            let mut state = inner.state.lock();
+            if !state.vq.is_null() {
+                // SAFETY: The device is reset (or was never made ready), so it uses none of the
+                // buffers; detaching them frees what the virtqueue allocated for them (an
+                // indirect table). We hold the lock serializing all virtqueue operations.
+                while !unsafe { bindings::virtqueue_detach_unused_buf(state.vq) }.is_null() {}
+                state.busy = false;
+                state.vq = core::ptr::null_mut();
+                // SAFETY: `raw` is valid and its virtqueue was created by `find_vq`; deleting it
+                // waits for a running callback.
+                unsafe { bindings::virtio_del_vqs(raw) };
+            }
+        }
+        // SAFETY: No virtqueue, hence no callback, is left to read `priv`; the reference came
+        // from `Arc::into_raw` in `find_vq` and is released once, here (`priv` is cleared).
+        unsafe {
+            (*raw).priv_ = core::ptr::null_mut();
+            drop(Arc::from_raw(keep));
         }
     }
 }
@@ -551,13 +665,17 @@ unsafe impl Sync for Device<device::Bound> {}
 /// `VqInner` that owns the virtqueue.
 extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
     // SAFETY: The virtio core passes the valid virtqueue this callback was registered for, whose
-    // device is valid too.
-    let inner = unsafe { (*(*vq).vdev).priv_ }.cast::<VqInner>();
+    // device is valid too. `find_vq` published `priv` before it created the virtqueue, and
+    // `teardown` clears it only after deleting it: read it once, as the C side would with
+    // `READ_ONCE()`.
+    let inner = unsafe { core::ptr::read_volatile(&raw const (*(*vq).vdev).priv_) }
+        .cast::<VqInner>()
+        .cast_const();
     if !inner.is_null() {
         // SAFETY: A non-NULL `priv` is the `Arc<VqInner>` reference that `find_vq` stored and
         // `teardown` releases only after the virtqueue is deleted, i.e. after every callback
-        // has returned; `done` is a valid completion.
-        unsafe { bindings::complete((*inner).done.get()) };
+        // has returned.
+        unsafe { (*inner).done.complete() };
     }
 }
 
@@ -566,14 +684,14 @@ extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
 struct VqInner {
     /// Completed by the virtqueue callback whenever the device used a buffer.
     #[pin]
-    done: Opaque<bindings::completion>,
+    done: Completion,
     /// One request at a time: the bounce buffers and the virtqueue belong to the lock holder.
     #[pin]
     state: Mutex<VqState>,
 }
 
-// SAFETY: The completion is designed to be used from any thread (it has its own lock); the rest
-// of `VqInner` is behind the mutex.
+// SAFETY: The raw pointers in `VqState` are only used under its mutex, and only while the device
+// is bound (`vq` not NULL); `Completion` is `Send + Sync`.
 unsafe impl Send for VqInner {}
 // SAFETY: See above.
 unsafe impl Sync for VqInner {}
@@ -620,20 +738,29 @@ pub struct Virtqueue {
 impl Virtqueue {
     /// Reads a config field as [`Device::read_config`] does, while the device is bound
     /// (`ENODEV` afterwards). May sleep.
-    pub fn read_config<F: ConfigField>(&self, offset: usize) -> Result<F> {
+    pub fn read_config<C: ConfigSpace, F: ConfigField>(
+        &self,
+        field: impl FnOnce(&C) -> &F,
+    ) -> Result<F> {
         let st = self.inner.state.lock();
         if st.vq.is_null() {
             return Err(ENODEV);
         }
         // SAFETY: `vq` is not NULL, so the device is still bound: `teardown` clears `vq` under
         // this lock before the device is unbound.
-        unsafe { read_config_raw(st.vdev, offset) }
+        if unsafe { (*st.vdev).id.device } != C::DEVICE_ID {
+            return Err(EINVAL);
+        }
+        let offset = config_offset(field)?;
+        // SAFETY: The device is bound (see above) and of `C`'s type, and the field lies within
+        // `C`.
+        unsafe { read_config_raw::<F>(st.vdev, offset) }
     }
 
     /// Sends `request` to the device and waits up to `timeout` for its answer, which is copied
     /// into `answer`. Returns the number of bytes the device wrote.
     ///
-    /// Errors: `EINVAL` if a buffer is larger than the bounce buffers given to
+    /// Errors: `EINVAL` if a buffer is empty or larger than the bounce buffers given to
     /// [`Device::find_vq`], `ETIMEDOUT` if the device did not answer in time (the next request
     /// first waits for that answer and returns `EBUSY` while it has not come), `ENODEV` once the
     /// device is unbound, and what `virtqueue_add_sgs` returns (`EIO` for a broken device).
@@ -643,7 +770,11 @@ impl Virtqueue {
         if st.vq.is_null() {
             return Err(ENODEV);
         }
-        if request.len() > st.out.len() || answer.len() > st.inp.len() || request.is_empty() {
+        if request.len() > st.out.len()
+            || answer.len() > st.inp.len()
+            || request.is_empty()
+            || answer.is_empty()
+        {
             return Err(EINVAL);
         }
         if st.busy && st.reclaim().is_none() {
@@ -667,9 +798,9 @@ impl Virtqueue {
         let mut sgs = [sg_out.get(), sg_in.get()];
         let token = st.out.as_mut_ptr().cast::<c_void>();
 
-        // SAFETY: `done` is a valid completion; re-arming it before adding the buffer means a
-        // completion seen later belongs to this request (or a later spurious interrupt).
-        unsafe { bindings::reinit_completion(self.inner.done.get()) };
+        // Re-armed before the buffer is added: a completion seen later belongs to this request
+        // (or a later spurious interrupt, after which the loop below looks again).
+        self.inner.done.reinit();
         // SAFETY: `st.vq` is live and we hold the lock serializing all operations on it; `sgs`
         // holds one readable and one writable scatterlist, as announced by `1, 1`.
         to_result(unsafe {
@@ -690,9 +821,9 @@ impl Virtqueue {
                 st.busy = true;
                 return Err(ETIMEDOUT);
             }
-            let jiffies = crate::time::msecs_to_jiffies(u32::try_from(left).unwrap_or(u32::MAX));
-            // SAFETY: `done` is a valid completion.
-            unsafe { bindings::wait_for_completion_timeout(self.inner.done.get(), jiffies) };
+            self.inner
+                .done
+                .wait_for_completion_timeout(Delta::from_millis(left));
         }
     }
 }
@@ -733,6 +864,27 @@ mod tests {
         assert_eq!(<u32 as ConfigField>::from_le(&bytes), 0x0403_0201);
         assert_eq!(<u64 as ConfigField>::from_le(&bytes), 0x0807_0605_0403_0201);
         assert_eq!(<u64 as ConfigField>::SIZE, 8);
+    }
+
+    #[test]
+    fn config_reads_name_a_field_of_the_struct() {
+        type C = bindings::virtio_mem_config;
+        assert_eq!(config_offset(|c: &C| &c.requested_size), Ok(48));
+        assert_eq!(config_offset(|c: &C| &c.node_id), Ok(8));
+        assert_eq!(config_offset(|c: &C| &c.padding[5]), Ok(15));
+        // A projection to anything but a field of the struct is refused.
+        static OUTSIDE: u64 = 0;
+        assert_eq!(config_offset(|_: &C| &OUTSIDE), Err(EINVAL));
+    }
+
+    #[test]
+    fn only_offered_features_are_asked_about() {
+        const TABLE: &[u32] = &[bindings::VIRTIO_MEM_F_ACPI_PXM, 1];
+        const OFFERED: bool = offers(TABLE, 1);
+        assert!(OFFERED);
+        assert!(offers(TABLE, bindings::VIRTIO_MEM_F_ACPI_PXM));
+        assert!(!offers(TABLE, bindings::VIRTIO_MEM_F_PERSISTENT_SUSPEND));
+        assert!(!offers(&[], 0));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 //! The device's configuration space: reading it and deciding whether it makes sense.
 
-use core::{mem::offset_of, ops::RangeInclusive};
+use core::ops::RangeInclusive;
 pub(crate) use kernel::bindings::virtio_mem_config as Raw;
 use kernel::{device::Bound, fmt, prelude::*, virtio};
 
@@ -29,13 +29,13 @@ impl DeviceConfig {
     /// Reads every field from the device.
     pub(crate) fn read(dev: &virtio::Device<Bound>) -> Result<Self> {
         Ok(Self {
-            block_size: dev.read_config(offset_of!(Raw, block_size))?,
-            node_id: dev.read_config(offset_of!(Raw, node_id))?,
-            addr: dev.read_config(offset_of!(Raw, addr))?,
-            region_size: dev.read_config(offset_of!(Raw, region_size))?,
-            usable_region_size: dev.read_config(offset_of!(Raw, usable_region_size))?,
-            plugged_size: dev.read_config(offset_of!(Raw, plugged_size))?,
-            requested_size: dev.read_config(offset_of!(Raw, requested_size))?,
+            block_size: dev.read_config(|c: &Raw| &c.block_size)?,
+            node_id: dev.read_config(|c: &Raw| &c.node_id)?,
+            addr: dev.read_config(|c: &Raw| &c.addr)?,
+            region_size: dev.read_config(|c: &Raw| &c.region_size)?,
+            usable_region_size: dev.read_config(|c: &Raw| &c.usable_region_size)?,
+            plugged_size: dev.read_config(|c: &Raw| &c.plugged_size)?,
+            requested_size: dev.read_config(|c: &Raw| &c.requested_size)?,
         })
     }
 

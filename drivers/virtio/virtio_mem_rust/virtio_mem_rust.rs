@@ -157,6 +157,13 @@ impl Drop for VirtioMem {
 
 struct VirtioMemDriver;
 
+// The features the driver asks about are ones it offers (asking about others fails).
+const _: () = {
+    let offered = <VirtioMemDriver as virtio::Driver>::FEATURES;
+    assert!(virtio::offers(offered, bindings::VIRTIO_MEM_F_ACPI_PXM));
+    assert!(virtio::offers(offered, bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE));
+};
+
 impl virtio::Driver for VirtioMemDriver {
     type Data<'bound> = VirtioMem;
     const ID_TABLE: virtio::IdTable = &ID_TABLE;
@@ -207,7 +214,7 @@ impl virtio::Driver for VirtioMemDriver {
         dev_info!(
             dev,
             "unplugged memory is inaccessible: {}\n",
-            if dev.has_feature(bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) {
+            if matches!(dev.has_feature(bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE), Ok(true)) {
                 "yes"
             } else {
                 "no"
@@ -347,7 +354,7 @@ impl virtio::Driver for VirtioMemDriver {
 /// `VIRTIO_MEM_F_ACPI_PXM`, otherwise (or if the firmware does not know that domain) the node of
 /// its start address, as the C driver decides.
 fn node_of(dev: &virtio::Device<kernel::device::Bound>, config: &DeviceConfig) -> i32 {
-    if dev.has_feature(bindings::VIRTIO_MEM_F_ACPI_PXM) {
+    if matches!(dev.has_feature(bindings::VIRTIO_MEM_F_ACPI_PXM), Ok(true)) {
         if let Some(nid) = memory_hotplug::pxm_to_node(config.node_id.into()) {
             return nid;
         }

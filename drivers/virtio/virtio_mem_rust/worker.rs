@@ -66,7 +66,6 @@ use crate::{
     Mode,
 };
 use core::{
-    mem::offset_of,
     num::NonZeroU64,
     sync::atomic::{
         AtomicBool,
@@ -1847,14 +1846,14 @@ impl Worker {
     /// Reads the requested and usable region sizes.
     pub(crate) fn read_sizes(&self) -> Result<(u64, u64)> {
         Ok((
-            self.vq.read_config(offset_of!(Raw, requested_size))?,
-            self.vq.read_config(offset_of!(Raw, usable_region_size))?,
+            self.vq.read_config(|c: &Raw| &c.requested_size)?,
+            self.vq.read_config(|c: &Raw| &c.usable_region_size)?,
         ))
     }
 
     /// Reads the device's plugged size.
     pub(crate) fn read_plugged(&self) -> Result<u64> {
-        self.vq.read_config(offset_of!(Raw, plugged_size))
+        self.vq.read_config(|c: &Raw| &c.plugged_size)
     }
 
     /// Sends `req`, waiting a bounded time for the answer, and counts it. The failure says why.
