@@ -32,6 +32,16 @@ cargo_tests() { # NAME: builds tools/NAME and runs its tests
 cargo_tests vmctl
 cargo_tests vmem-status
 
+# --- the abstractions' compile_fail examples, built against this kernel -------
+log "compile_fail examples"
+cf_log=$results/compile-fail.log
+"$REPO/scripts/compile-fail.sh" >"$cf_log" 2>&1 || true
+cf=$(sed -n 's/^compile-fail: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$cf_log")
+if [ -z "$cf" ]; then tail -n 20 "$cf_log"; cf="0 1"; fi
+grep -E '^(not ok|# )' "$cf_log" | head -n 20 || true
+# shellcheck disable=SC2086
+count compile-fail $cf
+
 # --- guest tests ---------------------------------------------------------------
 tests=$REPO/tools/testing/selftests/drivers/virtio_mem
 genv=$(guest_env)

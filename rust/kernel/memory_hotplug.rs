@@ -20,6 +20,13 @@
 //! `MEM_GOING_OFFLINE` contract), hands it to the kernel only when the driver says the device
 //! backs it, and takes it from the kernel (migrating what is in use) before the driver tells the
 //! device to stop backing it. Its own lock serializes all of this with onlining and offlining.
+//!
+//! The pages the kernel hands to the online-page callback are the region's business alone: no
+//! type for them is exposed, so no driver can keep them past the callback or online them later:
+//!
+//! ```ignore,compile_fail,E0432
+//! use kernel::memory_hotplug::OnliningPages;
+//! ```
 
 mod online_page;
 mod pages;

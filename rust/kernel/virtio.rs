@@ -328,6 +328,26 @@ impl_config_field!(u8, u16, u32, u64);
 /// never run past the configuration space the device type defines (the transports `BUG()` on
 /// that).
 ///
+/// Only fields of the four integer types a configuration space holds can be read:
+///
+/// ```ignore,compile_fail,E0277
+/// # use kernel::{bindings::virtio_mem_config, device::Bound, prelude::*, virtio::Device};
+/// fn padding(dev: &Device<Bound>) -> Result<[u8; 6]> {
+///     dev.read_config(|c: &virtio_mem_config| &c.padding)
+/// }
+/// ```
+///
+/// and declaring a configuration space takes an `unsafe impl`, which vouches for its layout:
+///
+/// ```ignore,compile_fail,E0200
+/// # use kernel::virtio::ConfigSpace;
+/// #[derive(Default, Clone, Copy)]
+/// struct Bigger([u64; 512]);
+/// impl ConfigSpace for Bigger {
+///     const DEVICE_ID: u32 = kernel::bindings::VIRTIO_ID_MEM;
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// `Self` is the `struct virtio_*_config` of devices of type [`Self::DEVICE_ID`] (`VIRTIO_ID_*`),

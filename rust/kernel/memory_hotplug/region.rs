@@ -700,7 +700,8 @@ impl MemoryNotifierHandler for RegionInner {
 ///
 /// - when a block is onlined, the region (through the kernel's online-page callback, which it
 ///   holds while any added block has inaccessible pages) gives only accessible granules to the
-///   page allocator;
+///   page allocator; the chunks of pages the kernel passes to the callback never leave the
+///   call, and no driver code sees them;
 /// - it vetoes onlining a block with nothing accessible, or with inaccessible pages while
 ///   another driver holds the online-page callback, and, while [blocked](Self::block_hotplug),
 ///   onlining and offlining by others;
@@ -1017,6 +1018,16 @@ impl SystemRamRegion {
     /// No memory block of the range is onlined or offlined between the region's checks,
     /// `first` and the hand-over: onlining and offlining wait. If `first` fails, nothing
     /// changes.
+    ///
+    /// `first` runs with the region's lock held; it cannot reach the region, which is borrowed
+    /// for the call (re-entering would deadlock):
+    ///
+    /// ```ignore,compile_fail,E0500
+    /// # use kernel::memory_hotplug::SystemRamRegion;
+    /// fn plug(region: &mut SystemRamRegion, addr: u64, size: u64) {
+    ///     let _ = region.give_pages(addr, size, || region.remove_memory(addr, size));
+    /// }
+    /// ```
     pub fn give_pages<E>(
         &mut self,
         start: u64,
@@ -1046,7 +1057,8 @@ impl SystemRamRegion {
     /// back to the kernel or stay inaccessible (when the device may have acted).
     ///
     /// No memory block of the range is onlined or offlined between the region's checks, the
-    /// taking, `then` and an undo: onlining and offlining wait.
+    /// taking, `then` and an undo: onlining and offlining wait. As with [`Self::give_pages`],
+    /// `then` cannot reach the region.
     pub fn take_pages<E>(
         &mut self,
         start: u64,
