@@ -146,6 +146,8 @@ guest flap 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2
 guest bbm-unmovable 1 "--append memhp_default_state=online_movable --vmem size=4G,block=1G,id=vm0" \
     "$tests/bbm_unmovable.sh"
 guest stopped 1 "--vmem size=4G,block=2M,id=vm0" "$tests/stopped.sh"
+guest request-moves 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,id=vm0" \
+    "$tests/request_moves.sh"
 guest big-memmap 1 "--append memhp_default_state=online_movable --append memory_hotplug.memmap_on_memory=1 --vmem size=64G,block=2M,id=vm0" \
     "VMR_MEMMAP=1 $tests/big.sh"
 guest big-staged 1 "--mem 1G --append memhp_default_state=online_movable --vmem size=64G,block=2M,id=vm0" \
