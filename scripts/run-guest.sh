@@ -143,7 +143,14 @@ fi
 
 echo "QMP socket: $qmp" >&2
 if [ -n "$timeout" ]; then
-    timeout --foreground -k 10 "$timeout" "${cmd[@]}"
+    # Without a terminal, timeout runs the guest in a process group of its own and kills all
+    # of it (QEMU too: a guest that hangs must not keep running after its test). With one, the
+    # guest needs the terminal, so only vng is signalled.
+    if [ -t 0 ]; then
+        timeout --foreground -k 10 "$timeout" "${cmd[@]}"
+    else
+        timeout -k 10 "$timeout" "${cmd[@]}"
+    fi
 else
     "${cmd[@]}"
 fi
