@@ -7,6 +7,10 @@
 #   VMR_KO_C     path of the C driver's virtio_mem.ko
 #   VMCTL        path of the vmctl binary (speaks QMP over the guest's port)
 #   VMEM_STATUS  path of the vmem-status binary (reads the driver's sysfs state)
+#   VMR_TIME_FACTOR  how much slower this kernel is than the normal one (the
+#                debug lane's lockdep and DEBUG_PAGEALLOC under TCG); every
+#                --timeout / --wait-timeout-s given to vmctl and vmem-status
+#                and every wait_memtotal_kb bound is multiplied by it
 #
 # Every script ends with ktap_finish, which checks the kernel log as its last
 # result (kernel_log_check); ktap_header counts that result in the plan.
@@ -52,7 +56,22 @@ ktap_finish() {
     [ "$KTAP_FAIL" = 0 ]
 }
 
-vmctl() { "$VMCTL" --port-name org.qemu.qmp0 "$@"; }
+VMR_TIME_FACTOR=${VMR_TIME_FACTOR:-1}
+
+# Runs a command with the value of each --timeout / --wait-timeout-s option
+# multiplied by VMR_TIME_FACTOR.
+with_scaled_timeouts() {
+    local args=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --timeout|--wait-timeout-s) args+=("$1" "$(($2 * VMR_TIME_FACTOR))"); shift 2 ;;
+            *) args+=("$1"); shift ;;
+        esac
+    done
+    "${args[@]}"
+}
+
+vmctl() { with_scaled_timeouts "$VMCTL" --port-name org.qemu.qmp0 "$@"; }
 
 # Runs a command with its standard output discarded.
 quiet() { "$@" >/dev/null; }
@@ -101,7 +120,9 @@ KERNEL_SPLAT_RE='WARNING:|BUG:|kernel BUG at|INFO: possible|INFO: trying to regi
 # memory block devices and so drains their sysfs files). The C driver
 # triggers the same report; it is the core's: the sysfs writer only
 # try-locks the device hotplug lock (lock_device_hotplug_sysfs) and restarts
-# the syscall if it is taken, so the two cannot deadlock. A report counts as
+# the syscall if it is taken, so the two cannot deadlock. (Lockdep sees the
+# removal side only when the file is in use while its block goes: kernfs
+# annotates draining only then, so the report is rare.) A report counts as
 # that one only if every lock class of its cycle (the two it is about, the
 # dependency chain and the unsafe scenario; the locks the task holds are
 # listed as well and are not part of the cycle) is one kn->active class or
@@ -195,9 +216,10 @@ virtio_mem_ram_bytes() {
     echo "$total"
 }
 
-# Waits up to $2 seconds until MemTotal is $1 kB; prints the last value seen.
+# Waits up to $2 seconds (times VMR_TIME_FACTOR) until MemTotal is $1 kB;
+# prints the last value seen.
 wait_memtotal_kb() {
-    local want=$1 deadline=$((SECONDS + $2)) now
+    local want=$1 deadline=$((SECONDS + $2 * VMR_TIME_FACTOR)) now
     while now=$(memtotal_kb); [ "$now" != "$want" ] && [ $SECONDS -lt "$deadline" ]; do
         sleep 0.05
     done
@@ -229,7 +251,7 @@ set_block_state() { echo "$2" >/sys/devices/system/memory/memory$1/state; }
 # Attribute $2 of virtio_mem_rust's sysfs group of device $1.
 vmem_attr() { cat "/sys/bus/virtio/devices/$1/virtio_mem/$2"; }
 
-vmem_status() { "$VMEM_STATUS" "$@"; }
+vmem_status() { with_scaled_timeouts "$VMEM_STATUS" "$@"; }
 
 # Counter $2 (a line of the `stats` attribute) of device $1.
 vmem_stat() { sed -n "s/^$2 //p" "/sys/bus/virtio/devices/$1/virtio_mem/stats"; }
