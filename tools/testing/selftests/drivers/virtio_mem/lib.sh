@@ -58,13 +58,16 @@ ktap_finish() {
 
 VMR_TIME_FACTOR=${VMR_TIME_FACTOR:-1}
 
+# $1 seconds on this kernel: for a test's own waits and quiet periods.
+scaled() { echo $(($1 * VMR_TIME_FACTOR)); }
+
 # Runs a command with the value of each --timeout / --wait-timeout-s option
 # multiplied by VMR_TIME_FACTOR.
 with_scaled_timeouts() {
     local args=()
     while [ $# -gt 0 ]; do
         case "$1" in
-            --timeout|--wait-timeout-s) args+=("$1" "$(($2 * VMR_TIME_FACTOR))"); shift 2 ;;
+            --timeout|--wait-timeout-s) args+=("$1" "$(scaled "$2")"); shift 2 ;;
             *) args+=("$1"); shift ;;
         esac
     done
@@ -219,7 +222,7 @@ virtio_mem_ram_bytes() {
 # Waits up to $2 seconds (times VMR_TIME_FACTOR) until MemTotal is $1 kB;
 # prints the last value seen.
 wait_memtotal_kb() {
-    local want=$1 deadline=$((SECONDS + $2 * VMR_TIME_FACTOR)) now
+    local want=$1 deadline=$((SECONDS + $(scaled "$2"))) now
     while now=$(memtotal_kb); [ "$now" != "$want" ] && [ $SECONDS -lt "$deadline" ]; do
         sleep 0.05
     done
