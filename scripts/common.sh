@@ -12,7 +12,6 @@ VMR_CACHE=${VMR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/virtio-mem-rust}
 KVER_WANT=${KVER_WANT:-7.3.4-1~bpo13+1}
 KDEB_SHA256=${KDEB_SHA256:-703e369ddd4cce971452f5a593ee55df3a5c10c83caf0fa0df039633ed181ee3}
 KSRC=$VMR_CACHE/linux            # unpacked kernel tree with our overlay applied
-KBUILD=$VMR_CACHE/build          # O= build output
 PRISTINE=$VMR_CACHE/pristine     # pristine copies of kernel files we patch or overlay
 LIBCLANG_VENV=$VMR_CACHE/venv    # python venv: libclang 18, virtme-ng
 export CCACHE_DIR=${CCACHE_DIR:-$VMR_CACHE/ccache}
@@ -20,6 +19,28 @@ export PATH=$LIBCLANG_VENV/bin:$HOME/.cargo/bin:$PATH
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Two kernels are built from the same tree: the "normal" lane (configs/*.config)
+# and the "debug" lane (the same plus configs/debug/*.config: lockdep, DEBUG_VM,
+# KFENCE, DEBUG_PAGEALLOC, ...), which finds locking and memory bugs the normal
+# kernel lets pass. Each lane has its own build directory and staged modules;
+# the source tree and the ccache are shared. use_lane sets:
+#   LANE, KBUILD (O= build output), KMODS (staged modules), LANE_CONFIGS
+#   (fragments, later ones override earlier ones) and LANE_TIME_FACTOR (how
+#   much slower its guests are; test timeouts are multiplied by it).
+use_lane() {
+    case "$1" in
+        normal) KBUILD=$VMR_CACHE/build KMODS=$VMR_CACHE/modules LANE_TIME_FACTOR=1
+                LANE_CONFIGS=("$REPO"/configs/*.config) ;;
+        debug) KBUILD=$VMR_CACHE/build-debug KMODS=$VMR_CACHE/modules-debug LANE_TIME_FACTOR=3
+                LANE_CONFIGS=("$REPO"/configs/*.config "$REPO"/configs/debug/*.config) ;;
+        *) die "unknown lane '$1' (normal or debug)" ;;
+    esac
+    LANE=$1
+    # Scripts started from here (configure.sh from build.sh) build the same lane.
+    export VMR_LANE=$1
+}
+use_lane "${VMR_LANE:-normal}"
 
 # The Debian mirror this machine is already configured with, read from its
 # apt sources (deb822 .sources or one-line .list). Never hard-coded.
@@ -74,13 +95,14 @@ private_apt() {
 }
 
 # Where the guests find what they need, all on the host filesystem they see:
-# the two drivers' modules, vmctl and vmem-status. Prints "VAR=value ..." for
-# `export` in a guest command line.
+# the two drivers' modules of the current lane, vmctl and vmem-status, and the
+# lane's time factor. Prints "VAR=value ..." for `export` in a guest command
+# line.
 VMCTL_BIN=$REPO/tools/vmctl/target/release/vmctl
 VMEM_STATUS_BIN=$REPO/tools/vmem-status/target/release/vmem-status
 guest_env() {
     local kver moddir
     kver=$(cat "$KBUILD/include/config/kernel.release")
-    moddir=$VMR_CACHE/modules/lib/modules/$kver/kernel/drivers/virtio
-    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$VMR_CACHE/modules/vmr_pin_page.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN"
+    moddir=$KMODS/lib/modules/$kver/kernel/drivers/virtio
+    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$KMODS/vmr_pin_page.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN VMR_TIME_FACTOR=$LANE_TIME_FACTOR"
 }

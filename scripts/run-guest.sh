@@ -28,6 +28,9 @@
 #                    neither virtio_mem nor virtio_mem_rust is autoloaded, so
 #                    the test or the person picks one with insmod)
 #   --verbose        show the guest's kernel console
+#   --lane LANE      boot the kernel of lane LANE: normal (default, or
+#                    $VMR_LANE) or debug (lockdep, DEBUG_VM, KFENCE, ...;
+#                    build it with scripts/build.sh --lane debug)
 # Without a command the guest starts an interactive shell.
 source "$(dirname "$0")/common.sh"
 
@@ -47,13 +50,14 @@ while [ $# -gt 0 ]; do
         --timeout) timeout=$2; shift 2 ;;
         --verbose|-v) verbose=(--verbose); shift ;;
         --autoload) autoload=1; shift ;;
+        --lane) use_lane "$2"; shift 2 ;;
         --) shift; break ;;
         *) die "run-guest.sh: unknown option $1" ;;
     esac
 done
 
 kernel=$KBUILD/arch/x86/boot/bzImage
-[ -f "$kernel" ] || die "no kernel at $kernel: run 'make build' first"
+[ -f "$kernel" ] || die "no $LANE kernel at $kernel: run 'scripts/build.sh --lane $LANE' first"
 
 source "$REPO/tools/testing/selftests/drivers/virtio_mem/sizes.sh"
 

@@ -3,17 +3,35 @@
 # vmctl's own tests, then boots guests with real QEMU virtio-mem-pci devices
 # and runs the kselftests in tools/testing/selftests/drivers/virtio_mem/
 # there. Every KTAP result is counted; the last line is "N passed, N failed".
+#
+# The guest tests run twice: on the normal kernel, then on the debug lane's
+# (lockdep, DEBUG_VM, KFENCE, DEBUG_PAGEALLOC, Rust debug assertions and
+# overflow checks), whose results go to test-results/debug/ and whose totals
+# get a line of their own. Every phase's time is printed when it ends and
+# again at the end.
 source "$(dirname "$0")/common.sh"
 
-"$REPO/scripts/setup-host.sh"
-"$REPO/scripts/build.sh"
+times=()
+phase_done() { # NAME START (date +%s)
+    local s=$(( $(date +%s) - $2 ))
+    times+=("$(printf '%-26s %3dm%02ds' "$1" $((s / 60)) $((s % 60)))")
+    echo "time: ${times[-1]}"
+}
 
-passed=0 failed=0
+t=$(date +%s); "$REPO/scripts/setup-host.sh"; phase_done setup "$t"
+t=$(date +%s); "$REPO/scripts/build.sh"; phase_done "build (normal kernel)" "$t"
+# A debug kernel that does not build fails the debug lane only: the normal
+# lane still runs and reports.
+debug_built=1
+t=$(date +%s); "$REPO/scripts/build.sh" --lane debug || debug_built=0; phase_done "build (debug kernel)" "$t"
+
+passed=0 failed=0 lane_passed=0 lane_failed=0
 results=$VMR_CACHE/test-results
-rm -rf "$results"; mkdir -p "$results"
+rm -rf "$results"; mkdir -p "$results/debug"
 
 count() { # NAME PASSED FAILED
     passed=$((passed + $2)); failed=$((failed + $3))
+    lane_passed=$((lane_passed + $2)); lane_failed=$((lane_failed + $3))
     printf '== %s: %d passed, %d failed\n' "$1" "$2" "$3"
 }
 
@@ -29,8 +47,10 @@ cargo_tests() { # NAME: builds tools/NAME and runs its tests
     [ "$f" = 0 ] || grep -E '^(test .* FAILED|failures:|---- )' "$log" | head -n 20
     count "$name" "$p" "$f"
 }
+t=$(date +%s)
 cargo_tests vmctl
 cargo_tests vmem-status
+phase_done "host cargo tests" "$t"
 
 # --- the abstractions' compile_fail examples, built against this kernel -------
 log "compile_fail examples"
@@ -44,18 +64,19 @@ count compile-fail $cf
 
 # --- guest tests ---------------------------------------------------------------
 tests=$REPO/tools/testing/selftests/drivers/virtio_mem
-genv=$(guest_env)
 
 # guest NAME NSCRIPTS "run-guest options" "guest command"
 # NSCRIPTS: how many KTAP test scripts the command runs (a script that never
-# printed its header counts as one failure).
+# printed its header counts as one failure). Runs on the kernel of $LANE
+# (guest_tests below); its guest gets $LANE_TIME_FACTOR times the time.
 guest() {
     local name=$1 nscripts=$2 opts=$3 gcmd=$4 out=$results/$1.log
+    [ "$LANE" = normal ] || { out=$results/$LANE/$1.log; name=$LANE/$1; }
     log "guest test: $name"
     local rc=0
     # shellcheck disable=SC2086
-    "$REPO/scripts/run-guest.sh" --timeout 600 $opts -- "cd $REPO && export $genv && $gcmd" \
-        </dev/null >"$out" 2>&1 || rc=$?
+    "$REPO/scripts/run-guest.sh" --lane "$LANE" --timeout $((600 * LANE_TIME_FACTOR)) $opts \
+        -- "cd $REPO && export $genv && $gcmd" </dev/null >"$out" 2>&1 || rc=$?
     # Top-level KTAP lines only (subtests are indented).
     local plan ok notok
     plan=$( (grep -E '^1\.\.[0-9]+$' "$out" || true) | sed 's/^1\.\.//' | paste -sd+ | bc)
@@ -81,6 +102,9 @@ guest() {
     count "$name" "$ok" "$notok"
 }
 
+# Every guest test, on the kernel of the current lane (lane_tests below). The
+# list is kept unindented so that it stays easy to compare and merge.
+guest_tests() {
 guest probe 1 "--nodes 2 --vmem size=16G,block=2M,node=0,id=vm0 --vmem size=4G,block=1G,node=1,id=vm1" \
     "VMR_DEVICES='vm0 vm1' $tests/probe.sh"
 guest no-device 2 "" "$tests/no_device.sh; $tests/kunit.sh"
@@ -152,7 +176,31 @@ guest big-memmap 1 "--append memhp_default_state=online_movable --append memory_
     "VMR_MEMMAP=1 $tests/big.sh"
 guest big-staged 1 "--mem 1G --append memhp_default_state=online_movable --vmem size=64G,block=2M,id=vm0" \
     "VMR_MEMMAP=0 $tests/big.sh"
+}
 
-echo "test logs: $results"
+declare -A lane_totals
+lane_tests() { # LANE
+    use_lane "$1"
+    genv=$(guest_env)
+    lane_passed=0 lane_failed=0
+    local t; t=$(date +%s)
+    guest_tests
+    phase_done "guest tests ($1 lane)" "$t"
+    lane_totals[$1]="$lane_passed passed, $lane_failed failed"
+    echo "$1 lane: ${lane_totals[$1]}"
+}
+lane_tests normal
+if [ $debug_built = 1 ]; then
+    lane_tests debug
+else
+    lane_passed=0 lane_failed=0
+    count "debug lane: kernel build" 0 1
+    lane_totals[debug]="$lane_passed passed, $lane_failed failed"
+fi
+
+echo "test logs: $results (debug lane: $results/debug)"
+printf 'time: %s\n' "${times[@]}"
+echo "normal lane: ${lane_totals[normal]}"
+echo "debug lane: ${lane_totals[debug]}"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -9,7 +9,7 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 
-ktap_header 7
+ktap_header 6
 vdev=$(virtio_mem_devices)
 ktap_check "a virtio-mem device is present" test -n "$vdev"
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
@@ -20,7 +20,4 @@ ktap_check "the message names the fields and the pluggable range" \
     grep -q "addr/region_size: region \[0x500000000000-.*outside the pluggable physical range" <<<"$msg"
 ktap_eq "the device is not bound" "" "$(bound_driver "$vdev")"
 ktap_check "unload and load again" eval 'rmmod virtio_mem_rust && insmod "$VMR_KO_RUST" && rmmod virtio_mem_rust'
-splats=$(kernel_splats)
-[ -z "$splats" ] || ktap_diag "$splats"
-ktap_eq "no kernel warnings or oopses" "" "$splats"
 ktap_finish

@@ -32,7 +32,7 @@ bb_added() {
     return 1
 }
 
-ktap_header 17
+ktap_header 16
 base_kb=$(memtotal_kb)
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
@@ -49,7 +49,7 @@ ktap_check "1G reached, the top big block stays" \
     eval "vmem_status wait $vdev --size 1G --timeout 300 >/dev/null && bb_added $top"
 vmctl set-size vm0 0 >/dev/null
 ktap_check "0: the driver stops short" quiet vmem_status wait "$vdev" --until settled --timeout 300
-ktap_eq "and says why" "blocks hold unmovable pages" "$(timeout 5 cat "/sys/bus/virtio/devices/$vdev/virtio_mem/reason")"
+ktap_eq "and says why" "blocks hold unmovable pages" "$(timeout "$(scaled 5)" cat "/sys/bus/virtio/devices/$vdev/virtio_mem/reason")"
 check_sizes "stalled at 1G" "$vdev" vm0 "$base_kb"
 vmctl set-size vm0 2G >/dev/null
 ktap_check "a later request (2G) is followed" quiet vmem_status wait "$vdev" --size 2G --timeout 300
@@ -69,7 +69,4 @@ done
 vmctl set-size vm0 1G >/dev/null
 ktap_check "1G: the lower, offline big block is unplugged" \
     eval "vmem_status wait $vdev --size 1G --timeout 300 >/dev/null && ! bb_added $addr && bb_added $((addr + GIB))"
-splats=$(kernel_splats)
-[ -z "$splats" ] || ktap_diag "$splats"
-ktap_eq "no kernel warnings or oopses" "" "$splats"
 ktap_finish

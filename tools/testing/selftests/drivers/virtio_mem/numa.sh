@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 
 node_kb() { sed -n "s/^Node $1 MemTotal: *\([0-9]*\) kB/\1/p" "/sys/devices/system/node/node$1/meminfo"; }
 
-ktap_header 7
+ktap_header 6
 n0=$(node_kb 0) n1=$(node_kb 1)
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 for qid in vm0 vm1; do
@@ -21,7 +21,4 @@ sleep 1
 ktap_eq "node 0 grew by vm0's memory (kB)" "$want_kb" $(( $(node_kb 0) - n0 ))
 ktap_eq "node 1 grew by vm1's memory (kB)" "$(( $(qmp_info vm1 requested-size) / 1024 ))" $(( $(node_kb 1) - n1 ))
 ktap_eq "/proc/iomem has both devices' memory" "$(( $(qmp_info vm0 size) + $(qmp_info vm1 size) ))" "$(virtio_mem_ram_bytes)"
-splats=$(kernel_splats)
-[ -z "$splats" ] || ktap_diag "$splats"
-ktap_eq "no kernel warnings or oopses" "" "$splats"
 ktap_finish

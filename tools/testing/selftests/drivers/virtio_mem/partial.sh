@@ -23,7 +23,7 @@ page=$(getconf PAGESIZE)
 unplugged_pages() { echo $(((block - $1) / page)); }
 b1=$((addr + block))
 
-ktap_header 20
+ktap_header 19
 base_kb=$(memtotal_kb)
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
@@ -82,7 +82,4 @@ if [ "$added" -gt 0 ]; then
 else
     ktap_check "the region is released" eval "! grep -q ' : $vdev\$' /proc/iomem"
 fi
-splats=$(kernel_splats)
-[ -z "$splats" ] || ktap_diag "$splats"
-ktap_eq "no kernel warnings or oopses" "" "$splats"
 ktap_finish

@@ -15,7 +15,7 @@ source "$(dirname "$0")/lib.sh"
 # lowest and highest size seen.
 watch_plugged() {
     local want=$1 lo= hi=0 p
-    for _ in $(seq 1 3000); do
+    for _ in $(seq 1 "$(scaled 3000)"); do
         p=$(vmem_attr "$vdev" plugged_size)
         [ -z "$lo" ] || [ "$p" -lt "$lo" ] && lo=$p
         [ "$p" -gt "$hi" ] && hi=$p
@@ -39,7 +39,7 @@ vmctl set-size vm0 16G >/dev/null
 ktap_check "16G plugged" quiet vmem_status wait "$vdev" --size 16G --timeout 300
 vmctl set-size vm0 0 >/dev/null
 # Once unplugging is under way, the host wants it all back.
-for _ in $(seq 1 600); do
+for _ in $(seq 1 "$(scaled 600)"); do
     dip=$(vmem_attr "$vdev" plugged_size)
     [ "$dip" -lt "$(to_bytes 16G)" ] && break
     sleep 0.1

@@ -15,7 +15,7 @@ source "$(dirname "$0")/lib.sh"
 
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 
-ktap_header 12
+ktap_header 11
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 130M >/dev/null
@@ -42,7 +42,4 @@ ktap_check "after unplugging all of it first" \
     eval "dmesg | grep -q 'virtio_mem_rust $vdev: unplugged all memory plugged from before'"
 quiet vmem_status wait "$vdev" --size 100M --timeout 60
 ktap_eq "one partly plugged block is added" "$block" "$(virtio_mem_ram_bytes)"
-splats=$(kernel_splats)
-[ -z "$splats" ] || ktap_diag "$splats"
-ktap_eq "no kernel warnings or oopses" "" "$splats"
 ktap_finish
