@@ -906,19 +906,4 @@ mod tests {
         assert!(!offers(TABLE, bindings::VIRTIO_MEM_F_PERSISTENT_SUSPEND));
         assert!(!offers(&[], 0));
     }
-
-    #[test]
-    fn config_offsets_match_the_virtio_mem_spec() {
-        // virtio spec 1.2, 5.15.4: the layout every virtio-mem device presents.
-        assert_eq!(offset_of!(bindings::virtio_mem_config, block_size), 0);
-        assert_eq!(offset_of!(bindings::virtio_mem_config, node_id), 8);
-        assert_eq!(offset_of!(bindings::virtio_mem_config, addr), 16);
-        assert_eq!(offset_of!(bindings::virtio_mem_config, region_size), 24);
-        assert_eq!(
-            offset_of!(bindings::virtio_mem_config, usable_region_size),
-            32
-        );
-        assert_eq!(offset_of!(bindings::virtio_mem_config, plugged_size), 40);
-        assert_eq!(offset_of!(bindings::virtio_mem_config, requested_size), 48);
-    }
 }

@@ -6,27 +6,41 @@
 //!
 //! Sizes are in bytes, in decimal. `activity` can be polled: the driver wakes pollers
 //! (`POLLPRI`) whenever the activity or the reason changes, and also sends a `KOBJ_CHANGE`
-//! uevent with `VIRTIO_MEM_EVENT=reached|stalled|stopped` (see [`crate::worker`]).
+//! uevent with `VIRTIO_MEM_EVENT=reached|stalled|stopped` (see [`crate::publish`]).
+//!
+//! Both read the runtime without its state lock: the published [`crate::status::Status`], the
+//! mode's records under their own lock, and the device's config.
 
 use crate::{
-    sbm::BlockState,
-    status::Activity,
-    worker::{Worker, ATTR_GROUP},
-    Mode,
+    publish::ATTR_GROUP,
+    run::Runtime,
+    status::Activity, //
 };
 use core::fmt::Write;
 use kernel::{
-    debugfs::{self, Reader},
+    debugfs::{
+        self,
+        Reader, //
+    },
     fmt,
     prelude::*,
-    str::{CString, RawFormatter},
-    sync::{atomic::Relaxed, Arc},
-    sysfs::{AttributeSource, DeviceAttributes},
+    str::{
+        CString,
+        RawFormatter, //
+    },
+    sync::{
+        atomic::Relaxed,
+        Arc, //
+    },
+    sysfs::{
+        AttributeSource,
+        DeviceAttributes, //
+    },
     uaccess::UserSliceReader,
-    virtio,
+    virtio, //
 };
 
-/// The attributes, in the order [`Worker::show`] numbers them.
+/// The attributes, in the order [`Runtime::show`] numbers them.
 const NAMES: &[&CStr] = &[
     c"requested_size",
     c"plugged_size",
@@ -48,19 +62,20 @@ const NAMES: &[&CStr] = &[
     c"device_plugged_size",
 ];
 
-/// Creates the attributes of the device driven by `worker`.
+/// Creates the attributes of the device driven by `rt`.
 pub(crate) fn create(
     dev: &virtio::Device<kernel::device::Bound>,
-    worker: &Arc<Worker>,
-) -> Result<DeviceAttributes<Worker>> {
-    DeviceAttributes::new(dev.as_ref(), ATTR_GROUP, NAMES, worker.clone())
+    rt: &Arc<Runtime>,
+) -> Result<DeviceAttributes<Runtime>> {
+    DeviceAttributes::new(dev.as_ref(), ATTR_GROUP, NAMES, rt.clone())
 }
 
-impl AttributeSource for Worker {
+impl AttributeSource for Runtime {
     fn show(&self, index: usize, f: &mut RawFormatter) -> fmt::Result {
         let s = *self.status.lock();
+        let probed = &self.device.probed;
         // The device's config, read only for the attributes that show it.
-        let live = || self.read_sizes().ok();
+        let live = || self.device.read_sizes().ok();
         match index {
             // The device's request as it is now (the run loop may not have seen it yet).
             0 => writeln!(f, "{}", live().map_or(s.requested, |l| l.0)),
@@ -71,7 +86,15 @@ impl AttributeSource for Worker {
                 // A request the run loop has not picked up yet.
                 let pending = !matches!(s.activity, Activity::Stopped | Activity::Unbinding)
                     && live().is_some_and(|(requested, _)| requested != s.requested);
-                writeln!(f, "{}", if pending { "pending" } else { s.activity.name() })
+                writeln!(
+                    f,
+                    "{}",
+                    if pending {
+                        "pending"
+                    } else {
+                        s.activity.name()
+                    }
+                )
             }
             5 => match s.reason {
                 Some(r) => f.write_fmt(fmt!("{r}\n")),
@@ -81,34 +104,20 @@ impl AttributeSource for Worker {
                 Some(ms) => writeln!(f, "{}.{:03}", ms / 1000, ms % 1000),
                 None => writeln!(f, "none"),
             },
-            7 => writeln!(
-                f,
-                "{}",
-                match self.info.mode {
-                    Mode::SubBlock { .. } => "sub-block",
-                    Mode::BigBlock { .. } => "big-block",
-                }
-            ),
-            8 => writeln!(
-                f,
-                "{}",
-                match self.info.mode {
-                    Mode::SubBlock { sb_size } => sb_size,
-                    Mode::BigBlock { bb_size } => bb_size,
-                }
-            ),
-            9 => writeln!(f, "{}", self.info.device_block_size),
-            10 => writeln!(f, "{}", self.info.memory_block_size),
-            11 => writeln!(f, "{}", u8::from(self.info.memmap_on_memory)),
-            12 => writeln!(f, "{}", self.info.nid),
-            13 => writeln!(f, "{:#x}", self.addr),
-            14 => writeln!(f, "{}", self.info.region_size),
+            7 => writeln!(f, "{}", probed.mode.name()),
+            8 => writeln!(f, "{}", probed.mode.block_size()),
+            9 => writeln!(f, "{}", probed.config.block_size),
+            10 => writeln!(f, "{}", probed.memory_block_size),
+            11 => writeln!(f, "{}", u8::from(probed.memmap_on_memory)),
+            12 => writeln!(f, "{}", probed.nid),
+            13 => writeln!(f, "{:#x}", probed.config.addr),
+            14 => writeln!(f, "{}", probed.config.region_size),
             15 => writeln!(f, "{}", live().map_or(0, |l| l.1)),
-            16 => self.counters.write(f),
+            16 => self.device.counters.write(f),
             // What the device says it has plugged, read live from its config: it differs from
             // `plugged_size` while a request is in flight, or when the two disagree (the driver
             // then resynchronizes).
-            17 => match self.read_plugged() {
+            17 => match self.device.read_plugged() {
                 Ok(size) => writeln!(f, "{size}"),
                 Err(_) => writeln!(f, "unknown"),
             },
@@ -118,74 +127,41 @@ impl AttributeSource for Worker {
 }
 
 /// The debugfs file `blocks`: one line per memory block (big block in big-block mode).
-pub(crate) struct BlockDump(pub(crate) Arc<Worker>);
+pub(crate) struct BlockDump(pub(crate) Arc<Runtime>);
 
 impl fmt::Debug for BlockDump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let w = &self.0;
-        let b = w.blocks.lock();
-        match w.info.mode {
-            Mode::SubBlock { sb_size } => {
-                writeln!(
-                    f,
-                    "# address state plugged/sub-blocks bitmap ('#' plugged, '.' unplugged; \
-                     sub-block {sb_size:#x}, memmap sub-blocks {})",
-                    b.pinned()
-                )?;
-                let per = b.sbs_per_mb().get();
-                for mb in 0..b.len() {
-                    let state = match b.state(mb) {
-                        BlockState::Unused => "unused",
-                        BlockState::Offline => "offline",
-                        BlockState::GoingOnline => "going-online",
-                        BlockState::Online { movable: true } => "online-movable",
-                        BlockState::Online { movable: false } => "online-kernel",
-                        BlockState::GoingOffline { .. } => "going-offline",
-                    };
-                    write!(f, "{:#x} {state} {}/{per} ", b.block_addr(mb), b.nr_plugged(mb))?;
-                    for sb in 0..per {
-                        f.write_char(if b.is_plugged(mb, sb) { '#' } else { '.' })?;
-                    }
-                    writeln!(f)?;
-                }
-            }
-            Mode::BigBlock { bb_size } => {
-                drop(b);
-                writeln!(f, "# address state (big block {bb_size:#x})")?;
-                w.dump_bigs(f)?;
-            }
-        }
-        Ok(())
+        self.0.mode.dump(&self.0, f)
     }
 }
 
 /// Shows how many more answers of the device `lose_answers` drops.
-fn show_lose_answers(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    writeln!(f, "{}", w.lose_answers.load(Relaxed))
+fn show_lose_answers(w: &Arc<Runtime>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", w.device.lose_answers.load(Relaxed))
 }
 
 /// Sets how many answers of the device to drop from now on (a decimal number).
-fn store_lose_answers(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
-    w.lose_answers.read_from_slice(r)
+fn store_lose_answers(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
+    w.device.lose_answers.read_from_slice(r)
 }
 
 /// Shows how many more answers of the device `garble_answers` replaces.
-fn show_garble_answers(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    writeln!(f, "{}", w.garble_answers.load(Relaxed))
+fn show_garble_answers(w: &Arc<Runtime>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", w.device.garble_answers.load(Relaxed))
 }
 
 /// Sets how many answers of the device to replace by nonsense from now on (decimal).
-fn store_garble_answers(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
-    w.garble_answers.read_from_slice(r)
+fn store_garble_answers(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
+    w.device.garble_answers.read_from_slice(r)
 }
 
 /// Shows how long the driver waits before removing a memory block it emptied, in ms.
-fn show_remove_delay(w: &Arc<Worker>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+fn show_remove_delay(w: &Arc<Runtime>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "{}", w.remove_delay_ms.load(Relaxed))
 }
 
 /// Sets how long the driver waits before removing a memory block it emptied (ms, decimal).
-fn store_remove_delay(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
+fn store_remove_delay(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
     w.remove_delay_ms.read_from_slice(r)
 }
 
@@ -198,27 +174,27 @@ fn store_remove_delay(w: &Arc<Worker>, r: &mut UserSliceReader) -> Result {
 /// that window).
 pub(crate) struct Debugfs {
     _blocks: Pin<KBox<debugfs::File<BlockDump>>>,
-    _lose_answers: Pin<KBox<debugfs::File<Arc<Worker>>>>,
-    _garble_answers: Pin<KBox<debugfs::File<Arc<Worker>>>>,
-    _remove_delay: Pin<KBox<debugfs::File<Arc<Worker>>>>,
+    _lose_answers: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
+    _garble_answers: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
+    _remove_delay: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _dir: debugfs::Dir,
 }
 
 impl Debugfs {
     pub(crate) fn create(
         dev: &virtio::Device<kernel::device::Bound>,
-        worker: &Arc<Worker>,
+        rt: &Arc<Runtime>,
     ) -> Result<Self> {
         let name = CString::try_from_fmt(fmt!("virtio_mem_rust-{}", dev.as_ref().name()))?;
         let dir = debugfs::Dir::new(&name);
         let blocks = KBox::pin_init(
-            dir.read_only_file(c"blocks", BlockDump(worker.clone())),
+            dir.read_only_file(c"blocks", BlockDump(rt.clone())),
             GFP_KERNEL,
         )?;
         let lose_answers = KBox::pin_init(
             dir.read_write_callback_file(
                 c"lose_answers",
-                worker.clone(),
+                rt.clone(),
                 &show_lose_answers,
                 &store_lose_answers,
             ),
@@ -227,7 +203,7 @@ impl Debugfs {
         let garble_answers = KBox::pin_init(
             dir.read_write_callback_file(
                 c"garble_answers",
-                worker.clone(),
+                rt.clone(),
                 &show_garble_answers,
                 &store_garble_answers,
             ),
@@ -236,7 +212,7 @@ impl Debugfs {
         let remove_delay = KBox::pin_init(
             dir.read_write_callback_file(
                 c"remove_delay_ms",
-                worker.clone(),
+                rt.clone(),
                 &show_remove_delay,
                 &store_remove_delay,
             ),

@@ -4,7 +4,12 @@
 
 use core::ops::RangeInclusive;
 pub(crate) use kernel::bindings::virtio_mem_config as Raw;
-use kernel::{device::Bound, fmt, prelude::*, virtio};
+use kernel::{
+    device::Bound,
+    fmt,
+    prelude::*,
+    virtio, //
+};
 
 /// The device configuration, as read from the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +180,7 @@ impl fmt::Display for ConfigError {
 #[kunit_tests(virtio_mem_rust_config)]
 mod tests {
     use super::*;
+    use core::mem::offset_of;
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
@@ -334,5 +340,17 @@ mod tests {
             DeviceConfig { addr: 0, ..good() }.validate(PAGE, &(GIB..=(1 << 46) - 1)),
             Err(ConfigError::NotPluggable { .. })
         ));
+    }
+
+    #[test]
+    fn config_offsets_match_the_virtio_mem_spec() {
+        // virtio spec 1.2, 5.15.4: the layout every virtio-mem device presents.
+        assert_eq!(offset_of!(Raw, block_size), 0);
+        assert_eq!(offset_of!(Raw, node_id), 8);
+        assert_eq!(offset_of!(Raw, addr), 16);
+        assert_eq!(offset_of!(Raw, region_size), 24);
+        assert_eq!(offset_of!(Raw, usable_region_size), 32);
+        assert_eq!(offset_of!(Raw, plugged_size), 40);
+        assert_eq!(offset_of!(Raw, requested_size), 48);
     }
 }

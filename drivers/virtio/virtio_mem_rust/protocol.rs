@@ -3,7 +3,12 @@
 //! The guest-request protocol: requests the driver puts on the virtqueue and the device's
 //! answers (virtio spec 1.2, 5.15.6).
 
-use kernel::{bindings, prelude::*, time::Delta, virtio};
+use kernel::{
+    bindings,
+    prelude::*,
+    time::Delta,
+    virtio, //
+};
 
 /// Size of an encoded request (`struct virtio_mem_req`).
 pub(crate) const REQ_SIZE: usize = core::mem::size_of::<bindings::virtio_mem_req>();
@@ -50,7 +55,9 @@ impl Request {
 impl kernel::fmt::Display for Request {
     fn fmt(&self, f: &mut kernel::fmt::Formatter<'_>) -> kernel::fmt::Result {
         match *self {
-            Request::Plug { addr, nb_blocks } => write!(f, "PLUG of {nb_blocks} blocks at {addr:#x}"),
+            Request::Plug { addr, nb_blocks } => {
+                write!(f, "PLUG of {nb_blocks} blocks at {addr:#x}")
+            }
             Request::Unplug { addr, nb_blocks } => {
                 write!(f, "UNPLUG of {nb_blocks} blocks at {addr:#x}")
             }

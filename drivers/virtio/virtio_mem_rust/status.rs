@@ -6,10 +6,19 @@
 //! The run loop publishes a [`Status`] after each step; the sysfs attributes (see
 //! [`crate::attrs`]) read it without waiting for a step to finish.
 
-use core::sync::atomic::{AtomicU64, Ordering};
-use kernel::{fmt, prelude::*};
-
-use crate::protocol::{Refusal, Request, SendError};
+use crate::protocol::{
+    Refusal,
+    Request,
+    SendError, //
+};
+use kernel::{
+    fmt,
+    prelude::*,
+    sync::atomic::{
+        Atomic,
+        Relaxed, //
+    }, //
+};
 
 /// What the run loop is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,9 +168,7 @@ impl fmt::Display for Reason {
             }
             Reason::Transition => f.write_str("memory blocks are being onlined or offlined"),
             Reason::Internal => f.write_str("internal error (see the kernel log)"),
-            Reason::NoCallback => {
-                f.write_str("the online-page callback is held by another driver")
-            }
+            Reason::NoCallback => f.write_str("the online-page callback is held by another driver"),
             Reason::Nonsense(v) => write!(f, "device answered with undefined value {v}"),
             Reason::BadConfig => f.write_str("device config makes no sense"),
         }
@@ -234,15 +241,15 @@ const EVENTS: [&str; 6] = [
 
 /// Counters, updated without locks.
 pub(crate) struct Counters {
-    requests: [[AtomicU64; OUTCOMES.len()]; KINDS.len()],
-    events: [AtomicU64; EVENTS.len()],
+    requests: [[Atomic<u64>; OUTCOMES.len()]; KINDS.len()],
+    events: [Atomic<u64>; EVENTS.len()],
 }
 
 impl Counters {
     pub(crate) const fn new() -> Self {
         Self {
-            requests: [const { [const { AtomicU64::new(0) }; OUTCOMES.len()] }; KINDS.len()],
-            events: [const { AtomicU64::new(0) }; EVENTS.len()],
+            requests: [const { [const { Atomic::new(0) }; OUTCOMES.len()] }; KINDS.len()],
+            events: [const { Atomic::new(0) }; EVENTS.len()],
         }
     }
 
@@ -262,23 +269,23 @@ impl Counters {
             Some(SendError::Refused(Refusal::Nonsense(_))) => 4,
             Some(SendError::Transport(_)) => 5,
         };
-        self.requests[kind][o].fetch_add(1, Ordering::Relaxed);
+        self.requests[kind][o].add(1, Relaxed);
     }
 
     /// Counts `event`.
     pub(crate) fn count(&self, event: Event) {
-        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+        self.events[event as usize].add(1, Relaxed);
     }
 
     /// Writes every counter as a `name value` line.
     pub(crate) fn write(&self, f: &mut impl fmt::Write) -> fmt::Result {
         for (k, row) in KINDS.iter().zip(&self.requests) {
             for (o, n) in OUTCOMES.iter().zip(row) {
-                writeln!(f, "{k}_{o} {}", n.load(Ordering::Relaxed))?;
+                writeln!(f, "{k}_{o} {}", n.load(Relaxed))?;
             }
         }
         for (e, n) in EVENTS.iter().zip(&self.events) {
-            writeln!(f, "{e} {}", n.load(Ordering::Relaxed))?;
+            writeln!(f, "{e} {}", n.load(Relaxed))?;
         }
         Ok(())
     }
@@ -302,7 +309,10 @@ mod tests {
             Reason::DeviceRefused
         );
         assert_eq!(Reason::of(SendError::Transport(ETIMEDOUT)), Reason::Timeout);
-        assert_eq!(Reason::of(SendError::Transport(EIO)), Reason::ExchangeFailed);
+        assert_eq!(
+            Reason::of(SendError::Transport(EIO)),
+            Reason::ExchangeFailed
+        );
         assert_eq!(
             Reason::of(SendError::Refused(Refusal::Nonsense(9))),
             Reason::Nonsense(9)

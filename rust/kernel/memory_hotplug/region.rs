@@ -185,7 +185,7 @@ impl Geometry {
         let addr = self.block_addr(s.block) + s.first as u64 * self.granule;
         (
             (addr >> PAGE_SHIFT) as usize,
-            (s.count as u64 * self.granule >> PAGE_SHIFT) as usize,
+            ((s.count as u64 * self.granule) >> PAGE_SHIFT) as usize,
         )
     }
 }

@@ -17,6 +17,7 @@
 //!                          Plugged (not added) ---UNPLUG---> Unused
 //! ```
 
+use core::num::NonZeroU64;
 use kernel::prelude::*;
 
 /// The state of one big block.
@@ -46,14 +47,15 @@ pub(crate) enum Usage {
 /// The big blocks of a region: `first` (aligned) on, `bb_size` each, up to the region's end.
 pub(crate) struct BigBlocks {
     first: u64,
-    bb_size: u64,
+    bb_size: NonZeroU64,
     states: KVec<BbState>,
 }
 
 impl BigBlocks {
     /// The big blocks of `[first, end)`, `first` aligned to `bb_size`.
     pub(crate) fn new(first: u64, end: u64, bb_size: u64) -> Result<Self> {
-        let n = (end.saturating_sub(first) / bb_size.max(1)) as usize;
+        let bb_size = NonZeroU64::new(bb_size).ok_or(EINVAL)?;
+        let n = (end.saturating_sub(first) / bb_size) as usize;
         Ok(Self {
             first,
             bb_size,
@@ -68,7 +70,7 @@ impl BigBlocks {
 
     /// Address of big block `i`.
     pub(crate) fn addr(&self, i: usize) -> u64 {
-        self.first + i as u64 * self.bb_size
+        self.first + i as u64 * self.bb_size.get()
     }
 
     /// State of big block `i`.
@@ -85,7 +87,11 @@ impl BigBlocks {
 
     /// Bytes plugged (added or not).
     pub(crate) fn plugged_bytes(&self) -> u64 {
-        self.states.iter().filter(|&&s| s != BbState::Unused).count() as u64 * self.bb_size
+        self.states
+            .iter()
+            .filter(|&&s| s != BbState::Unused)
+            .count() as u64
+            * self.bb_size.get()
     }
 
     /// The first run of unused big blocks below `usable_end`, at most `max` long, as
@@ -175,8 +181,14 @@ mod tests {
         };
         assert_eq!(b.next_unplug(true, &[], usage), Some((2, Usage::Offline)));
         assert_eq!(b.next_unplug(true, &[2], usage), Some((3, Usage::Movable)));
-        assert_eq!(b.next_unplug(true, &[2, 3], usage), Some((1, Usage::Movable)));
-        assert_eq!(b.next_unplug(true, &[1, 2, 3], usage), Some((0, Usage::Kernel)));
+        assert_eq!(
+            b.next_unplug(true, &[2, 3], usage),
+            Some((1, Usage::Movable))
+        );
+        assert_eq!(
+            b.next_unplug(true, &[1, 2, 3], usage),
+            Some((0, Usage::Kernel))
+        );
         // Only offline memory may go: the offline one below the online ones is found.
         assert_eq!(b.next_unplug(false, &[], usage), Some((2, Usage::Offline)));
         assert_eq!(b.next_unplug(false, &[2], usage), None);

@@ -24,13 +24,19 @@
 //! (`GoingOnline`, `GoingOffline`) are left alone by the run loop until the memory notifier
 //! reports the outcome.
 //!
-//! With memmap-on-memory, the first `pinned` sub-blocks of an added block hold its memmap: they
-//! are plugged before the block is added and unplugged only after it is removed. A block that
-//! is removed but still has plugged sub-blocks (`Unused` with plugged sub-blocks) is unplugged
-//! before anything else.
+//! With memmap-on-memory, the first `memmap_sbs` sub-blocks of an added block hold its memmap:
+//! they are plugged before the block is added and unplugged only after it is removed. A block
+//! that is removed but still has plugged sub-blocks (`Unused` with plugged sub-blocks) is
+//! unplugged before anything else.
 
-use core::num::{NonZeroU64, NonZeroUsize};
-use kernel::{bitmap::BitmapVec, prelude::*};
+use core::num::{
+    NonZeroU64,
+    NonZeroUsize, //
+};
+use kernel::{
+    bitmap::BitmapVec,
+    prelude::*, //
+};
 
 /// The state of one memory block of the region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +62,10 @@ impl BlockState {
     /// Whether the block's plugged pages belong to the page allocator (online, or being
     /// offlined).
     pub(crate) fn is_online(self) -> bool {
-        matches!(self, BlockState::Online { .. } | BlockState::GoingOffline { .. })
+        matches!(
+            self,
+            BlockState::Online { .. } | BlockState::GoingOffline { .. }
+        )
     }
 }
 
@@ -115,21 +124,19 @@ pub(crate) struct SubBlocks {
     /// Number of plugged sub-blocks in all blocks.
     nr_plugged: u64,
     /// Sub-blocks at the start of each added block that hold its memmap.
-    pinned: usize,
-    /// Set at unbind: memory events no longer queue work.
-    pub(crate) removing: bool,
+    memmap_sbs: usize,
 }
 
 impl SubBlocks {
     /// The state of a region whose memory blocks of `mb_size` start at `first` (aligned) and
     /// end before `end`, with sub-blocks of `sb_size` (which divides `mb_size`); the first
-    /// `pinned` sub-blocks of an added block hold its memmap.
+    /// `memmap_sbs` sub-blocks of an added block hold its memmap.
     pub(crate) fn new(
         first: u64,
         end: u64,
         mb_size: NonZeroU64,
         sb_size: NonZeroU64,
-        pinned: usize,
+        memmap_sbs: usize,
     ) -> Self {
         Self {
             first,
@@ -140,14 +147,13 @@ impl SubBlocks {
                 .unwrap_or(NonZeroUsize::MIN),
             blocks: KVec::new(),
             nr_plugged: 0,
-            pinned,
-            removing: false,
+            memmap_sbs,
         }
     }
 
     /// Sub-blocks at the start of each added block that hold its memmap.
-    pub(crate) fn pinned(&self) -> usize {
-        self.pinned
+    pub(crate) fn memmap_sbs(&self) -> usize {
+        self.memmap_sbs
     }
 
     /// Size of a sub-block.
@@ -202,9 +208,7 @@ impl SubBlocks {
 
     /// The state of block `mb`.
     pub(crate) fn state(&self, mb: usize) -> BlockState {
-        self.blocks
-            .get(mb)
-            .map_or(BlockState::Unused, |b| b.state)
+        self.blocks.get(mb).map_or(BlockState::Unused, |b| b.state)
     }
 
     /// Sets the state of block `mb`.
@@ -233,13 +237,15 @@ impl SubBlocks {
     /// An added block with nothing plugged but its memmap, to be removed.
     pub(crate) fn next_empty_added(&self) -> Option<usize> {
         (0..self.blocks.len()).find(|&mb| {
-            matches!(self.state(mb), BlockState::Offline | BlockState::Online { .. })
-                && self.nr_plugged(mb) <= self.pinned
+            matches!(
+                self.state(mb),
+                BlockState::Offline | BlockState::Online { .. }
+            ) && self.nr_plugged(mb) <= self.memmap_sbs
         })
     }
 
     /// A block that is not added but has plugged sub-blocks, to be unplugged.
-    pub(crate) fn next_stray(&self) -> Option<usize> {
+    pub(crate) fn next_plugged_not_added(&self) -> Option<usize> {
         (0..self.blocks.len())
             .find(|&mb| self.state(mb) == BlockState::Unused && self.nr_plugged(mb) > 0)
     }
@@ -254,7 +260,7 @@ impl SubBlocks {
     ) -> Option<(usize, usize)> {
         let below = below.min(self.sbs_per_mb.get());
         let floor = if self.state(mb).is_added() {
-            self.pinned
+            self.memmap_sbs
         } else {
             0
         };
@@ -299,7 +305,9 @@ impl SubBlocks {
             let (class, partial) = Self::UNPLUG_ORDER[c];
             if let Some(mb) = (0..below).rev().find(|&mb| {
                 let n = self.nr_plugged(mb);
-                n > 0 && (n < self.sbs_per_mb.get()) == partial && Class::of(self.state(mb)) == Some(class)
+                n > 0
+                    && (n < self.sbs_per_mb.get()) == partial
+                    && Class::of(self.state(mb)) == Some(class)
             }) {
                 return Some((c, mb));
             }
@@ -394,7 +402,11 @@ impl SubBlocks {
 
     /// Applies a memory event to block `mb`. Returns the state it had, or `Err` with that state
     /// if the event does not fit it.
-    pub(crate) fn transition(&mut self, mb: usize, t: Transition) -> Result<BlockState, BlockState> {
+    pub(crate) fn transition(
+        &mut self,
+        mb: usize,
+        t: Transition,
+    ) -> Result<BlockState, BlockState> {
         let old = self.state(mb);
         let new = match (old, t) {
             (BlockState::Offline, Transition::GoingOnline) => BlockState::GoingOnline,
@@ -566,7 +578,7 @@ mod tests {
         s.set_state(3, BlockState::Unused);
         s.set_plugged(3, 0, 1, true);
         assert_eq!(s.next_unplug(None, true), Some((0, 3)));
-        assert_eq!(s.next_stray(), Some(3));
+        assert_eq!(s.next_plugged_not_added(), Some(3));
         assert_eq!(s.unused_run(100), Some((6, 2)));
     }
 
@@ -591,13 +603,18 @@ mod tests {
     #[test]
     fn follows_memory_events() {
         let mut s = sbm();
-        assert_eq!(s.transition(0, Transition::GoingOnline), Err(BlockState::Unused));
+        assert_eq!(
+            s.transition(0, Transition::GoingOnline),
+            Err(BlockState::Unused)
+        );
         s.set_state(0, BlockState::Offline);
         assert!(s.transition(0, Transition::GoingOnline).is_ok());
         assert!(s.transition(0, Transition::CancelOnline).is_ok());
         assert_eq!(s.state(0), BlockState::Offline);
         assert!(s.transition(0, Transition::GoingOnline).is_ok());
-        assert!(s.transition(0, Transition::Online { movable: true }).is_ok());
+        assert!(s
+            .transition(0, Transition::Online { movable: true })
+            .is_ok());
         assert_eq!(s.state(0), BlockState::Online { movable: true });
         assert!(s.transition(0, Transition::GoingOffline).is_ok());
         assert!(s.transition(0, Transition::CancelOffline).is_ok());
@@ -606,6 +623,9 @@ mod tests {
         assert!(s.transition(0, Transition::Offline).is_ok());
         assert_eq!(s.state(0), BlockState::Offline);
         // A cancel of a change never seen (another notifier vetoed it first) does not fit.
-        assert_eq!(s.transition(0, Transition::CancelOnline), Err(BlockState::Offline));
+        assert_eq!(
+            s.transition(0, Transition::CancelOnline),
+            Err(BlockState::Offline)
+        );
     }
 }
