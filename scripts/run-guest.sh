@@ -140,6 +140,14 @@ cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" --disable-kvm --disable-m
      "${numa[@]}" "${verbose[@]}" "${shares[@]}"
      --qemu-opts="${opts[*]}")
 [ $autoload = 1 ] || append+=("modprobe.blacklist=virtio_mem,virtio_mem_rust")
+# No clocksource watchdog: 7.3's inter-CPU skew check (clocksource_watchdog ->
+# watchdog_check_skew) waits with interrupts off, holding watchdog_lock, for
+# the other CPU to answer an IPI, while that CPU spins on watchdog_lock with
+# interrupts off; its timeout reads a clock that does not advance then. Under
+# TCG a guest hung there at boot for good (seen on the debug kernel: CPU0 in
+# watchdog_check_skew, CPU1 in queued_spin_lock_slowpath on watchdog_lock).
+# With tsc=reliable the TSC needs no watchdog, so none runs.
+append+=("tsc=reliable")
 for a in "${append[@]}"; do cmd+=(--append "$a"); done
 if [ $# -gt 0 ]; then
     cmd+=(--exec "$*")
