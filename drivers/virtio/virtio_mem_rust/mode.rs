@@ -116,7 +116,7 @@ pub(crate) trait Manager: Send + Sync {
 
     /// Makes the device's plugged state agree with the mode's records, for every unit it
     /// tracks below `usable_end`; returns where the tracked units end.
-    fn resync(&self, rt: &Runtime, st: &RunState, usable_end: u64) -> Result<u64, StepError>;
+    fn resync(&self, rt: &Runtime, usable_end: u64) -> Result<u64, StepError>;
 
     /// Work earlier steps left over, done before plugging or unplugging.
     fn tidy(&self, _rt: &Runtime, _st: &mut RunState) -> Result<(), StepError> {
@@ -135,8 +135,8 @@ pub(crate) trait Manager: Send + Sync {
     /// The device unplugged everything (`UNPLUG_ALL`).
     fn forget_plugged(&self);
 
-    /// A memory event of the region: before the change (`prepare`) or after it.
-    fn memory_event(&self, _rt: &Runtime, _n: &MemoryNotification, _prepare: bool) {}
+    /// A memory event of the region (the notifier's `prepare` and `complete` both pass theirs).
+    fn memory_event(&self, _rt: &Runtime, _n: &MemoryNotification) {}
 
     /// One line per unit with its state (debugfs).
     fn dump(&self, rt: &Runtime, f: &mut fmt::Formatter<'_>) -> fmt::Result;

@@ -306,18 +306,10 @@ impl Runtime {
         }
         st.reason = None;
         st.backoff.clear();
-        match self.follow(&mut st) {
-            Ok(()) => {}
-            Err(StepError::Moved) => {
-                // The next step follows the new request at once: nothing is reached or stalled
-                // meanwhile, so only the sizes are published.
-                self.kick();
-                self.update_sizes(&st);
+        if let Err(e) = self.follow(&mut st) {
+            if !self.stopped_short(&mut st, e) {
                 return;
             }
-            // The device is going away: unbind publishes what follows.
-            Err(StepError::Unbound) => return,
-            Err(e) => self.stopped_short(&mut st, e),
         }
         self.publish(&mut st);
     }
@@ -355,7 +347,7 @@ impl Runtime {
             return Err(StepError::Moved);
         }
         if st.pending.resync {
-            self.resync(st, usable_end)?;
+            self.resync(usable_end)?;
             st.pending.resync = false;
         }
         self.mode.tidy(self, st)?;
@@ -395,9 +387,9 @@ impl Runtime {
     }
 
     /// Makes the device's plugged state match ours everywhere below `usable_end`.
-    fn resync(&self, st: &RunState, usable_end: u64) -> Result<(), StepError> {
+    fn resync(&self, usable_end: u64) -> Result<(), StepError> {
         self.device.count(Event::Resync);
-        let tracked_end = self.mode.resync(self, st, usable_end)?;
+        let tracked_end = self.mode.resync(self, usable_end)?;
         self.device.resync_untracked(tracked_end, usable_end)
     }
 
@@ -450,11 +442,19 @@ impl Runtime {
         refused && !st.pending.resync
     }
 
-    /// What follows from a step that stopped short: the only place that decides it.
-    fn stopped_short(self: &Arc<Self>, st: &mut RunState, e: StepError) {
+    /// What follows from a step that stopped short: the only place that decides it. Returns
+    /// whether the step's outcome is to be published.
+    fn stopped_short(self: &Arc<Self>, st: &mut RunState, e: StepError) -> bool {
         match e {
-            StepError::Moved => self.kick(),
-            StepError::Unbound => {}
+            StepError::Moved => {
+                // The next step follows the new request at once: nothing is reached or stalled
+                // meanwhile, so only the sizes are published.
+                self.kick();
+                self.update_sizes(st);
+                return false;
+            }
+            // The device is going away: unbind publishes what follows.
+            StepError::Unbound => return false,
             StepError::Device(f) => {
                 st.reason = Some(f.reason);
                 self.log_failed(st, &f);
@@ -478,6 +478,7 @@ impl Runtime {
             }
             StepError::Guest(why) => self.stall(st, why),
         }
+        true
     }
 
     /// Says what failed; after `ERROR` or a timeout, the next step resynchronizes first.

@@ -290,7 +290,7 @@ impl Manager for BigBlockMode {
         Ok(())
     }
 
-    fn resync(&self, rt: &Runtime, _st: &RunState, usable_end: u64) -> Result<u64, StepError> {
+    fn resync(&self, rt: &Runtime, usable_end: u64) -> Result<u64, StepError> {
         let unit = self.unit;
         let chunk = rt.device.geometry.max_units() * unit;
         let (first, len) = {
@@ -314,7 +314,7 @@ impl Manager for BigBlockMode {
                 .resync_range(first + i as u64 * unit, n as u64 * unit, p)?;
             i += n;
         }
-        Ok(rt.device.geometry.first + i as u64 * unit)
+        Ok(first + i as u64 * unit)
     }
 
     fn plug(&self, rt: &Runtime, st: &mut RunState, usable_end: u64) -> Result<(), StepError> {

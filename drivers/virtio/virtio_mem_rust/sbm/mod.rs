@@ -111,11 +111,10 @@ impl SubBlockMode {
     /// it unused; its sub-blocks keep their plugged state. A failure is logged; the block stays
     /// added and a later step tries again.
     fn remove_block(&self, rt: &Runtime, st: &mut RunState, mb: usize) -> Result {
-        let (state, addr) = {
+        let (state, addr, mb_size) = {
             let b = self.blocks.lock();
-            (b.state(mb), b.block_addr(mb))
+            (b.state(mb), b.block_addr(mb), b.mb_size().get())
         };
-        let mb_size = self.layout().mb_size;
         let region = &mut st.hotplug.as_mut().ok_or(ENODEV)?.region;
         let res = if state == BlockState::Offline {
             region.remove_memory(addr, mb_size)
@@ -258,7 +257,7 @@ impl Manager for SubBlockMode {
         Ok(())
     }
 
-    fn resync(&self, rt: &Runtime, _st: &RunState, _usable_end: u64) -> Result<u64, StepError> {
+    fn resync(&self, rt: &Runtime, _usable_end: u64) -> Result<u64, StepError> {
         let l = self.layout();
         let mut tracked_end = rt.device.geometry.first;
         let len = self.blocks.lock().len();
@@ -311,7 +310,7 @@ impl Manager for SubBlockMode {
         }
     }
 
-    fn memory_event(&self, rt: &Runtime, n: &MemoryNotification, _prepare: bool) {
+    fn memory_event(&self, rt: &Runtime, n: &MemoryNotification) {
         self.track(rt, n);
     }
 

@@ -10,6 +10,7 @@ use super::{
 use crate::{
     error::StepError,
     hotplug,
+    mode::Manager,
     run::{
         RunState,
         Runtime, //
@@ -48,9 +49,8 @@ impl SubBlockMode {
         )
         .unwrap_or(usize::MAX);
         loop {
-            let want =
-                usize::try_from(st.requested.saturating_sub(self.plugged_bytes()) / l.sb_size)
-                    .unwrap_or(usize::MAX);
+            let want = usize::try_from(st.requested.saturating_sub(self.plugged()) / l.sb_size)
+                .unwrap_or(usize::MAX);
             if want == 0 {
                 return Ok(());
             }
@@ -81,10 +81,6 @@ impl SubBlockMode {
                 Err((e, _, _)) => return Err(e),
             }
         }
-    }
-
-    fn plugged_bytes(&self) -> u64 {
-        self.blocks.lock().plugged_bytes()
     }
 
     /// Which new blocks to plug next, toward `want` more sub-blocks (`max_sbs` in one request):
