@@ -179,11 +179,6 @@ kernel_log() {
         END { if (inrep) { bad = 1; flush() } }'
 }
 
-# The kernel log lines that are splats (see above), or nothing.
-kernel_splats() {
-    kernel_log | grep -E "$KERNEL_SPLAT_RE" || true
-}
-
 # The last result of every script: no splat in the kernel log. A guest that
 # runs several scripts checks each line once: a script looks only at what
 # was logged after the previous script's check, whose time is kept with the
