@@ -13,7 +13,7 @@ mkdir -p "$VMR_CACHE"
 
 # --- Debian packages --------------------------------------------------------
 pkgs=(flex bison bc libelf-dev libssl-dev cpio ccache udev make gcc git rsync
-      kmod busybox-static python3-venv socat zstd xz-utils libdw-dev)
+      kmod busybox-static python3-venv socat zstd xz-utils libdw-dev kexec-tools)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
