@@ -16,6 +16,15 @@
 //! unbound, [`Driver::unbind`] runs first (stop using the device there), then the adapter resets
 //! the device and deletes its virtqueue. Handles to the virtqueue that are still around afterwards
 //! answer every request with `ENODEV`.
+//!
+//! So does a sleep cycle (with `CONFIG_PM_SLEEP`; the virtio bus runs these callbacks for
+//! suspend, including suspend-to-idle, and for hibernation): [`Driver::freeze`] runs first and
+//! may refuse, then the adapter resets the device and deletes its virtqueue; handles answer
+//! `EAGAIN` while the device sleeps. On resume the transport resets the device and negotiates
+//! the features again, the adapter sets the virtqueue up again behind the same handles, and
+//! [`Driver::restore`] runs. A driver that implements neither gets a virtqueue that works after
+//! resume; without this, the device would be made ready again with no virtqueue behind the
+//! driver's handles, and every request after a sleep would time out.
 
 use crate::{
     bindings,
@@ -90,6 +99,11 @@ unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
             (*drv).probe = Some(Self::probe_callback);
             (*drv).remove = Some(Self::remove_callback);
             (*drv).config_changed = Some(Self::config_changed_callback);
+            #[cfg(CONFIG_PM_SLEEP)]
+            {
+                (*drv).freeze = Some(Self::freeze_callback);
+                (*drv).restore = Some(Self::restore_callback);
+            }
         }
 
         // SAFETY: `vdrv` is guaranteed to be a valid `DriverType`.
@@ -157,6 +171,43 @@ impl<T: Driver + 'static> Adapter<T> {
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
 
         T::config_changed(dev, data);
+    }
+
+    #[cfg(CONFIG_PM_SLEEP)]
+    extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio core calls `freeze` from the bus's PM callbacks with a valid
+        // pointer to a bound `struct virtio_device`, with the device lock held.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `freeze_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: The PM core only runs the callbacks of a bound device: `probe_callback` has
+        // stored a `Pin<KBox<T::Data<'_>>>` and `remove_callback` has not run.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        from_result(|| {
+            T::freeze(dev, data)?;
+            dev.freeze_vq();
+            Ok(0)
+        })
+    }
+
+    #[cfg(CONFIG_PM_SLEEP)]
+    extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: As in `freeze_callback`: the virtio core calls `restore` with a valid pointer
+        // to a bound device, after a `freeze` that succeeded.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: As in `freeze_callback`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        // The transport reset the device and negotiated the features again; the virtio core
+        // sets `DRIVER_OK` after this returns if the driver did not.
+        from_result(|| {
+            dev.restore_vq()?;
+            T::restore(dev, data)?;
+            Ok(0)
+        })
     }
 }
 
@@ -273,6 +324,35 @@ pub trait Driver {
     /// sleep. Typically it queues work that re-reads the configuration.
     fn config_changed<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
+    }
+
+    /// The system is going to sleep: suspend (also to idle, see [`crate::power::suspend_target`]
+    /// for which) or hibernation. Runs after the PM core froze user space and the freezable
+    /// workqueues, with config change notifications off. An error refuses the sleep: the PM
+    /// core resumes what it suspended already, and the device goes on as before.
+    ///
+    /// When it succeeds, the adapter resets the device and deletes its virtqueue; the
+    /// [`Virtqueue`] handles answer `EAGAIN` until [`Driver::restore`]. Implementing this
+    /// callback is optional.
+    fn freeze<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        let _ = (dev, this);
+        Ok(())
+    }
+
+    /// The system woke up: the device was reset and its features negotiated again, and the
+    /// adapter set up the virtqueue behind the same handles. The device's configuration may
+    /// have changed while it slept (no config change notification tells of it): read it again
+    /// here. If the driver does not call [`Device::ready`], the virtio core does when this
+    /// returns. An error marks the device as failed. Implementing this callback is optional.
+    fn restore<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        let _ = (dev, this);
+        Ok(())
     }
 }
 
@@ -455,14 +535,16 @@ impl Device<device::Bound> {
                     core::slice::from_raw_parts(ptr, len as usize)
                 }
             };
-            offers(table((*vdrv).feature_table, (*vdrv).feature_table_size), fbit)
-                || offers(
-                    table(
-                        (*vdrv).feature_table_legacy,
-                        (*vdrv).feature_table_size_legacy,
-                    ),
-                    fbit,
-                )
+            offers(
+                table((*vdrv).feature_table, (*vdrv).feature_table_size),
+                fbit,
+            ) || offers(
+                table(
+                    (*vdrv).feature_table_legacy,
+                    (*vdrv).feature_table_size_legacy,
+                ),
+                fbit,
+            )
         }
     }
 
@@ -537,6 +619,8 @@ impl<'a> Device<device::Core<'a>> {
                 state <- new_mutex!(VqState {
                     vq: core::ptr::null_mut(),
                     vdev: raw,
+                    name,
+                    asleep: false,
                     out,
                     inp,
                     busy: false,
@@ -593,35 +677,73 @@ impl<'a> Device<device::Core<'a>> {
             // SAFETY: `raw` is a valid `struct virtio_device` in probe or remove.
             unsafe { bindings::virtio_reset_device(raw) };
         }
-        // SAFETY: `priv_` is only ever set by `find_vq`, to a pointer from `Arc::into_raw`;
-        // `raw` is valid and we are its driver's probe or remove, so nobody else writes it.
-        let keep = unsafe { (*raw).priv_ }.cast::<VqInner>().cast_const();
-        if keep.is_null() {
+        let Some(inner) = self.vq_inner() else {
             return;
-        }
-        // SAFETY: `keep` is the reference `find_vq` published; it stays alive until released
-        // below.
-        let inner = unsafe { &*keep };
+        };
         {
             let mut state = inner.state.lock();
-            if !state.vq.is_null() {
-                // SAFETY: The device is reset (or was never made ready), so it uses none of the
-                // buffers; detaching them frees what the virtqueue allocated for them (an
-                // indirect table). We hold the lock serializing all virtqueue operations.
-                while !unsafe { bindings::virtqueue_detach_unused_buf(state.vq) }.is_null() {}
-                state.busy = false;
-                state.vq = core::ptr::null_mut();
-                // SAFETY: `raw` is valid and its virtqueue was created by `find_vq`; deleting it
-                // waits for a running callback.
-                unsafe { bindings::virtio_del_vqs(raw) };
-            }
+            state.delete();
+            state.asleep = false;
         }
         // SAFETY: No virtqueue, hence no callback, is left to read `priv`; the reference came
         // from `Arc::into_raw` in `find_vq` and is released once, here (`priv` is cleared).
         unsafe {
             (*raw).priv_ = core::ptr::null_mut();
-            drop(Arc::from_raw(keep));
+            drop(Arc::from_raw(core::ptr::from_ref(inner)));
         }
+    }
+
+    /// The state `find_vq` published in `priv`, if the driver set up a virtqueue.
+    fn vq_inner(&self) -> Option<&VqInner> {
+        // SAFETY: `priv_` is only ever set by `find_vq`, to a pointer from `Arc::into_raw`, and
+        // only written by this device's driver callbacks (probe, remove), which the driver core
+        // serializes with the PM callbacks we are called from.
+        let keep = unsafe { (*self.as_raw()).priv_ }
+            .cast::<VqInner>()
+            .cast_const();
+        // SAFETY: A non-NULL `priv` is the reference `find_vq` published, released only by
+        // `teardown` (which clears `priv`), at the end of remove or of a failed probe: not while
+        // `self` is borrowed by a callback of the bound driver.
+        unsafe { keep.as_ref() }
+    }
+
+    /// At freeze: resets the device and deletes its virtqueue; handles answer `EAGAIN` until
+    /// [`Device::restore_vq`].
+    #[cfg(CONFIG_PM_SLEEP)]
+    fn freeze_vq(&self) {
+        // SAFETY: `self.as_raw()` is a valid `struct virtio_device` bound to our driver; reset
+        // is what the virtio core expects of a driver's freeze (the transport resets it again
+        // on resume).
+        unsafe { bindings::virtio_reset_device(self.as_raw()) };
+        if let Some(inner) = self.vq_inner() {
+            let mut state = inner.state.lock();
+            state.delete();
+            state.asleep = true;
+        }
+    }
+
+    /// At restore: sets the virtqueue up again, behind the handles the driver holds.
+    #[cfg(CONFIG_PM_SLEEP)]
+    fn restore_vq(&self) -> Result {
+        let Some(inner) = self.vq_inner() else {
+            return Ok(());
+        };
+        let raw = self.as_raw();
+        let mut state = inner.state.lock();
+        // Whatever happens below, the device is awake: if the virtqueue cannot be set up again,
+        // the virtio core marks the device failed and the handles answer `ENODEV`.
+        state.asleep = false;
+        // SAFETY: `raw` is a valid `struct virtio_device` being restored, with no virtqueue
+        // (`freeze_vq` deleted it); `priv` still points at `inner`, so the callback finds it;
+        // `vq_callback` matches `vq_callback_t` and `name` is a static string.
+        let vq = from_err_ptr(unsafe {
+            bindings::virtio_find_single_vq(raw, Some(vq_callback), state.name.as_char_ptr())
+        })?;
+        if vq.is_null() {
+            return Err(ENOMEM);
+        }
+        state.vq = vq;
+        Ok(())
     }
 }
 
@@ -717,10 +839,15 @@ unsafe impl Send for VqInner {}
 unsafe impl Sync for VqInner {}
 
 struct VqState {
-    /// The virtqueue, or NULL once the device was unbound and the virtqueue deleted.
+    /// The virtqueue, or NULL once the device was unbound or put to sleep and the virtqueue
+    /// deleted.
     vq: *mut bindings::virtqueue,
-    /// The device; only used while `vq` is not NULL, i.e. while the device is bound.
+    /// The device; only used while `vq` is not NULL, i.e. while the device is bound and awake.
     vdev: *mut bindings::virtio_device,
+    /// The virtqueue's name, to set it up again on resume.
+    name: &'static CStr,
+    /// The device sleeps (frozen by a suspend or hibernation): `vq` is NULL until restore.
+    asleep: bool,
     /// Bounce buffer for requests (kmalloc memory, so the device can reach it).
     out: KVec<u8>,
     /// Bounce buffer for answers.
@@ -730,6 +857,32 @@ struct VqState {
 }
 
 impl VqState {
+    /// Why there is no virtqueue: the device sleeps (`EAGAIN`) or is gone (`ENODEV`).
+    fn gone(&self) -> Error {
+        if self.asleep {
+            EAGAIN
+        } else {
+            ENODEV
+        }
+    }
+
+    /// Takes back the buffers the device still has and deletes the virtqueue, if there is one.
+    /// The device must be reset (or never made ready): then it uses none of the buffers.
+    fn delete(&mut self) {
+        if self.vq.is_null() {
+            return;
+        }
+        // SAFETY: The device is reset (or was never made ready), so it uses none of the
+        // buffers; detaching them frees what the virtqueue allocated for them (an indirect
+        // table). We hold the lock serializing all virtqueue operations.
+        while !unsafe { bindings::virtqueue_detach_unused_buf(self.vq) }.is_null() {}
+        self.busy = false;
+        self.vq = core::ptr::null_mut();
+        // SAFETY: `vdev` is valid and its virtqueue was created by `find_vq` or `restore_vq`;
+        // deleting it waits for a running callback.
+        unsafe { bindings::virtio_del_vqs(self.vdev) };
+    }
+
     /// Takes back the buffers the device has used; returns whether it used ours.
     fn reclaim(&mut self) -> Option<usize> {
         let mut len: c_uint = 0;
@@ -749,7 +902,8 @@ impl VqState {
 /// out-buffer and the device writes its answer into an in-buffer. It also reads the device's
 /// configuration space, so that work items, which hold no bound device, can do both.
 ///
-/// Handles are cheap to clone; all of them stop working (`ENODEV`) once the device is unbound.
+/// Handles are cheap to clone; all of them stop working (`ENODEV`) once the device is unbound,
+/// and pause (`EAGAIN`) while it sleeps.
 #[derive(Clone)]
 pub struct Virtqueue {
     inner: Arc<VqInner>,
@@ -757,14 +911,14 @@ pub struct Virtqueue {
 
 impl Virtqueue {
     /// Reads a config field as [`Device::read_config`] does, while the device is bound
-    /// (`ENODEV` afterwards). May sleep.
+    /// (`ENODEV` afterwards) and awake (`EAGAIN` while it sleeps). May sleep.
     pub fn read_config<C: ConfigSpace, F: ConfigField>(
         &self,
         field: impl FnOnce(&C) -> &F,
     ) -> Result<F> {
         let st = self.inner.state.lock();
         if st.vq.is_null() {
-            return Err(ENODEV);
+            return Err(st.gone());
         }
         // SAFETY: `vq` is not NULL, so the device is still bound: `teardown` clears `vq` under
         // this lock before the device is unbound.
@@ -783,12 +937,12 @@ impl Virtqueue {
     /// Errors: `EINVAL` if a buffer is empty or larger than the bounce buffers given to
     /// [`Device::find_vq`], `ETIMEDOUT` if the device did not answer in time (the next request
     /// first waits for that answer and returns `EBUSY` while it has not come), `ENODEV` once the
-    /// device is unbound, and what `virtqueue_add_sgs` returns (`EIO` for a broken device).
+    /// device is unbound, `EAGAIN` while it sleeps (see [`Driver::freeze`]), and what `virtqueue_add_sgs` returns (`EIO` for a broken device).
     /// May sleep; one request is in flight at a time, other callers wait for the lock.
     pub fn transact(&self, request: &[u8], answer: &mut [u8], timeout: Delta) -> Result<usize> {
         let mut st = self.inner.state.lock();
         if st.vq.is_null() {
-            return Err(ENODEV);
+            return Err(st.gone());
         }
         if request.len() > st.out.len()
             || answer.len() > st.inp.len()
