@@ -96,9 +96,11 @@ impl AttributeSource for Runtime {
                     }
                 )
             }
-            5 => match s.reason {
-                Some(r) => f.write_fmt(fmt!("{r}\n")),
-                None => writeln!(f, "none"),
+            // Why the run loop stopped short; else the last sleep the driver refused.
+            5 => match (s.reason, s.refused) {
+                (Some(r), _) => f.write_fmt(fmt!("{r}\n")),
+                (None, Some(r)) => f.write_fmt(fmt!("{r}\n")),
+                (None, None) => writeln!(f, "none"),
             },
             6 => match s.retry_at_ms {
                 Some(ms) => writeln!(f, "{}.{:03}", ms / 1000, ms % 1000),
@@ -165,18 +167,30 @@ fn store_remove_delay(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
     w.remove_delay_ms.read_from_slice(r)
 }
 
+/// Shows whether suspend ignores the device's persistent suspend feature (1) or not (0).
+fn show_hide_persistent_suspend(w: &Arc<Runtime>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", w.hide_persistent_suspend.load(Relaxed))
+}
+
+/// Sets whether suspend ignores the device's persistent suspend feature (decimal, 0 or not).
+fn store_hide_persistent_suspend(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
+    w.hide_persistent_suspend.read_from_slice(r)
+}
+
 /// The device's debugfs directory, `virtio_mem_rust-<device>/`: `blocks`; `lose_answers`
 /// (write N: the next N answers of the device are dropped as if they had not come in time, so
 /// that tests can exercise the recovery from a timeout after the device acted);
 /// `garble_answers` (write N: the next N answers become a value the protocol does not define,
 /// which stops the device); and `remove_delay_ms` (a wait between unplugging the last
 /// sub-block of a memory block and removing it, so that tests can try to online the block in
-/// that window).
+/// that window); and `hide_persistent_suspend` (write 1: suspend to RAM is decided as if the
+/// device did not offer to keep plugged memory across suspend).
 pub(crate) struct Debugfs {
     _blocks: Pin<KBox<debugfs::File<BlockDump>>>,
     _lose_answers: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _garble_answers: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _remove_delay: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
+    _hide_persistent_suspend: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _dir: debugfs::Dir,
 }
 
@@ -218,11 +232,21 @@ impl Debugfs {
             ),
             GFP_KERNEL,
         )?;
+        let hide_persistent_suspend = KBox::pin_init(
+            dir.read_write_callback_file(
+                c"hide_persistent_suspend",
+                rt.clone(),
+                &show_hide_persistent_suspend,
+                &store_hide_persistent_suspend,
+            ),
+            GFP_KERNEL,
+        )?;
         Ok(Self {
             _blocks: blocks,
             _lose_answers: lose_answers,
             _garble_answers: garble_answers,
             _remove_delay: remove_delay,
+            _hide_persistent_suspend: hide_persistent_suspend,
             _dir: dir,
         })
     }

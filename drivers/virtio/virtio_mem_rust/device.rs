@@ -56,6 +56,9 @@ pub(crate) struct Probed {
     pub(crate) memory_block_size: u64,
     /// Added memory holds its own memmap.
     pub(crate) memmap_on_memory: bool,
+    /// The device keeps plugged memory plugged across suspend and wake-up
+    /// (`VIRTIO_MEM_F_PERSISTENT_SUSPEND`).
+    pub(crate) persistent_suspend: bool,
 }
 
 /// The answer `garble_answers` makes of the device's.
@@ -174,7 +177,7 @@ impl DeviceClient {
     }
 
     /// Asks the device whether `[addr, addr + size)` is plugged.
-    fn query(&self, addr: u64, size: u64) -> Result<BlockState, StepError> {
+    pub(crate) fn query(&self, addr: u64, size: u64) -> Result<BlockState, StepError> {
         let req = Request::State {
             addr,
             nb_blocks: self.nb_blocks(size)?,

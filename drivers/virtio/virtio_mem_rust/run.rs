@@ -190,6 +190,10 @@ pub(crate) struct Runtime {
     /// Test knob (debugfs `remove_delay_ms`): how long to wait between unplugging the last
     /// sub-block of a memory block and removing it, to widen that window for tests.
     pub(crate) remove_delay_ms: Atomic<u32>,
+    /// Test knob (debugfs `hide_persistent_suspend`): not 0 makes suspend behave as if the
+    /// device did not offer `VIRTIO_MEM_F_PERSISTENT_SUSPEND`. QEMU offers it whenever the
+    /// machine can wake from suspend, so no real device lets a test reach the refusal of S3.
+    pub(crate) hide_persistent_suspend: Atomic<u32>,
     #[pin]
     pub(crate) state: Mutex<RunState>,
     #[pin]
@@ -248,6 +252,7 @@ impl Runtime {
                 offline,
                 waiting_for_transition: Atomic::new(false),
                 remove_delay_ms: Atomic::new(0),
+                hide_persistent_suspend: Atomic::new(0),
                 state <- new_mutex!(RunState {
                     hotplug: Some(hotplug),
                     requested: 0,

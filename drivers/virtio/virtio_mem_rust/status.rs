@@ -6,10 +6,13 @@
 //! The run loop publishes a [`Status`] after each step; the sysfs attributes (see
 //! [`crate::attrs`]) read it without waiting for a step to finish.
 
-use crate::protocol::{
-    Refusal,
-    Request,
-    SendError, //
+use crate::{
+    power::Refused,
+    protocol::{
+        Refusal,
+        Request,
+        SendError, //
+    }, //
 };
 use kernel::{
     fmt,
@@ -191,6 +194,8 @@ pub(crate) struct Status {
     pub(crate) reason: Option<Reason>,
     /// When the next retry runs, in ms of `CLOCK_BOOTTIME` (as `/proc/uptime`).
     pub(crate) retry_at_ms: Option<i64>,
+    /// The last sleep the driver refused, until a later one is allowed.
+    pub(crate) refused: Option<Refused>,
 }
 
 impl Status {
@@ -203,6 +208,7 @@ impl Status {
             activity: Activity::Idle,
             reason: None,
             retry_at_ms: None,
+            refused: None,
         }
     }
 }

@@ -19,6 +19,10 @@
 //! - [`events`]: the memory notifier.
 //! - [`handover`]: reserving or taking over the region at probe; giving back and parking at
 //!   unbind.
+//! - [`power`]: suspend, resume and hibernation: what the driver allows, and the resync after
+//!   resume.
+//! - [`kdump`]: kdump mode, in a crash dump capture kernel: no hotplug, and `/proc/vmcore`
+//!   reads only plugged memory.
 //! - [`status`], [`publish`] and [`attrs`]: what operators see (activity, reasons and
 //!   counters; the published state, poll wake-ups and uevents; sysfs and debugfs files).
 //!
@@ -27,9 +31,11 @@
 use kernel::{
     bindings,
     c_str,
+    crash_dump,
     device::Core,
     memory_hotplug,
     page::PAGE_SIZE,
+    power::PmNotifier,
     prelude::*,
     sync::Arc,
     virtio, //
@@ -44,8 +50,11 @@ mod error;
 mod events;
 mod handover;
 mod hotplug;
+#[cfg(CONFIG_PROC_VMCORE)]
+mod kdump;
 mod mode;
 mod plug;
+mod power;
 mod protocol;
 mod publish;
 mod run;
@@ -100,14 +109,28 @@ kernel::module_virtio_driver! {
     },
 }
 
-/// A bound virtio-mem device.
+/// A bound virtio-mem device: the driver follows its requested size, or, in a crash dump
+/// capture kernel, only keeps `/proc/vmcore` away from unplugged memory.
+enum VirtioMem {
+    Hotplug(Hotplugged),
+    /// Kept for its drop, which unregisters the vmcore callback.
+    #[cfg(CONFIG_PROC_VMCORE)]
+    Kdump {
+        _dump: kdump::KdumpDevice,
+    },
+}
+
+/// A device whose memory the driver plugs and unplugs.
 ///
-/// Drop order (the fields' order): the sysfs attributes go first, so that no `show` runs on a
-/// runtime that stopped; then the debugfs files; then the driver's reference to the runtime.
-/// The runtime itself lives on while a work item or the memory notifier holds it: unbind (or
-/// `Drop`, after a probe that failed late) stops it first, which cancels the work items and
-/// drops the notifier.
-struct VirtioMem {
+/// Drop order (the fields' order): the PM notifier goes first (no refusal in the name of a
+/// device that is gone); the sysfs attributes next, so that no `show` runs on a runtime that
+/// stopped; then the debugfs files; then the driver's reference to the runtime. The runtime
+/// itself lives on while a work item or the memory notifier holds it: unbind (or `Drop`, after
+/// a probe that failed late) stops it first, which cancels the work items and drops the
+/// notifier.
+struct Hotplugged {
+    /// Refuses hibernation while the device is bound.
+    _pm: Option<Pin<KBox<PmNotifier<Runtime>>>>,
     /// The sysfs attributes (the unbind's progress shows in them until the data is dropped).
     _attrs: Option<kernel::sysfs::DeviceAttributes<Runtime>>,
     /// The debugfs directory.
@@ -116,7 +139,7 @@ struct VirtioMem {
     runtime: Arc<Runtime>,
 }
 
-impl Drop for VirtioMem {
+impl Drop for Hotplugged {
     fn drop(&mut self) {
         // Normally done at unbind already; this covers a probe that failed after creating the
         // runtime, whose memory notifier holds a reference to it.
@@ -134,6 +157,10 @@ const _: () = {
         offered,
         bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE
     ));
+    assert!(virtio::offers(
+        offered,
+        bindings::VIRTIO_MEM_F_PERSISTENT_SUSPEND
+    ));
 };
 
 impl virtio::Driver for VirtioMemDriver {
@@ -142,12 +169,16 @@ impl virtio::Driver for VirtioMemDriver {
     const FEATURES: &'static [u32] = &[
         bindings::VIRTIO_MEM_F_ACPI_PXM,
         bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
+        bindings::VIRTIO_MEM_F_PERSISTENT_SUSPEND,
     ];
 
     fn probe<'bound>(
         dev: &'bound virtio::Device<Core<'_>>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         let probed = probe_device(dev)?;
+        if crash_dump::is_kdump_kernel() {
+            return probe_kdump(dev, probed);
+        }
         let config = &probed.config;
         let unit = probed.mode.unit(probed.memory_block_size);
         // The region tracks which pages the device backs in sub-blocks, or in pageblocks in
@@ -178,17 +209,27 @@ impl virtio::Driver for VirtioMemDriver {
             .inspect_err(|e| dev_warn!(dev, "no sysfs attributes: {:?}\n", e))
             .ok();
         let debugfs = attrs::Debugfs::create(dev, &runtime).ok();
+        // Before anything is frozen, and before other notifiers prepare for a hibernation we
+        // refuse.
+        let pm = KBox::pin_init(PmNotifier::new(runtime.clone(), i32::MAX), GFP_KERNEL)
+            .inspect_err(|e| dev_warn!(dev, "cannot refuse hibernation: {:?}\n", e))
+            .ok();
         // Requests need the device ready; then plug what is requested already.
         dev.ready();
         runtime.kick();
-        Ok(VirtioMem {
+        Ok(VirtioMem::Hotplug(Hotplugged {
+            _pm: pm,
             _attrs: attrs,
             _debugfs: debugfs,
             runtime,
-        })
+        }))
     }
 
     fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let VirtioMem::Hotplug(this) = &*this else {
+            // kdump mode: dropping the data unregisters the vmcore callback.
+            return;
+        };
         // The attributes stay until the data is dropped: they show the unbind's progress.
         this.runtime.stop();
         let probed = &this.runtime.device.probed;
@@ -208,8 +249,50 @@ impl virtio::Driver for VirtioMemDriver {
         _dev: &'bound virtio::Device<kernel::device::Bound>,
         this: Pin<&Self::Data<'bound>>,
     ) {
-        this.runtime.kick();
+        // In kdump mode the request is not followed.
+        if let VirtioMem::Hotplug(this) = &*this {
+            this.runtime.kick();
+        }
     }
+
+    fn freeze<'bound>(
+        _dev: &'bound virtio::Device<Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        match &*this {
+            VirtioMem::Hotplug(this) => this.runtime.freeze(kernel::power::suspend_target()),
+            // A capture kernel does not sleep; if it does, nothing of ours is at stake.
+            #[cfg(CONFIG_PROC_VMCORE)]
+            VirtioMem::Kdump { .. } => Ok(()),
+        }
+    }
+
+    fn restore<'bound>(
+        _dev: &'bound virtio::Device<Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        if let VirtioMem::Hotplug(this) = &*this {
+            this.runtime.restore();
+        }
+        Ok(())
+    }
+}
+
+/// Binds the device in a crash dump capture kernel (see [`kdump`]).
+#[cfg(CONFIG_PROC_VMCORE)]
+fn probe_kdump(dev: &virtio::Device<Core<'_>>, probed: Probed) -> Result<VirtioMem> {
+    Ok(VirtioMem::Kdump {
+        _dump: kdump::KdumpDevice::new(dev, probed)?,
+    })
+}
+
+/// Without `/proc/vmcore` there is nothing to do in a capture kernel, and plugging or
+/// unplugging would lose the crashed kernel's memory: the device stays unbound (as with the C
+/// driver).
+#[cfg(not(CONFIG_PROC_VMCORE))]
+fn probe_kdump(dev: &virtio::Device<Core<'_>>, _probed: Probed) -> Result<VirtioMem> {
+    dev_warn!(dev, "disabled in kdump kernel without vmcore\n");
+    Err(EBUSY)
 }
 
 /// Reads and checks the device's config, picks the mode and says what it found, as the C
@@ -259,6 +342,15 @@ fn probe_device(dev: &virtio::Device<Core<'_>>) -> Result<Probed> {
             "no"
         }
     );
+    let persistent_suspend = matches!(
+        dev.has_feature(bindings::VIRTIO_MEM_F_PERSISTENT_SUSPEND),
+        Ok(true)
+    );
+    dev_info!(
+        dev,
+        "plugged memory survives suspend: {}\n",
+        if persistent_suspend { "yes" } else { "no" }
+    );
     let memmap_on_memory = memory_hotplug::memmap_on_memory();
     dev_info!(
         dev,
@@ -271,6 +363,7 @@ fn probe_device(dev: &virtio::Device<Core<'_>>) -> Result<Probed> {
         nid,
         memory_block_size: mbs,
         memmap_on_memory,
+        persistent_suspend,
     })
 }
 
