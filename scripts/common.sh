@@ -104,5 +104,5 @@ guest_env() {
     local kver moddir
     kver=$(cat "$KBUILD/include/config/kernel.release")
     moddir=$KMODS/lib/modules/$kver/kernel/drivers/virtio
-    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$KMODS/vmr_pin_page.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN VMR_TIME_FACTOR=$LANE_TIME_FACTOR"
+    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$KMODS/vmr_pin_page.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN VMR_TIME_FACTOR=$LANE_TIME_FACTOR VMR_KERNEL=$KBUILD/arch/x86/boot/bzImage"
 }

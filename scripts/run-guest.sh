@@ -110,6 +110,18 @@ fi
 # permanent connection needs a monitor of its own.)
 gqmp=$qmp.guest
 rm -f "$gqmp"
+# A second serial port (the guest's ttyS1) for tests that put the guest to
+# sleep: virtme-ng's virtio-serial ports (the script's output and exit code,
+# and the guest's QMP port) do not come back after a sleep cycle, the 8250
+# UART does. scripts/serial-relay.py keeps what the guest writes there, which
+# is printed after the guest's other output, and runs vmctl on the host for
+# the guest (see tools/testing/selftests/drivers/virtio_mem/tmpfs_root.sh).
+# A line `vmr-exit: N` stands for the exit code when the script's own cannot
+# be sent.
+ttys1=$qmp.ttyS1 ttys1_log=$qmp.ttyS1.log
+rm -f "$ttys1" "$ttys1_log"
+trap 'rm -f "$qmp" "$qmp.guest" "$ttys1" "$ttys1_log"' EXIT
+opts+=(-chardev "socket,id=ttys1,path=$ttys1,server=on,wait=off" -serial chardev:ttys1)
 opts+=(-chardev "socket,id=qmpsrv,path=$qmp,server=on,wait=off"
        -mon "chardev=qmpsrv,mode=control"
        -chardev "socket,id=qmpgsrv,path=$gqmp,server=on,wait=off"
@@ -154,15 +166,27 @@ if [ $# -gt 0 ]; then
 fi
 
 echo "QMP socket: $qmp" >&2
+python3 "$REPO/scripts/serial-relay.py" "$ttys1" "$qmp" "$VMCTL_BIN" "$ttys1_log" </dev/null &
+relay=$!
+rc=0
 if [ -n "$timeout" ]; then
     # Without a terminal, timeout runs the guest in a process group of its own and kills all
     # of it (QEMU too: a guest that hangs must not keep running after its test). With one, the
     # guest needs the terminal, so only vng is signalled.
     if [ -t 0 ]; then
-        timeout --foreground -k 10 "$timeout" "${cmd[@]}"
+        timeout --foreground -k 10 "$timeout" "${cmd[@]}" || rc=$?
     else
-        timeout -k 10 "$timeout" "${cmd[@]}"
+        timeout -k 10 "$timeout" "${cmd[@]}" || rc=$?
     fi
 else
-    "${cmd[@]}"
+    "${cmd[@]}" || rc=$?
 fi
+kill "$relay" 2>/dev/null || true
+wait "$relay" 2>/dev/null || true
+if [ -s "$ttys1_log" ]; then
+    grep -av '^vmr-exit: ' "$ttys1_log"
+    # vng answers 255 when the script's exit code never came.
+    code=$(sed -n 's/^vmr-exit: \([0-9]*\)$/\1/p' "$ttys1_log" | tail -n1)
+    [ "$rc" = 255 ] && [ -n "$code" ] && rc=$code
+fi
+exit "$rc"

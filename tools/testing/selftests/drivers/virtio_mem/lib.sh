@@ -75,7 +75,15 @@ with_scaled_timeouts() {
     "${args[@]}"
 }
 
-vmctl() { with_scaled_timeouts "$VMCTL" --port-name org.qemu.qmp0 "$@"; }
+# In a root on tmpfs (a test that sleeps, see tmpfs_root.sh) the guest's QMP
+# port does not survive a sleep: vmctl runs on the host, through ttyS1.
+vmctl() {
+    if [ -n "${VMR_IN_TMPFS_ROOT:-}" ]; then
+        with_scaled_timeouts host_vmctl "$@"
+    else
+        with_scaled_timeouts "$VMCTL" --port-name org.qemu.qmp0 "$@"
+    fi
+}
 
 # Runs a command with its standard output discarded.
 quiet() { "$@" >/dev/null; }
