@@ -170,6 +170,18 @@ guest flap 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2
 guest bbm-unmovable 1 "--append memhp_default_state=online_movable --vmem size=4G,block=1G,id=vm0" \
     "$tests/bbm_unmovable.sh"
 guest stopped 1 "--vmem size=4G,block=2M,id=vm0" "$tests/stopped.sh"
+# The machine's life around the driver (issue 13): suspend-to-idle, S3 and hibernation for
+# both drivers in one guest (which runs from a root on tmpfs: 9p and virtio-serial do not
+# survive a sleep); kdump with each driver, the region backed by a host tmpfs file that must
+# not grow while the dump is read.
+guest suspend 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" \
+    "$tests/suspend.sh"
+for drv in rust c; do
+    rm -f "$backing"
+    guest kdump-$drv 2 "--append crashkernel=384M --append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing" \
+        "VMR_DRIVER=$drv VMR_BACKING=/mnt/${backing##*/} $tests/kdump.sh"
+done
+rm -f "$backing"
 guest request-moves 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,id=vm0" \
     "$tests/request_moves.sh"
 guest big-memmap 1 "--append memhp_default_state=online_movable --append memory_hotplug.memmap_on_memory=1 --vmem size=64G,block=2M,id=vm0" \

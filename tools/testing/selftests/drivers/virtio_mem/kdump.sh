@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Guest test: kdump with a virtio-mem device, for one driver (VMR_DRIVER: rust
+# or c). The script runs twice, as two KTAP scripts: in the guest, and again
+# in the capture kernel that the crash boots (the same bzImage, VMR_KERNEL,
+# with the guest's own command line, so it runs this script from the same
+# 9p root).
+#
+# In the guest: a capture kernel is loaded (crashkernel= reserved), the
+# driver plugs 400M (three whole memory blocks and 16M of a fourth, whose other
+# 112M stay unplugged although the block is in the crashed kernel's list of
+# memory to dump), a workload fills tmpfs with a marker, and the kernel
+# crashes (sysrq c).
+#
+# In the capture kernel: the driver binds in kdump mode: no plug, unplug or
+# UNPLUG_ALL (the device keeps its 400M, over QMP), only STATE requests,
+# sysfs activity `kdump` (ours). Reading the whole dump completes, the marker
+# is in the region, the unplugged part of the fourth block reads as zeroes
+# and the host's backing file (tmpfs, VMR_BACKING) does not grow: unplugged
+# memory is never touched. With our driver, the script then unbinds it and
+# reads the dump again without any virtio-mem driver: that touches the
+# unplugged memory (the host allocates it), which is what the drivers
+# prevent.
+#
+# Expects vm0: a 4G region with 2M blocks backed by VMR_BACKING, boot
+# parameters crashkernel=384M and memhp_default_state=online_movable.
+set -u
+source "$(dirname "$0")/lib.sh"
+
+drv=${VMR_DRIVER:-rust}
+case $drv in
+    rust) ko=$VMR_KO_RUST mod=virtio_mem_rust ;;
+    c) ko=$VMR_KO_C mod=virtio_mem ;;
+esac
+scan=$(dirname "$0")/vmcore_scan.py
+MIB=$((1 << 20))
+# Built at run time, so that no file (this script's page cache) holds it.
+marker=VMR-KDUMP-$((6 * 7))-MARK
+
+# Reads the whole dump; prints vmcore_scan.py's report on the region.
+scan_region() {
+    python3 "$scan" "$marker" "$addr" $((addr + $(to_bytes 4G)))
+}
+
+if [ ! -e /proc/vmcore ]; then
+    # --- the guest, before the crash ---
+    ktap_header 6
+    ktap_check "crashkernel memory is reserved" test "$(cat /sys/kernel/kexec_crash_size)" -gt 0
+    # kexec_file_load (-s): the kernel parses the bzImage itself (kexec_load
+    # would need /proc/kcore).
+    ktap_check "the capture kernel is loaded" \
+        kexec -s -p "$VMR_KERNEL" --append="$(cat /proc/cmdline) irqpoll nr_cpus=1 reset_devices"
+    ktap_check "$drv: load $mod" insmod "$ko"
+    vmctl set-size vm0 400M >/dev/null
+    ktap_eq "$drv: 400M plugged (QMP)" "$(to_bytes 400M)" \
+        "$(vmctl wait vm0 400M --wait-timeout-s 120 2>&1 | tail -n1)"
+    block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
+    ktap_eq "$drv: four memory blocks are added" $((4 * block)) "$(virtio_mem_ram_bytes)"
+    # Movable allocations go to ZONE_MOVABLE, i.e. the plugged memory, first.
+    mkdir -p /run/vmr-kdump && mount -t tmpfs -o size=1G none /run/vmr-kdump
+    yes "$marker" | head -c $((300 * MIB)) >/run/vmr-kdump/fill
+    ktap_check "the workload wrote its marker" grep -q "$marker" /run/vmr-kdump/fill
+    ktap_diag "the host backs $(backing_allocated) bytes of the region"
+    ktap_finish
+    echo c >/proc/sysrq-trigger
+    sleep 600
+fi
+
+# --- the capture kernel ---
+ktap_header 13
+ktap_check "this is a capture kernel (elfcorehdr= given)" grep -q 'elfcorehdr=' /proc/cmdline
+addr=$(qmp_info vm0 memaddr)
+before=$(qmp_info vm0 size)
+ktap_eq "the device still has 400M plugged" "$(to_bytes 400M)" "$before"
+allocated=$(backing_allocated)
+ktap_check "$drv: load $mod" insmod "$ko"
+vdev=$(virtio_mem_devices)
+if [ "$drv" = rust ]; then
+    ktap_check "$drv: binds in kdump mode" \
+        eval "dmesg | grep -q '$mod $vdev: memory hot(un)plug disabled in kdump kernel'"
+    ktap_eq "$drv: sysfs activity is kdump" kdump "$(vmem_attr "$vdev" activity)"
+else
+    ktap_check "$drv: binds in kdump mode" \
+        eval "dmesg | grep -q '$mod $vdev: memory hot(un)plug disabled in kdump kernel'"
+    ktap_skip "$drv: sysfs activity is kdump" "the C driver has no sysfs state"
+fi
+sleep 2
+ktap_eq "$drv: the device's size did not change (no UNPLUG_ALL, QMP)" "$before" "$(qmp_info vm0 size)"
+report=$(scan_region)
+ktap_diag "dump read with $drv: $report"
+eval "$report"
+ktap_check "$drv: reading the whole dump completes" test "${bytes:-0}" -gt $((1 << 30))
+ktap_check "$drv: the marker is in the region's memory" test "${markers:-0}" -gt 0
+ktap_check "$drv: the unplugged 112M of the fourth block read as zeroes" \
+    test "${zero_pages:-0}" -ge $((112 * MIB / 4096))
+# Reading plugged memory that was never touched makes the host allocate it;
+# nothing beyond the 400M plugged may be.
+ktap_diag "host backing allocated: $allocated bytes before the read, $(backing_allocated) after"
+ktap_check "$drv: the host backs no more than the 400M plugged after the read" \
+    test "$(backing_allocated)" -le $((400 * MIB))
+ktap_eq "$drv: the device's size did not change while the dump was read" "$before" "$(qmp_info vm0 size)"
+if [ "$drv" = rust ]; then
+    ktap_eq "$drv: only STATE requests were sent" "0 0 0" \
+        "$(vmem_stat "$vdev" plug_ack) $(vmem_stat "$vdev" unplug_ack) $(vmem_stat "$vdev" unplug_all_ack)"
+    # The control: without any virtio-mem driver, reading the dump touches the
+    # unplugged 112M of the fourth block, and the host allocates them.
+    rmmod "$mod"
+    report=$(scan_region)
+    ktap_diag "dump read without a virtio-mem driver: $report"
+    ktap_eq "without a driver, reading the dump makes the host back all four blocks" \
+        $((4 * 128 * MIB)) "$(backing_allocated)"
+else
+    ktap_skip "$drv: only STATE requests were sent" "the C driver has no request counters"
+    ktap_skip "without a driver, reading the dump makes the host back all four blocks" \
+        "shown in the run with our driver"
+fi
+ktap_finish
