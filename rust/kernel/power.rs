@@ -174,3 +174,39 @@ impl<H: PmNotifierHandler> PinnedDrop for PmNotifier<H> {
         };
     }
 }
+
+#[macros::kunit_tests(rust_kernel_power)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_name_a_transition_and_its_end() {
+        let action = |a: u32| Transition::from_action(a as c_ulong);
+        assert_eq!(
+            action(bindings::PM_HIBERNATION_PREPARE),
+            Some((Transition::Hibernation, true))
+        );
+        assert_eq!(
+            action(bindings::PM_POST_HIBERNATION),
+            Some((Transition::Hibernation, false))
+        );
+        assert_eq!(
+            action(bindings::PM_SUSPEND_PREPARE),
+            Some((Transition::Suspend, true))
+        );
+        assert_eq!(
+            action(bindings::PM_POST_SUSPEND),
+            Some((Transition::Suspend, false))
+        );
+        assert_eq!(
+            action(bindings::PM_RESTORE_PREPARE),
+            Some((Transition::Restore, true))
+        );
+        assert_eq!(
+            action(bindings::PM_POST_RESTORE),
+            Some((Transition::Restore, false))
+        );
+        assert_eq!(action(0), None);
+        assert_eq!(action(7), None);
+    }
+}

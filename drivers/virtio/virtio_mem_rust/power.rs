@@ -57,27 +57,33 @@ impl fmt::Display for Refused {
     }
 }
 
+/// Whether the device survives a sleep to `target` (`None`: hibernation) with `plugged` bytes
+/// plugged, `persistent` saying whether it keeps plugged memory across suspend.
+fn decide(target: Option<SuspendTarget>, plugged: u64, persistent: bool) -> Option<Refused> {
+    match target {
+        Some(SuspendTarget::ToIdle) => None,
+        _ if plugged == 0 => None,
+        Some(_) if persistent => None,
+        Some(_) => Some(Refused::Suspend),
+        // Hibernation got past the notifier (it cannot fail to register, but the refusal must
+        // not depend on it).
+        None => Some(Refused::Hibernation),
+    }
+}
+
 impl Runtime {
     /// The system is going to sleep (to `target`, or hibernating if `None`): refuses what the
     /// device cannot survive. The workqueue is frozen already, so no step runs.
     pub(crate) fn freeze(&self, target: Option<SuspendTarget>) -> Result {
-        if target == Some(SuspendTarget::ToIdle) {
-            return self.allowed();
-        }
         // What the device has plugged, also from before this binding (memory the first step
         // has still to unplug); ours if the config cannot be read.
         let plugged = self.device.read_plugged().unwrap_or(0).max(self.plugged());
         let persistent = self.device.probed.persistent_suspend
             && self.hide_persistent_suspend.load(Relaxed) == 0;
-        if plugged == 0 || (persistent && target.is_some()) {
-            return self.allowed();
+        match decide(target, plugged, persistent) {
+            None => self.allowed(),
+            Some(why) => self.refuse(why),
         }
-        if target.is_none() {
-            // Hibernation got past the notifier (it cannot fail to register, but the refusal
-            // must not depend on it).
-            return self.refuse(Refused::Hibernation);
-        }
-        self.refuse(Refused::Suspend)
     }
 
     /// The system woke up; the virtqueue is back. The next step reads the config and
@@ -109,5 +115,27 @@ impl PmNotifierHandler for Runtime {
             Transition::Hibernation | Transition::Restore => this.refuse(Refused::Hibernation),
             Transition::Suspend => Ok(()),
         }
+    }
+}
+
+#[kunit_tests(virtio_mem_rust_power)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_policy_is_the_c_drivers() {
+        const IDLE: Option<SuspendTarget> = Some(SuspendTarget::ToIdle);
+        const MEM: Option<SuspendTarget> = Some(SuspendTarget::Mem);
+        const STANDBY: Option<SuspendTarget> = Some(SuspendTarget::Standby);
+        // Suspend-to-idle: always.
+        assert_eq!(decide(IDLE, 1 << 30, false), None);
+        // S3 and standby: with nothing plugged, or if the device keeps plugged memory.
+        assert_eq!(decide(MEM, 0, false), None);
+        assert_eq!(decide(MEM, 1 << 30, true), None);
+        assert_eq!(decide(MEM, 1 << 30, false), Some(Refused::Suspend));
+        assert_eq!(decide(STANDBY, 2 << 20, false), Some(Refused::Suspend));
+        // Hibernation: persistent suspend does not help; nothing plugged, nothing lost.
+        assert_eq!(decide(None, 1 << 30, true), Some(Refused::Hibernation));
+        assert_eq!(decide(None, 0, true), None);
     }
 }

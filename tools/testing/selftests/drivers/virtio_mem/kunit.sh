@@ -8,7 +8,7 @@ set -u
 source "$(dirname "$0")/lib.sh"
 
 # suite:minimum number of cases
-suites=(rust_kernel_virtio:5 rust_kernel_memory_hotplug_region:4 virtio_mem_rust_config:6 virtio_mem_rust_protocol:5 virtio_mem_rust_plug:4 virtio_mem_rust_mode:2 virtio_mem_rust_sbm:7 virtio_mem_rust_bbm:2 virtio_mem_rust_status:2 virtio_mem_rust_error:1 virtio_mem_rust_backoff:3)
+suites=(rust_kernel_virtio:5 rust_kernel_power:1 rust_kernel_memory_hotplug_region:4 virtio_mem_rust_config:6 virtio_mem_rust_protocol:5 virtio_mem_rust_plug:4 virtio_mem_rust_mode:2 virtio_mem_rust_sbm:7 virtio_mem_rust_bbm:2 virtio_mem_rust_status:2 virtio_mem_rust_error:1 virtio_mem_rust_backoff:3 virtio_mem_rust_power:1)
 ktap_header $(( ${#suites[@]} + 1 ))
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
