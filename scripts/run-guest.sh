@@ -184,7 +184,11 @@ fi
 kill "$relay" 2>/dev/null || true
 wait "$relay" 2>/dev/null || true
 if [ -s "$ttys1_log" ]; then
-    grep -av '^vmr-exit: ' "$ttys1_log"
+    # Appended through a new open file: QEMU opened our standard output anew with O_TRUNC
+    # (virtme-ng's chardev path=/proc/self/fd/1), so this script's own offset in a file
+    # there is stale, and writing at it would overwrite QEMU's output or leave a hole of
+    # NULs before it.
+    grep -av '^vmr-exit: ' "$ttys1_log" >>/proc/self/fd/1
     # vng answers 255 when the script's exit code never came.
     code=$(sed -n 's/^vmr-exit: \([0-9]*\)$/\1/p' "$ttys1_log" | tail -n1)
     [ "$rc" = 255 ] && [ -n "$code" ] && rc=$code

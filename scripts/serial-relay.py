@@ -12,7 +12,10 @@ This relay connects to QEMU's socket for ttyS1 and
 - `vmr-host-wake`: the guest is about to sleep; wake it up, as a host would:
   from suspend-to-RAM (QEMU's run state `suspended`) with QMP `system_wakeup`,
   from suspend-to-idle (the guest armed ttyS1 as a wake-up source) with a
-  line `vmr-wake` on the port; until the guest writes its next line.
+  line `vmr-wake` on the port; until the guest writes its next line;
+- `vmr-exit: N` (kept in LOG): the test is over; QEMU is told to quit (the
+  guest's own power-off is not relied on: a debug guest was seen to hang in
+  it after its last sleep).
 
 Usage: serial-relay.py SOCKET QMP VMCTL LOG
 """
@@ -71,6 +74,11 @@ def main():
                 if line == b"vmr-host-wake":
                     awake.clear()
                     threading.Thread(target=waker, daemon=True).start()
+                    continue
+                if line.startswith(b"vmr-exit: "):
+                    log.write(line + b"\n")
+                    time.sleep(1)
+                    vmctl_run("raw", '{"execute": "quit"}')
                     continue
                 if not line.startswith(b"vmr-host: "):
                     log.write(line + b"\n")

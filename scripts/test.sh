@@ -79,14 +79,14 @@ guest() {
         -- "cd $REPO && export $genv && $gcmd" </dev/null >"$out" 2>&1 || rc=$?
     # Top-level KTAP lines only (subtests are indented).
     local plan ok notok
-    plan=$( (grep -E '^1\.\.[0-9]+$' "$out" || true) | sed 's/^1\.\.//' | paste -sd+ | bc)
-    ok=$(grep -cE '^ok [0-9]+' "$out" || true)
-    notok=$(grep -cE '^not ok [0-9]+' "$out" || true)
+    plan=$( (grep -aE '^1\.\.[0-9]+$' "$out" || true) | sed 's/^1\.\.//' | paste -sd+ | bc)
+    ok=$(grep -acE '^ok [0-9]+' "$out" || true)
+    notok=$(grep -acE '^not ok [0-9]+' "$out" || true)
     plan=${plan:-0}
-    grep -E '^(not ok|# )' "$out" | head -n 40 || true
+    grep -aE '^(not ok|# )' "$out" | head -n 40 || true
     local missing=$(( plan - ok - notok ))
     local headers
-    headers=$(grep -c '^TAP version' "$out" || true)
+    headers=$(grep -ac '^TAP version' "$out" || true)
     if [ "$headers" -lt "$nscripts" ]; then
         echo "$name: only $headers of $nscripts test scripts started"
         missing=$(( missing + nscripts - headers ))
