@@ -178,7 +178,7 @@ guest suspend 1 "--append memhp_default_state=online_movable --vmem size=4G,bloc
     "$tests/suspend.sh"
 for drv in rust c; do
     rm -f "$backing"
-    guest kdump-$drv 2 "--append crashkernel=384M --append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing" \
+    guest kdump-$drv 2 "--append crashkernel=384M --append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing,prealloc=on" \
         "VMR_DRIVER=$drv VMR_BACKING=/mnt/${backing##*/} $tests/kdump.sh"
 done
 rm -f "$backing"
