@@ -181,32 +181,29 @@ mod tests {
 
     #[test]
     fn actions_name_a_transition_and_its_end() {
-        let action = |a: u32| Transition::from_action(a as c_ulong);
-        assert_eq!(
-            action(bindings::PM_HIBERNATION_PREPARE),
-            Some((Transition::Hibernation, true))
-        );
-        assert_eq!(
-            action(bindings::PM_POST_HIBERNATION),
-            Some((Transition::Hibernation, false))
-        );
-        assert_eq!(
-            action(bindings::PM_SUSPEND_PREPARE),
-            Some((Transition::Suspend, true))
-        );
-        assert_eq!(
-            action(bindings::PM_POST_SUSPEND),
-            Some((Transition::Suspend, false))
-        );
-        assert_eq!(
-            action(bindings::PM_RESTORE_PREPARE),
-            Some((Transition::Restore, true))
-        );
-        assert_eq!(
-            action(bindings::PM_POST_RESTORE),
-            Some((Transition::Restore, false))
-        );
-        assert_eq!(action(0), None);
-        assert_eq!(action(7), None);
+        let table = [
+            (
+                bindings::PM_HIBERNATION_PREPARE,
+                Transition::Hibernation,
+                true,
+            ),
+            (
+                bindings::PM_POST_HIBERNATION,
+                Transition::Hibernation,
+                false,
+            ),
+            (bindings::PM_SUSPEND_PREPARE, Transition::Suspend, true),
+            (bindings::PM_POST_SUSPEND, Transition::Suspend, false),
+            (bindings::PM_RESTORE_PREPARE, Transition::Restore, true),
+            (bindings::PM_POST_RESTORE, Transition::Restore, false),
+        ];
+        for (action, transition, begins) in table {
+            assert_eq!(
+                Transition::from_action(action as c_ulong),
+                Some((transition, begins))
+            );
+        }
+        assert_eq!(Transition::from_action(0), None);
+        assert_eq!(Transition::from_action(7), None);
     }
 }

@@ -20,7 +20,9 @@ use crate::{
         BlockState,
         Refusal,
         Request,
-        SendError, //
+        SendError,
+        REQ_SIZE,
+        RESP_SIZE, //
     },
     status::{
         Counters,
@@ -31,6 +33,7 @@ use crate::{
 use kernel::{
     bindings,
     device,
+    memory_hotplug,
     prelude::*,
     sync::{
         aref::ARef,
@@ -88,7 +91,23 @@ pub(crate) struct DeviceClient {
 }
 
 impl DeviceClient {
-    pub(crate) fn new(
+    /// Sets up the client of a probed device: the region's geometry and the virtqueue. Both
+    /// bindings (hotplug and kdump mode) talk to the device through it.
+    pub(crate) fn connect(dev: &virtio::Device<device::Core<'_>>, probed: Probed) -> Result<Self> {
+        let config = &probed.config;
+        let geometry = Geometry::new(
+            config.addr,
+            config.region_size,
+            probed.mode.unit(probed.memory_block_size),
+            config.block_size,
+            *memory_hotplug::pluggable_range(true).start(),
+        )
+        .ok_or(EINVAL)?;
+        let vq = dev.find_vq(c"guest-request", REQ_SIZE, RESP_SIZE)?;
+        Ok(Self::new(dev, vq, probed, geometry))
+    }
+
+    fn new(
         dev: &virtio::Device<device::Bound>,
         vq: virtio::Virtqueue,
         probed: Probed,

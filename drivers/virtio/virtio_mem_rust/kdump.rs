@@ -20,24 +20,17 @@ use crate::{
         DeviceClient,
         Probed, //
     },
-    plug::Geometry,
-    protocol::{
-        BlockState,
-        REQ_SIZE,
-        RESP_SIZE, //
-    },
+    protocol::BlockState,
     publish::ATTR_GROUP,
 };
 use core::fmt::Write;
 use kernel::{
-    c_str,
     crash_dump::{
         VmcoreCallback,
         VmcoreHandler, //
     },
     device::Core,
     fmt,
-    memory_hotplug,
     new_mutex,
     page::PAGE_SHIFT,
     prelude::*,
@@ -161,19 +154,11 @@ pub(crate) struct KdumpDevice {
 impl KdumpDevice {
     /// Binds the device in kdump mode.
     pub(crate) fn new(dev: &virtio::Device<Core<'_>>, probed: Probed) -> Result<Self> {
-        let config = &probed.config;
-        let unit = probed.mode.unit(probed.memory_block_size);
-        let pluggable = memory_hotplug::pluggable_range(true);
-        let geometry = Geometry::new(
-            config.addr,
-            config.region_size,
-            unit,
-            config.block_size,
-            *pluggable.start(),
-        )
-        .ok_or(EINVAL)?;
-        let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
-        let blocks = usize::try_from(config.region_size / config.block_size).unwrap_or(0);
+        let plugged_at_probe = probed.config.plugged_size;
+        let device = DeviceClient::connect(dev, probed)?;
+        // The geometry's block size is not zero: no division can panic.
+        let blocks = device.probed.config.region_size / device.geometry.block_size;
+        let blocks = usize::try_from(blocks).unwrap_or(0);
         let states = KVec::from_elem(UNKNOWN, blocks, GFP_KERNEL).unwrap_or_else(|_| {
             dev_warn!(
                 dev,
@@ -182,8 +167,6 @@ impl KdumpDevice {
             );
             KVec::new()
         });
-        let plugged_at_probe = config.plugged_size;
-        let device = DeviceClient::new(dev, vq, probed, geometry);
         let dump = Arc::pin_init(
             try_pin_init!(Dump {
                 device,

@@ -30,7 +30,6 @@
 
 use kernel::{
     bindings,
-    c_str,
     crash_dump,
     device::Core,
     memory_hotplug,
@@ -74,10 +73,6 @@ use mode::{
     ModeInputs, //
 };
 use plug::Geometry;
-use protocol::{
-    REQ_SIZE,
-    RESP_SIZE, //
-};
 use run::Runtime;
 use sbm::SubBlockMode;
 
@@ -188,21 +183,11 @@ impl virtio::Driver for VirtioMemDriver {
             Mode::BigBlock { .. } => memory_hotplug::pageblock_size(),
         };
         let (hotplug, found) = handover::claim(dev, &probed, granule, unit)?;
-        let pluggable = memory_hotplug::pluggable_range(true);
-        let geometry = Geometry::new(
-            config.addr,
-            config.region_size,
-            unit,
-            config.block_size,
-            *pluggable.start(),
-        )
-        .ok_or(EINVAL)?;
-        let mode = new_mode(&probed, &geometry)?;
-        let vq = dev.find_vq(c_str!("guest-request"), REQ_SIZE, RESP_SIZE)?;
         if config.plugged_size > 0 && found != run::Found::Parked {
             dev_info!(dev, "unplugging all memory is required\n");
         }
-        let device = DeviceClient::new(dev, vq, probed, geometry);
+        let device = DeviceClient::connect(dev, probed)?;
+        let mode = new_mode(&device.probed, &device.geometry)?;
         let runtime = Runtime::new(device, mode, found, hotplug)?;
         runtime.watch_memory()?;
         let attrs = attrs::create(dev, &runtime)
