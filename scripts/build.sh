@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build the kernel (bzImage + modules) with our overlay, out of tree in
+# Build the kernel (bzImage or arm64 Image, and modules) with our overlay, out of tree in
 # $KBUILD. The first build is "cold", later ones "warm"; both times go to the
 # build log ($VMR_CACHE/build-times.log) and are printed.
-# Usage: build.sh [--lane normal|debug] (default: normal, or $VMR_LANE)
+# Usage: build.sh [--lane normal|debug|arm64] (default: normal, or $VMR_LANE)
 source "$(dirname "$0")/common.sh"
 [ "${1:-}" = --lane ] && use_lane "$2"
 "$REPO/scripts/fetch-kernel.sh"
@@ -22,7 +22,7 @@ ccache -z >/dev/null
 log "building the $LANE kernel ($kind build, $(nproc) jobs)"
 start=$(date +%s)
 rc=0
-make -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" bzImage modules >"$blog" 2>&1 || rc=$?
+make -C "$KSRC" O="$KBUILD" "${KMAKE_ARGS[@]}" "$KIMAGE_TARGET" modules >"$blog" 2>&1 || rc=$?
 secs=$(( $(date +%s) - start ))
 # Our own code must build without warnings: show any, fail on errors.
 grep -E -A6 '(^|: )(warning|error)(\[[A-Z0-9]+\])?:' "$blog" | head -n 200 >&2 || true

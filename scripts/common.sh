@@ -20,21 +20,35 @@ export PATH=$LIBCLANG_VENV/bin:$HOME/.cargo/bin:$PATH
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Two kernels are built from the same tree: the "normal" lane (configs/*.config)
-# and the "debug" lane (the same plus configs/debug/*.config: lockdep, DEBUG_VM,
-# KFENCE, DEBUG_PAGEALLOC, ...), which finds locking and memory bugs the normal
-# kernel lets pass. Each lane has its own build directory and staged modules;
-# the source tree and the ccache are shared. use_lane sets:
+# Three kernels are built from the same tree: the "normal" lane (x86_64,
+# configs/*.config and configs/x86_64/*.config), the "debug" lane (the same
+# plus configs/debug/*.config: lockdep, DEBUG_VM, KFENCE, DEBUG_PAGEALLOC,
+# ...), which finds locking and memory bugs the normal kernel lets pass, and
+# the "arm64" lane (configs/*.config and configs/arm64/*.config, cross-built
+# with Debian's gcc-aarch64-linux-gnu and booted under qemu-system-aarch64).
+# Each lane has its own build directory and staged modules; the source tree
+# and the ccache are shared. use_lane sets:
 #   LANE, KBUILD (O= build output), KMODS (staged modules), LANE_CONFIGS
-#   (fragments, later ones override earlier ones) and LANE_TIME_FACTOR (how
-#   much slower its guests are; test timeouts are multiplied by it).
+#   (fragments, later ones override earlier ones), LANE_TIME_FACTOR (how
+#   much slower its guests are; test timeouts are multiplied by it),
+#   LANE_ARCH (x86_64 or arm64), KIMAGE (the kernel image the guests boot),
+#   KIMAGE_TARGET (its make target) and KMAKE_ARGS (ARCH=, CROSS_COMPILE=, -j).
 use_lane() {
     case "$1" in
-        normal) KBUILD=$VMR_CACHE/build KMODS=$VMR_CACHE/modules LANE_TIME_FACTOR=1
-                LANE_CONFIGS=("$REPO"/configs/*.config) ;;
-        debug) KBUILD=$VMR_CACHE/build-debug KMODS=$VMR_CACHE/modules-debug LANE_TIME_FACTOR=3
-                LANE_CONFIGS=("$REPO"/configs/*.config "$REPO"/configs/debug/*.config) ;;
-        *) die "unknown lane '$1' (normal or debug)" ;;
+        normal) KBUILD=$VMR_CACHE/build KMODS=$VMR_CACHE/modules LANE_TIME_FACTOR=1 LANE_ARCH=x86_64
+                LANE_CONFIGS=("$REPO"/configs/*.config "$REPO"/configs/x86_64/*.config) ;;
+        debug) KBUILD=$VMR_CACHE/build-debug KMODS=$VMR_CACHE/modules-debug LANE_TIME_FACTOR=3 LANE_ARCH=x86_64
+                LANE_CONFIGS=("$REPO"/configs/*.config "$REPO"/configs/x86_64/*.config "$REPO"/configs/debug/*.config) ;;
+        # An arm64 guest under TCG on an x86_64 host runs about half as fast as an x86_64 one.
+        arm64) KBUILD=$VMR_CACHE/build-arm64 KMODS=$VMR_CACHE/modules-arm64 LANE_TIME_FACTOR=2 LANE_ARCH=arm64
+                LANE_CONFIGS=("$REPO"/configs/*.config "$REPO"/configs/arm64/*.config) ;;
+        *) die "unknown lane '$1' (normal, debug or arm64)" ;;
+    esac
+    case $LANE_ARCH in
+        x86_64) KIMAGE=$KBUILD/arch/x86/boot/bzImage KIMAGE_TARGET=bzImage
+                KMAKE_ARGS=(ARCH=x86_64 -j"$(nproc)") ;;
+        arm64) KIMAGE=$KBUILD/arch/arm64/boot/Image KIMAGE_TARGET=Image
+                KMAKE_ARGS=(ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- -j"$(nproc)") ;;
     esac
     LANE=$1
     # Scripts started from here (configure.sh from build.sh) build the same lane.
@@ -98,11 +112,24 @@ private_apt() {
 # the two drivers' modules of the current lane, vmctl and vmem-status, and the
 # lane's time factor. Prints "VAR=value ..." for `export` in a guest command
 # line.
+# (The host's vmctl stays the x86_64 build; an arm64 guest gets the tools
+# cross-built for it by scripts/build-tools.sh.)
 VMCTL_BIN=$REPO/tools/vmctl/target/release/vmctl
 VMEM_STATUS_BIN=$REPO/tools/vmem-status/target/release/vmem-status
+# The Rust target the guest's user space runs on.
+guest_rust_target() {
+    case $LANE_ARCH in x86_64) echo x86_64-unknown-linux-gnu ;; arm64) echo aarch64-unknown-linux-gnu ;; esac
+}
+guest_tool() { # NAME: the tool's binary for the current lane's guests
+    if [ "$LANE_ARCH" = x86_64 ]; then
+        echo "$REPO/tools/$1/target/release/$1"
+    else
+        echo "$REPO/tools/$1/target/$(guest_rust_target)/release/$1"
+    fi
+}
 guest_env() {
     local kver moddir
     kver=$(cat "$KBUILD/include/config/kernel.release")
     moddir=$KMODS/lib/modules/$kver/kernel/drivers/virtio
-    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$KMODS/vmr_pin_page.ko VMCTL=$VMCTL_BIN VMEM_STATUS=$VMEM_STATUS_BIN VMR_TIME_FACTOR=$LANE_TIME_FACTOR VMR_KERNEL=$KBUILD/arch/x86/boot/bzImage"
+    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$KMODS/vmr_pin_page.ko VMCTL=$(guest_tool vmctl) VMEM_STATUS=$(guest_tool vmem-status) VMR_TIME_FACTOR=$LANE_TIME_FACTOR VMR_KERNEL=$KIMAGE VMR_ARCH=$LANE_ARCH"
 }

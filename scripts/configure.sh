@@ -3,7 +3,7 @@
 # (configs/*.config; the debug lane adds configs/debug/*.config), then check
 # that every option the fragments ask for really is set (Kconfig silently
 # drops options whose dependencies are missing, which would hide a broken
-# config). Usage: configure.sh [--lane normal|debug]
+# config). Usage: configure.sh [--lane normal|debug|arm64]
 source "$(dirname "$0")/common.sh"
 [ "${1:-}" = --lane ] && use_lane "$2"
 source "$(dirname "$0")/toolchain.sh"

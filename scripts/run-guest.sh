@@ -29,8 +29,11 @@
 #                    the test or the person picks one with insmod)
 #   --verbose        show the guest's kernel console
 #   --lane LANE      boot the kernel of lane LANE: normal (default, or
-#                    $VMR_LANE) or debug (lockdep, DEBUG_VM, KFENCE, ...;
-#                    build it with scripts/build.sh --lane debug)
+#                    $VMR_LANE), debug (lockdep, DEBUG_VM, KFENCE, ...;
+#                    build it with scripts/build.sh --lane debug) or arm64
+#                    (qemu-system-aarch64 -M virt, the root from
+#                    scripts/rootfs.sh arm64 and the tools from
+#                    scripts/build-tools.sh --lane arm64)
 # Without a command the guest starts an interactive shell.
 source "$(dirname "$0")/common.sh"
 
@@ -56,8 +59,24 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-kernel=$KBUILD/arch/x86/boot/bzImage
+kernel=$KIMAGE
 [ -f "$kernel" ] || die "no $LANE kernel at $kernel: run 'scripts/build.sh --lane $LANE' first"
+
+# A guest of the host's architecture runs the host's root (virtme-ng's
+# default); another one runs a root of its own architecture, in which the
+# checkout, the staged modules and the kernel image (which the kdump test
+# loads as its capture kernel) are shown at the same paths as on the host.
+arch_opts=()
+if [ "$LANE_ARCH" != x86_64 ]; then
+    root=$(cat "$VMR_CACHE/rootfs-$LANE_ARCH/.vmr-rootfs" >/dev/null 2>&1 && echo "$VMR_CACHE/rootfs-$LANE_ARCH") ||
+        die "no $LANE_ARCH guest root: run 'scripts/rootfs.sh $LANE_ARCH' first"
+    for d in "$REPO" "$KMODS" "$(dirname "$KIMAGE")"; do shares+=(--rodir "$d=$d"); done
+    # virtme-ng mounts each share on a directory that must exist in the root.
+    for s in "${shares[@]}"; do
+        case "$s" in --*) ;; *) mkdir -p "$root${s%%=*}" ;; esac
+    done
+    arch_opts=(--arch "$LANE_ARCH" --root "$root")
+fi
 
 source "$REPO/tools/testing/selftests/drivers/virtio_mem/sizes.sh"
 
@@ -148,7 +167,7 @@ fi
 # vng's --memory appends "M" to whatever it is given, so the memory size and
 # maxmem go to QEMU directly (a later -m overrides vng's default).
 opts=(-m "$(( $(to_bytes "$mem") >> 10 ))K,maxmem=$((maxmem >> 10))K" "${opts[@]}")
-cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" --disable-kvm --disable-microvm --cpus "$cpus"
+cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" "${arch_opts[@]}" --disable-kvm --disable-microvm --cpus "$cpus"
      "${numa[@]}" "${verbose[@]}" "${shares[@]}"
      --qemu-opts="${opts[*]}")
 [ $autoload = 1 ] || append+=("modprobe.blacklist=virtio_mem,virtio_mem_rust")
@@ -158,8 +177,9 @@ cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" --disable-kvm --disable-m
 # interrupts off; its timeout reads a clock that does not advance then. Under
 # TCG a guest hung there at boot for good (seen on the debug kernel: CPU0 in
 # watchdog_check_skew, CPU1 in queued_spin_lock_slowpath on watchdog_lock).
-# With tsc=reliable the TSC needs no watchdog, so none runs.
-append+=("tsc=reliable")
+# With tsc=reliable the TSC needs no watchdog, so none runs. (arm64's
+# architected timer has no clocksource watchdog.)
+[ "$LANE_ARCH" = x86_64 ] && append+=("tsc=reliable")
 for a in "${append[@]}"; do cmd+=(--append "$a"); done
 if [ $# -gt 0 ]; then
     cmd+=(--exec "$*")

@@ -3,9 +3,10 @@
 # when run again: every step checks first.
 source "$(dirname "$0")/common.sh"
 
-stamp=$VMR_CACHE/.host-ready-v1
+stamp=$VMR_CACHE/.host-ready-v2
 if [ -f "$stamp" ] && [ "${1:-}" != --force ] &&
-   command -v qemu-system-x86_64 >/dev/null && command -v bindgen >/dev/null &&
+   command -v qemu-system-x86_64 >/dev/null && command -v qemu-system-aarch64 >/dev/null &&
+   command -v bindgen >/dev/null &&
    [ -x "$LIBCLANG_VENV/bin/vng" ] && command -v ccache >/dev/null; then
     exit 0
 fi
@@ -13,7 +14,8 @@ mkdir -p "$VMR_CACHE"
 
 # --- Debian packages --------------------------------------------------------
 pkgs=(flex bison bc libelf-dev libssl-dev cpio ccache udev make gcc git rsync
-      kmod busybox-static python3-venv socat zstd xz-utils libdw-dev kexec-tools)
+      kmod busybox-static python3-venv socat zstd xz-utils libdw-dev kexec-tools
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,29 +27,36 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- QEMU 10 from bookworm-backports (fallback: bookworm's 7.2) ------------
+# qemu-system-arm brings qemu-system-aarch64 for the arm64 lane; both from the
+# same suite, so both guests run the same QEMU.
 qemu_ok() {
     command -v qemu-system-x86_64 >/dev/null &&
-    qemu-system-x86_64 -device help 2>/dev/null | grep -q virtio-mem-pci
+    qemu-system-x86_64 -device help 2>/dev/null | grep -q virtio-mem-pci &&
+    command -v qemu-system-aarch64 >/dev/null &&
+    qemu-system-aarch64 -M virt -device help 2>/dev/null | grep -q virtio-mem-pci
 }
 if ! qemu_ok; then
     log "installing QEMU from bookworm-backports"
     if private_apt --with-system bookworm-backports -- -qq update &&
        DEBIAN_FRONTEND=noninteractive private_apt --with-system bookworm-backports -- \
            install -y -qq --no-install-recommends -t bookworm-backports \
-           qemu-system-x86 qemu-system-data ipxe-qemu seabios >/dev/null; then
+           qemu-system-x86 qemu-system-arm qemu-system-data ipxe-qemu seabios >/dev/null; then
         :
     else
         echo "WARNING: bookworm-backports not reachable; installing bookworm's QEMU 7.2" >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            qemu-system-x86 >/dev/null
+            qemu-system-x86 qemu-system-arm >/dev/null
     fi
     qemu_ok || die "QEMU with virtio-mem-pci could not be installed"
 fi
-log "$(qemu-system-x86_64 --version | head -n1)"
+log "$(qemu-system-x86_64 --version | head -n1); $(qemu-system-aarch64 --version | head -n1)"
 
 # --- Rust: rust-src and bindgen-cli 0.73.2 ---------------------------------
 rustup component list --installed 2>/dev/null | grep -q '^rust-src' || {
     log "rustup component add rust-src"; rustup component add rust-src >/dev/null; }
+# The guest tools (vmctl, vmem-status) for the arm64 lane's guests.
+rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' || {
+    log "rustup target add aarch64-unknown-linux-gnu"; rustup target add aarch64-unknown-linux-gnu >/dev/null; }
 if ! bindgen --version 2>/dev/null | grep -q ' 0\.73\.2'; then
     log "cargo install bindgen-cli 0.73.2"
     cargo install --locked --quiet --version 0.73.2 bindgen-cli

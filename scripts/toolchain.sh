@@ -10,4 +10,4 @@ export CCACHE_SLOPPINESS=time_macros,include_file_mtime,include_file_ctime
 # Debian's ccache symlinks make "gcc" go through ccache for both the kernel
 # and host programs (a "ccache gcc" CC would break rustc's -Clinker=$(HOSTCC)).
 export PATH=/usr/lib/ccache:$PATH
-KMAKE_ARGS=(ARCH=x86_64 -j"$(nproc)")
+# KMAKE_ARGS (ARCH=, CROSS_COMPILE=, -j) come with the lane: use_lane in common.sh.

@@ -47,7 +47,7 @@ use crate::{
 use core::ops::RangeInclusive;
 
 /// The size of a Linux memory block, the unit in which memory is added, onlined, offlined and
-/// removed (128 MiB on most x86-64 machines).
+/// removed (128 MiB on x86-64, and on arm64 with 4K pages).
 pub fn memory_block_size() -> u64 {
     // SAFETY: `memory_block_size_bytes` has no preconditions and its value is fixed at boot.
     unsafe { bindings::memory_block_size_bytes() as u64 }
