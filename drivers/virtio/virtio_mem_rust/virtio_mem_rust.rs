@@ -147,6 +147,7 @@ struct VirtioMemDriver;
 // The features the driver asks about are ones it offers (asking about others fails).
 const _: () = {
     let offered = <VirtioMemDriver as virtio::Driver>::FEATURES;
+    #[cfg(CONFIG_ACPI_NUMA)]
     assert!(virtio::offers(offered, bindings::VIRTIO_MEM_F_ACPI_PXM));
     assert!(virtio::offers(
         offered,
@@ -162,6 +163,10 @@ impl virtio::Driver for VirtioMemDriver {
     type Data<'bound> = VirtioMem;
     const ID_TABLE: virtio::IdTable = &ID_TABLE;
     const FEATURES: &'static [u32] = &[
+        // Only a kernel that can translate an ACPI proximity domain into a node asks for one,
+        // as the C driver: without it (arm64 booted from a device tree) the device's node id
+        // means nothing here, and the node comes from the region's address.
+        #[cfg(CONFIG_ACPI_NUMA)]
         bindings::VIRTIO_MEM_F_ACPI_PXM,
         bindings::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
         bindings::VIRTIO_MEM_F_PERSISTENT_SUSPEND,
@@ -369,9 +374,10 @@ fn new_mode(probed: &Probed, g: &Geometry) -> Result<Arc<dyn Manager>> {
 }
 
 /// The NUMA node for the device's memory: the ACPI proximity domain it names if it has
-/// `VIRTIO_MEM_F_ACPI_PXM`, otherwise (or if the firmware does not know that domain) the node of
-/// its start address, as the C driver decides.
+/// `VIRTIO_MEM_F_ACPI_PXM` (negotiated only with ACPI NUMA), otherwise (or if the firmware does
+/// not know that domain) the node of its start address, as the C driver decides.
 fn node_of(dev: &virtio::Device<kernel::device::Bound>, config: &DeviceConfig) -> i32 {
+    #[cfg(CONFIG_ACPI_NUMA)]
     if matches!(dev.has_feature(bindings::VIRTIO_MEM_F_ACPI_PXM), Ok(true)) {
         if let Some(nid) = memory_hotplug::pxm_to_node(config.node_id.into()) {
             return nid;
