@@ -11,38 +11,66 @@
 # idle, and 12G -> 2G while a workload holds 6G of the 2G+12G guest. Prints
 # the time to settle, the final plugged size, OOM kills and whether the
 # workload survived with its data.
+#
+# Then the same on the arm64 lane's kernel (qemu-system-aarch64): the plug
+# table, and the idle unplug.
 source "$(dirname "$0")/common.sh"
 "$REPO/scripts/setup-host.sh"
+
+# plug_bench: the plug table of the current lane (two guests, each order once).
+plug_bench() {
+    local genv vmems=() d first out size c r
+    genv=$(guest_env)
+    for d in c8:8G r8:8G c16:16G r16:16G; do
+        vmems+=(--vmem "size=${d#*:},block=2M,id=${d%%:*}")
+    done
+    # Two guests: C goes first in one, ours in the other; the times are averaged.
+    declare -A c_ms r_ms
+    for first in c r; do
+        out=$("$REPO/scripts/run-guest.sh" --lane "$LANE" --mem 4G --timeout $((1800 * LANE_TIME_FACTOR)) \
+            --append memhp_default_state=online_movable \
+            "${vmems[@]}" -- "cd $REPO && export $genv && scripts/bench-guest.sh $first" </dev/null)
+        grep '^bench:' <<<"$out" && exit 1
+        while read -r _ size c r; do
+            c_ms[$size]=$(( ${c_ms[$size]:-0} + c )) r_ms[$size]=$(( ${r_ms[$size]:-0} + r ))
+            printf '  (%s first) 0 -> %-4s C %5d ms, Rust %5d ms\n' "$first" "$size" "$c" "$r"
+        done < <(grep '^result ' <<<"$out" | tr -d '\r')
+    done
+    printf '%-10s %10s %10s %8s\n' "plug ($LANE_ARCH)" "C (ms)" "Rust (ms)" "Rust/C"
+    for size in 8G 16G; do
+        [ -n "${c_ms[$size]:-}" ] || die "no result for 0 -> $size"
+        c=$(( c_ms[$size] / 2 )) r=$(( r_ms[$size] / 2 ))
+        printf '%-10s %10d %10d %8s\n' "0 -> $size" "$c" "$r" "$(echo "scale=2; $r / $c" | bc)"
+    done
+}
+
+# unplug_bench [idle]: the unplug table of the current lane, one guest per driver
+# (the kernel has one online-page callback, which each driver needs for
+# unplugging online memory); "idle" leaves out the case under a workload.
+unplug_bench() {
+    local genv drv
+    genv=$(guest_env)
+    echo
+    printf '%-16s %-26s %10s %12s %6s %s\n' "driver ($LANE_ARCH)" "unplug" "settle (ms)" "final (MiB)" "OOMs" "workload ok"
+    for drv in virtio_mem virtio_mem_rust; do
+        "$REPO/scripts/run-guest.sh" --lane "$LANE" --mem 2G --timeout $((1800 * LANE_TIME_FACTOR)) \
+            --append memhp_default_state=online_movable --vmem size=16G,block=2M,id=vm0 \
+            -- "cd $REPO && export $genv && scripts/bench-unplug-guest.sh $drv ${1:-}" \
+            </dev/null | grep -E '^virtio_mem|^bench:'
+    done
+}
+
 "$REPO/scripts/build.sh" >/dev/null
 (cd "$REPO/tools/vmctl" && cargo build --release --quiet)
+plug_bench
+unplug_bench
 
-genv=$(guest_env)
-vmems=()
-for d in c8:8G r8:8G c16:16G r16:16G; do
-    vmems+=(--vmem "size=${d#*:},block=2M,id=${d%%:*}")
-done
-# Two guests: C goes first in one, ours in the other; the times are averaged.
-declare -A c_ms r_ms
-for first in c r; do
-    out=$("$REPO/scripts/run-guest.sh" --mem 4G --timeout 1800 --append memhp_default_state=online_movable \
-        "${vmems[@]}" -- "cd $REPO && export $genv && scripts/bench-guest.sh $first" </dev/null)
-    grep '^bench:' <<<"$out" && exit 1
-    while read -r _ size c r; do
-        c_ms[$size]=$(( ${c_ms[$size]:-0} + c )) r_ms[$size]=$(( ${r_ms[$size]:-0} + r ))
-        printf '  (%s first) 0 -> %-4s C %5d ms, Rust %5d ms\n' "$first" "$size" "$c" "$r"
-    done < <(grep '^result ' <<<"$out" | tr -d '\r')
-done
-printf '%-10s %10s %10s %8s\n' "plug" "C (ms)" "Rust (ms)" "Rust/C"
-for size in 8G 16G; do
-    [ -n "${c_ms[$size]:-}" ] || die "no result for 0 -> $size"
-    c=$(( c_ms[$size] / 2 )) r=$(( r_ms[$size] / 2 ))
-    printf '%-10s %10d %10d %8s\n' "0 -> $size" "$c" "$r" "$(echo "scale=2; $r / $c" | bc)"
-done
-
+# The same kernel tree on arm64 (qemu-system-aarch64 -M virt under TCG): plug
+# and idle unplug, ours against C in the same guests.
 echo
-printf '%-16s %-26s %10s %12s %6s %s\n' "driver" "unplug" "settle (ms)" "final (MiB)" "OOMs" "workload ok"
-for drv in virtio_mem virtio_mem_rust; do
-    "$REPO/scripts/run-guest.sh" --mem 2G --timeout 1800 --append memhp_default_state=online_movable \
-        --vmem size=16G,block=2M,id=vm0 -- "cd $REPO && export $genv && scripts/bench-unplug-guest.sh $drv" \
-        </dev/null | grep -E '^virtio_mem|^bench:'
-done
+use_lane arm64
+"$REPO/scripts/build.sh" >/dev/null
+"$REPO/scripts/rootfs.sh" arm64 >/dev/null
+"$REPO/scripts/build-tools.sh" --lane arm64
+plug_bench
+unplug_bench idle

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0
 # Guest test: kdump with a virtio-mem device, for one driver (VMR_DRIVER: rust
 # or c). The script runs twice, as two KTAP scripts: in the guest, and again
-# in the capture kernel that the crash boots (the same bzImage, VMR_KERNEL,
+# in the capture kernel that the crash boots (the same kernel image, VMR_KERNEL,
 # with the guest's own command line, so it runs this script from the same
 # 9p root).
 #
@@ -48,14 +48,23 @@ if [ ! -e /proc/vmcore ]; then
     # --- the guest, before the crash ---
     ktap_header 7
     ktap_check "crashkernel memory is reserved" test "$(cat /sys/kernel/kexec_crash_size)" -gt 0
-    # kexec_file_load (-s): the kernel parses the bzImage itself (kexec_load
-    # would need /proc/kcore).
-    ktap_check "the capture kernel is loaded" \
-        kexec -s -p "$VMR_KERNEL" --append="$(cat /proc/cmdline) irqpoll nr_cpus=1 reset_devices"
+    # kexec_file_load (-s): the kernel parses the bzImage or Image itself
+    # (kexec_load would need /proc/kcore). A kernel with CRASH_HOTPLUG (x86_64)
+    # keeps the loaded capture kernel's list of memory to dump current as
+    # memory is added; without it (arm64) the list is made at load time, so
+    # the capture kernel is loaded after the plug, as kexec-tools' udev rule
+    # would load it again.
+    load_capture() {
+        ktap_check "the capture kernel is loaded" \
+            kexec -s -p "$VMR_KERNEL" --append="$(cat /proc/cmdline) irqpoll nr_cpus=1 reset_devices"
+    }
+    crash_hotplug=$(cat /sys/devices/system/memory/crash_hotplug 2>/dev/null || echo 0)
+    [ "$crash_hotplug" = 1 ] && load_capture
     ktap_check "$drv: load $mod" insmod "$ko"
     vmctl set-size vm0 400M >/dev/null
     ktap_eq "$drv: 400M plugged (QMP)" "$(to_bytes 400M)" \
         "$(vmctl wait vm0 400M --wait-timeout-s 120 2>&1 | tail -n1)"
+    [ "$crash_hotplug" = 1 ] || load_capture
     block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
     ktap_eq "$drv: four memory blocks are added" $((4 * block)) "$(virtio_mem_ram_bytes)"
     # Movable allocations go to ZONE_MOVABLE, i.e. the plugged memory, first.
@@ -70,7 +79,9 @@ fi
 
 # --- the capture kernel ---
 ktap_header 13
-ktap_check "this is a capture kernel (elfcorehdr= given)" grep -q 'elfcorehdr=' /proc/cmdline
+# The crashed kernel's ELF core header: on the command line (x86_64) or in the device tree (arm64).
+ktap_check "this is a capture kernel (elfcorehdr given)" \
+    eval "grep -q 'elfcorehdr=' /proc/cmdline || test -e /sys/firmware/devicetree/base/chosen/linux,elfcorehdr"
 addr=$(qmp_info vm0 memaddr)
 before=$(qmp_info vm0 size)
 ktap_eq "the device still has 400M plugged" "$(to_bytes 400M)" "$before"
