@@ -374,19 +374,35 @@ fn new_mode(probed: &Probed, g: &Geometry) -> Result<Arc<dyn Manager>> {
 }
 
 /// The NUMA node for the device's memory: the ACPI proximity domain it names if it has
-/// `VIRTIO_MEM_F_ACPI_PXM` (negotiated only with ACPI NUMA), otherwise (or if the firmware does
-/// not know that domain) the node of its start address, as the C driver decides.
+/// `VIRTIO_MEM_F_ACPI_PXM`, otherwise (or if the firmware does not know that domain) the node of
+/// its start address, as the C driver decides.
 fn node_of(dev: &virtio::Device<kernel::device::Bound>, config: &DeviceConfig) -> i32 {
-    #[cfg(CONFIG_ACPI_NUMA)]
-    if matches!(dev.has_feature(bindings::VIRTIO_MEM_F_ACPI_PXM), Ok(true)) {
-        if let Some(nid) = memory_hotplug::pxm_to_node(config.node_id.into()) {
-            return nid;
-        }
+    node_of_pxm(dev, config).unwrap_or_else(|| memory_hotplug::phys_to_node(config.addr))
+}
+
+/// The node of the device's ACPI proximity domain, if it has one that the firmware knows.
+#[cfg(CONFIG_ACPI_NUMA)]
+fn node_of_pxm(dev: &virtio::Device<kernel::device::Bound>, config: &DeviceConfig) -> Option<i32> {
+    if !matches!(dev.has_feature(bindings::VIRTIO_MEM_F_ACPI_PXM), Ok(true)) {
+        return None;
+    }
+    let nid = memory_hotplug::pxm_to_node(config.node_id.into());
+    if nid.is_none() {
         dev_warn!(
             dev,
             "unknown ACPI proximity domain {}, using the node of the start address\n",
             config.node_id
         );
     }
-    memory_hotplug::phys_to_node(config.addr)
+    nid
+}
+
+/// Without ACPI NUMA the driver does not negotiate `VIRTIO_MEM_F_ACPI_PXM` (see `FEATURES`): the
+/// device's node id means nothing to this kernel.
+#[cfg(not(CONFIG_ACPI_NUMA))]
+fn node_of_pxm(
+    _dev: &virtio::Device<kernel::device::Bound>,
+    _config: &DeviceConfig,
+) -> Option<i32> {
+    None
 }
