@@ -110,7 +110,8 @@ private_apt() {
 
 # Where the guests find what they need, all on the host filesystem they see:
 # the two drivers' modules of the current lane, vmctl and vmem-status, and the
-# lane's time factor. Prints "VAR=value ..." for `export` in a guest command
+# lane's time factor; VMR_RELAY says that run-guest.sh's ttyS1 relay is there.
+# Prints "VAR=value ..." for `export` in a guest command
 # line.
 # (The host's vmctl stays the x86_64 build; an arm64 guest gets the tools
 # cross-built for it by scripts/build-tools.sh.)
@@ -131,5 +132,5 @@ guest_env() {
     local kver moddir
     kver=$(cat "$KBUILD/include/config/kernel.release")
     moddir=$KMODS/lib/modules/$kver/kernel/drivers/virtio
-    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$KMODS/vmr_pin_page.ko VMCTL=$(guest_tool vmctl) VMEM_STATUS=$(guest_tool vmem-status) VMR_TIME_FACTOR=$LANE_TIME_FACTOR VMR_KERNEL=$KIMAGE VMR_ARCH=$LANE_ARCH"
+    echo "VMR_KO_RUST=$moddir/virtio_mem_rust/virtio_mem_rust.ko VMR_KO_C=$moddir/virtio_mem.ko VMR_KO_PIN=$KMODS/vmr_pin_page.ko VMCTL=$(guest_tool vmctl) VMEM_STATUS=$(guest_tool vmem-status) VMR_TIME_FACTOR=$LANE_TIME_FACTOR VMR_KERNEL=$KIMAGE VMR_ARCH=$LANE_ARCH VMR_RELAY=1"
 }

@@ -8,6 +8,7 @@
 # stay within the plugged size plus a small margin.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable env:VMR_BACKING vm0:16G
 
 margin=$((64 << 20))
 

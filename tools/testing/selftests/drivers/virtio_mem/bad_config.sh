@@ -8,6 +8,7 @@
 # kernel) and a device placed at 80 TiB, beyond what it can hotplug.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires vm0:1G
 
 ktap_header 6
 vdev=$(virtio_mem_devices)

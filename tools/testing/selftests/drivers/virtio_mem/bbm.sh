@@ -8,6 +8,7 @@
 # driver's sysfs sizes agreeing.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable vm0:8G
 
 ktap_header 12
 base_kb=$(memtotal_kb)

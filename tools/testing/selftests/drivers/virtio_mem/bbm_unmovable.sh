@@ -16,6 +16,7 @@
 # Expects vm0: a 4G region with 1G blocks, memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable env:VMR_KO_PIN vm0:4G:1G
 
 GIB=$((1 << 30))
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))

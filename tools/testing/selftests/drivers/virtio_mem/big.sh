@@ -15,6 +15,7 @@
 # memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable env:VMR_MEMMAP vm0:64G
 
 ktap_header 7
 base_kb=$(memtotal_kb)

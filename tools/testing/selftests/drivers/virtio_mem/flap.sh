@@ -14,6 +14,7 @@
 # Expects vm0: a 4G region with 2M blocks, memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable vm0:4G
 
 MIB=$((1 << 20)) page=$(getconf PAGESIZE)
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))

@@ -17,6 +17,7 @@
 # memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable env:VMR_BACKING env:VMR_HOST_LIMIT vm0:4G
 
 dir=$(dirname "$VMR_BACKING")
 filler=$dir/filler

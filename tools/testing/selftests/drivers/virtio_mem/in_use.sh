@@ -8,6 +8,7 @@
 # fail with a message instead of touching (or unplugging) memory in use.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires vm0:4G
 
 ktap_header 10
 vdev=$(virtio_mem_devices)

@@ -28,6 +28,8 @@
 # memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+# The capture kernel has no crash kernel memory of its own.
+if [ -e /proc/vmcore ]; then requires env:VMR_KERNEL env:VMR_BACKING vm0:4G; else requires crashkernel movable env:VMR_KERNEL env:VMR_BACKING vm0:4G; fi
 
 drv=${VMR_DRIVER:-rust}
 case $drv in

@@ -6,6 +6,7 @@
 # reported "ok" (a suite that ran no case fails).
 set -u
 source "$(dirname "$0")/lib.sh"
+requires
 
 # suite:minimum number of cases
 suites=(rust_kernel_virtio:5 rust_kernel_power:1 rust_kernel_memory_hotplug_region:4 virtio_mem_rust_config:6 virtio_mem_rust_protocol:5 virtio_mem_rust_plug:4 virtio_mem_rust_mode:2 virtio_mem_rust_sbm:7 virtio_mem_rust_bbm:2 virtio_mem_rust_status:2 virtio_mem_rust_error:1 virtio_mem_rust_backoff:3 virtio_mem_rust_power:1)
@@ -31,4 +32,6 @@ for entry in "${suites[@]}"; do
         ktap_fail "KUnit suite $s"
     fi
 done
+# Leave the guest as found, for the next script of a kselftest run.
+rmmod virtio_mem_rust 2>/dev/null
 ktap_finish

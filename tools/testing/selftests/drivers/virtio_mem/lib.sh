@@ -13,10 +13,22 @@
 #                --timeout / --wait-timeout-s given to vmctl and vmem-status
 #                and every wait_memtotal_kb bound is multiplied by it
 #
+# Run by kselftest instead (`make -C tools/testing/selftests
+# TARGETS=drivers/virtio_mem run_tests`, or an installed run_kselftest.sh) in
+# any guest, the modules come from the running kernel's module directory and
+# the tools from PATH, and every script first checks that the guest is the
+# one it was written for (`requires`, below): if not, it is skipped as a whole.
+#
 # Every script ends with ktap_finish, which checks the kernel log as its last
 # result (kernel_log_check); ktap_header counts that result in the plan.
 
 source "$(dirname "${BASH_SOURCE[0]}")/sizes.sh"
+
+: "${VMR_KO_RUST:=$(modinfo -n virtio_mem_rust 2>/dev/null)}"
+: "${VMR_KO_C:=$(modinfo -n virtio_mem 2>/dev/null)}"
+: "${VMR_KO_PIN:=$(modinfo -n vmr_pin_page 2>/dev/null)}"
+: "${VMCTL:=$(command -v vmctl)}"
+: "${VMEM_STATUS:=$(command -v vmem-status)}"
 
 KTAP_N=0
 KTAP_PASS=0
@@ -49,6 +61,66 @@ ktap_eq() {
         ktap_diag "$1: expected '$2', got '$3'"
         ktap_fail "$1"
     fi
+}
+
+# kselftest's exit code for a skipped test.
+KSFT_SKIP=4
+
+# requires NEED...: skips the whole script (KTAP "1..0 # SKIP", exit code 4)
+# unless this guest has every NEED, one of:
+#   QID:SIZE[:BLOCK[:REQUESTED]]  a virtio-mem device with QMP id QID, that
+#                 region size, device block size (default 2M) and, if given,
+#                 requested size at boot, and no virtio-mem driver bound yet
+#   movable       new memory is onlined movable (memhp_default_state)
+#   env:VAR       VAR is set (a host-side path or value scripts/test.sh gives)
+#   nodevice      no virtio-mem device at all
+#   crashkernel   memory reserved for a crash kernel
+# Every script lists what scripts/test.sh boots it with; a guest with less or
+# other devices skips it.
+requires() {
+    local need missing=()
+    [ -n "$VMR_KO_RUST" ] || missing+=("virtio_mem_rust.ko (VMR_KO_RUST or an installed module)")
+    [ -n "$VMR_KO_C" ] || missing+=("the C driver's virtio_mem.ko, the reference (VMR_KO_C or an installed module)")
+    for need in "$@"; do
+        case "$need" in
+            movable)
+                [ "$(cat /sys/devices/system/memory/auto_online_blocks 2>/dev/null)" = online_movable ] ||
+                    missing+=("memhp_default_state=online_movable") ;;
+            env:*)
+                local var=${need#env:}
+                [ -n "${!var:-}" ] || missing+=("$var set") ;;
+            nodevice)
+                [ -z "$(virtio_mem_devices)" ] || missing+=("no virtio-mem device") ;;
+            crashkernel)
+                [ "$(cat /sys/kernel/kexec_crash_size 2>/dev/null || echo 0)" -gt 0 ] ||
+                    missing+=("crashkernel= memory") ;;
+            *:*)
+                local qid size block requested info
+                IFS=: read -r qid size block requested <<<"$need"
+                block=${block:-2M}
+                if [ -z "$VMCTL" ] || ! info=$("$VMCTL" info "$qid" 2>/dev/null); then
+                    missing+=("$qid (vmctl and the guest's QMP port)")
+                elif [ "$(sed -n 's/^region-size=//p' <<<"$info")" != "$(to_bytes "$size")" ] ||
+                     [ "$(sed -n 's/^block-size=//p' <<<"$info")" != "$(to_bytes "$block")" ] ||
+                     { [ -n "$requested" ] &&
+                       [ "$(sed -n 's/^requested-size=//p' <<<"$info")" != "$(to_bytes "$requested")" ]; }; then
+                    missing+=("$qid with a $size region, $block blocks${requested:+, $requested requested}")
+                fi ;;
+        esac
+    done
+    # A device some driver already drives is not the fresh device a script starts from.
+    local v
+    for v in $(virtio_mem_devices); do
+        [ -z "$(bound_driver "$v")" ] || missing+=("$v unbound")
+    done
+    if [ ${#missing[@]} = 0 ]; then
+        # For checking the requirements against a guest without running the test.
+        [ -z "${VMR_REQUIRES_ONLY:-}" ] || { echo "requires: met"; exit 0; }
+        return 0
+    fi
+    echo "TAP version 13"
+    echo "1..0 # SKIP this guest lacks: $(IFS=';'; echo "${missing[*]}")"
+    exit $KSFT_SKIP
 }
 
 ktap_finish() {

@@ -4,6 +4,7 @@
 # unloads cleanly and binds nothing.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires nodevice
 
 ktap_header 4
 ktap_eq "no virtio-mem device present" "" "$(virtio_mem_devices)"

@@ -6,6 +6,7 @@
 # Expects vm0 on node 0 and vm1 on node 1, each with 1G requested at boot.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable vm0:4G:2M:1G vm1:4G:1G:2G
 
 node_kb() { sed -n "s/^Node $1 MemTotal: *\([0-9]*\) kB/\1/p" "/sys/devices/system/node/node$1/meminfo"; }
 

@@ -6,6 +6,7 @@
 # exceeds the driver's limit (1G for 128M memory blocks) by more than a block.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires vm0:8G
 
 limit=$((1 << 30)) block=$(( $(printf '%d' 0x$(cat /sys/devices/system/memory/block_size_bytes)) ))
 addr=$(qmp_info vm0 memaddr) region=$(qmp_info vm0 region-size)

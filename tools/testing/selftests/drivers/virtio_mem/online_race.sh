@@ -17,6 +17,7 @@
 # auto-onlining.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires env:VMR_BACKING vm0:8G
 
 margin=$((64 << 20))
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))

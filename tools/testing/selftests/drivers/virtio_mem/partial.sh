@@ -12,6 +12,7 @@
 # Expects vm0: a 4G region with 2M blocks, nothing requested at boot.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires env:VMR_BACKING vm0:4G
 
 MIB=$((1 << 20)) margin=$((64 << 20))
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))

@@ -16,6 +16,7 @@
 # but not in use: all of it is given back, and loading again plugs it again.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable vm0:16G:2M:1G
 
 steps=(1G 4G 4G+130M 4G+200M 16G)
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))

@@ -10,6 +10,7 @@
 # Expects vm0: a 12G region with 2M blocks, memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable vm0:12G
 
 dir=/tmp/vmr-pressure
 rm -rf "$dir"; mkdir -p "$dir"

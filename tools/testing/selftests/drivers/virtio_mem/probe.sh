@@ -9,6 +9,7 @@
 # devices and must have found the same layout.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires vm0:16G:2M:0
 
 read -ra qids <<<"${VMR_DEVICES:-vm0}"
 per_dev=8

@@ -10,6 +10,7 @@
 # Expects vm0: a 16G region with 2M blocks, memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable vm0:16G
 
 # Samples the driver's plugged size until it is idle at $1 bytes; prints the
 # lowest and highest size seen.

@@ -11,6 +11,7 @@
 # Expects vm0: a 4G region with 2M blocks, no auto-onlining.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires vm0:4G
 
 MIB=$((1 << 20)) page=$(getconf PAGESIZE)
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))

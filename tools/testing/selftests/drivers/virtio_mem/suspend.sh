@@ -16,6 +16,9 @@
 # 2M blocks, memhp_default_state=online_movable.
 set -u
 [ -n "${VMR_IN_TMPFS_ROOT:-}" ] || {
+    # Checked on the guest's own root, before the move (vmctl then runs through the relay).
+    source "$(dirname "$0")/lib.sh"
+    requires movable env:VMR_RELAY vm0:4G
     source "$(dirname "$0")/tmpfs_root.sh"
     in_tmpfs_root "$0" "$@"
 }

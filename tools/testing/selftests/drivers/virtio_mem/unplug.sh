@@ -15,6 +15,7 @@
 # Expects vm0: a 16G region with 2M blocks, memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires movable env:VMR_BACKING vm0:16G
 
 margin=$((64 << 20))
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))

@@ -8,6 +8,7 @@
 # Expects vm0: a 4G region with 2M blocks, nothing requested at boot.
 set -u
 source "$(dirname "$0")/lib.sh"
+requires vm0:4G
 
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 n0=$(( $(qmp_info vm0 memaddr) / block ))
