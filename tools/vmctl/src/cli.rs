@@ -5,7 +5,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::json::{self, Value};
+use serde_json::Value;
+
+use crate::framing::Object;
 use crate::qmp::{self, Client};
 use crate::size::parse_size;
 use crate::transport::{self, PortStream, Transport};
@@ -129,7 +131,7 @@ pub enum Command {
     /// `raw JSON`
     Raw {
         /// The command object.
-        command: Value,
+        command: Object,
     },
     /// `query-memory-devices`
     QueryMemoryDevices,
@@ -275,17 +277,20 @@ fn parse_command(words: &[String]) -> Result<Command, UsageError> {
             size: size(s)?,
         },
         ("raw", [text]) => {
-            let command = json::parse(text).map_err(|e| usage(format!("raw: {e}")))?;
-            if command
-                .get("execute")
-                .or_else(|| command.get("exec-oob"))
-                .is_none()
-            {
-                return Err(usage(
-                    "raw: expected a JSON object with \"execute\", e.g. {\"execute\":\"query-status\"}",
-                ));
+            let command: Value =
+                serde_json::from_str(text).map_err(|e| usage(format!("raw: {e}")))?;
+            match command {
+                Value::Object(command)
+                    if command.contains_key("execute") || command.contains_key("exec-oob") =>
+                {
+                    Command::Raw { command }
+                }
+                _ => {
+                    return Err(usage(
+                        "raw: expected a JSON object with \"execute\", e.g. {\"execute\":\"query-status\"}",
+                    ))
+                }
             }
-            Command::Raw { command }
         }
         ("query-memory-devices", []) => Command::QueryMemoryDevices,
         (
@@ -387,9 +392,11 @@ pub fn run<S: Transport>(
     command: &Command,
     out: &mut dyn Write,
 ) -> Result<(), RunError> {
+    // Compact is QMP's own form minus the spaces; pretty is two-space
+    // indented, one member per line (serde_json's `{:#}`).
     let json_text = |v: &Value| {
         if options.pretty {
-            v.to_pretty_string()
+            format!("{v:#}")
         } else {
             v.to_string()
         }
@@ -407,7 +414,7 @@ pub fn run<S: Transport>(
             }
         }
         Command::Get { id, prop } => {
-            let v = vmem::qom_get(client, &vmem::device_path(id), prop)?;
+            let v: Value = vmem::qom_get(client, &vmem::device_path(id), prop)?;
             match &v {
                 Value::String(s) => writeln!(out, "{s}")?,
                 other => writeln!(out, "{}", json_text(other))?,
@@ -429,14 +436,14 @@ pub fn run<S: Transport>(
             writeln!(out, "{size}")?;
         }
         Command::Raw { command } => {
-            let reply = client.execute_raw(command.clone())?;
+            let reply = Value::Object(client.execute_raw(command.clone())?);
             writeln!(out, "{}", json_text(&reply))?;
             if reply.get("error").is_some() {
                 return Err(RunError::ErrorReply);
             }
         }
         Command::QueryMemoryDevices => {
-            let v = client.execute("query-memory-devices", None)?;
+            let v: Value = client.execute("query-memory-devices")?;
             writeln!(out, "{}", json_text(&v))?;
         }
     }
@@ -530,7 +537,10 @@ mod tests {
         );
         match parse(&["raw", r#"{"execute":"query-status"}"#]).unwrap().1 {
             Command::Raw { command } => {
-                assert_eq!(command.to_string(), r#"{"execute":"query-status"}"#)
+                assert_eq!(
+                    Value::Object(command).to_string(),
+                    r#"{"execute":"query-status"}"#
+                )
             }
             other => panic!("{other:?}"),
         }

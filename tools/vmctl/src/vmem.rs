@@ -10,7 +10,10 @@ use std::fmt;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::json::Value;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
 use crate::qmp::{self, Client};
 use crate::transport::Transport;
 
@@ -22,6 +25,37 @@ pub const CHILD_TYPE: &str = "child<virtio-mem-pci>";
 
 /// How often [`wait_for_size`] polls `size` by default.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Arguments of `qom-list`.
+#[derive(Serialize)]
+struct QomList<'a> {
+    path: &'a str,
+}
+
+/// One entry of what `qom-list` returns (QAPI's `ObjectPropertyInfo`).
+#[derive(Debug, Deserialize)]
+pub struct ObjectPropertyInfo {
+    /// The property's name: for a child, the child's id.
+    pub name: String,
+    /// `child<TYPE>`, `link<TYPE>`, or a scalar type such as `uint64`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// Arguments of `qom-get`.
+#[derive(Serialize)]
+struct QomGet<'a> {
+    path: &'a str,
+    property: &'a str,
+}
+
+/// Arguments of `qom-set`.
+#[derive(Serialize)]
+struct QomSet<'a, V> {
+    path: &'a str,
+    property: &'a str,
+    value: V,
+}
 
 /// The QOM path of a device: `ID` becomes `/machine/peripheral/ID`; a
 /// string starting with `/` is taken as a full QOM path already.
@@ -35,66 +69,49 @@ pub fn device_path(id: &str) -> String {
 
 /// Ids of all virtio-mem-pci devices, in QEMU's order.
 pub fn list_devices<S: Transport>(c: &mut Client<S>) -> Result<Vec<String>, qmp::Error> {
-    let children = c.execute(
-        "qom-list",
-        Some(Value::object([("path", Value::from(PERIPHERAL))])),
-    )?;
-    let children = children
-        .as_array()
-        .ok_or_else(|| qmp::Error::Protocol(format!("qom-list returned {children}")))?;
+    let children: Vec<ObjectPropertyInfo> =
+        c.execute_with("qom-list", &QomList { path: PERIPHERAL })?;
     Ok(children
-        .iter()
-        .filter(|child| child.get("type").and_then(Value::as_str) == Some(CHILD_TYPE))
-        .filter_map(|child| child.get("name").and_then(Value::as_str))
-        .map(str::to_owned)
+        .into_iter()
+        .filter(|child| child.kind == CHILD_TYPE)
+        .map(|child| child.name)
         .collect())
 }
 
-/// `qom-get` of property `prop` at QOM path `path`.
-pub fn qom_get<S: Transport>(
+/// `qom-get` of property `prop` at QOM path `path`, as a `T` (`Value` for
+/// whatever it is).
+pub fn qom_get<S: Transport, T: DeserializeOwned>(
     c: &mut Client<S>,
     path: &str,
     prop: &str,
-) -> Result<Value, qmp::Error> {
-    c.execute(
+) -> Result<T, qmp::Error> {
+    let value: Value = c.execute_with(
         "qom-get",
-        Some(Value::object([
-            ("path", Value::from(path)),
-            ("property", Value::from(prop)),
-        ])),
-    )
+        &QomGet {
+            path,
+            property: prop,
+        },
+    )?;
+    T::deserialize(&value)
+        .map_err(|e| qmp::Error::Protocol(format!("{path} property {prop} is {value}: {e}")))
 }
 
 /// `qom-set` of property `prop` at QOM path `path` to `value`.
-pub fn qom_set<S: Transport>(
+pub fn qom_set<S: Transport, V: Serialize>(
     c: &mut Client<S>,
     path: &str,
     prop: &str,
-    value: Value,
+    value: V,
 ) -> Result<(), qmp::Error> {
-    c.execute(
+    c.execute_with::<_, IgnoredAny>(
         "qom-set",
-        Some(Value::object([
-            ("path", Value::from(path)),
-            ("property", Value::from(prop)),
-            ("value", value),
-        ])),
+        &QomSet {
+            path,
+            property: prop,
+            value,
+        },
     )
     .map(drop)
-}
-
-/// `qom-get` of an unsigned integer property.
-pub fn qom_get_u64<S: Transport>(
-    c: &mut Client<S>,
-    path: &str,
-    prop: &str,
-) -> Result<u64, qmp::Error> {
-    let v = qom_get(c, path, prop)?;
-    v.as_u64().ok_or_else(|| {
-        qmp::Error::Protocol(format!(
-            "{path} property {prop} is {v}, not an unsigned integer"
-        ))
-    })
 }
 
 /// Everything `vmctl info` shows about one device. Sizes and addresses are
@@ -123,19 +140,15 @@ impl DeviceInfo {
     /// Queries all fields of device `id`.
     pub fn fetch<S: Transport>(c: &mut Client<S>, id: &str) -> Result<DeviceInfo, qmp::Error> {
         let path = device_path(id);
-        let memdev = qom_get(c, &path, "memdev")?;
-        let memdev = memdev
-            .as_str()
-            .ok_or_else(|| qmp::Error::Protocol(format!("{path} memdev is {memdev}")))?
-            .to_owned();
+        let memdev: String = qom_get(c, &path, "memdev")?;
         Ok(DeviceInfo {
             id: id.to_owned(),
-            size: qom_get_u64(c, &path, "size")?,
-            requested_size: qom_get_u64(c, &path, "requested-size")?,
-            block_size: qom_get_u64(c, &path, "block-size")?,
-            node: qom_get_u64(c, &path, "node")?,
-            memaddr: qom_get_u64(c, &path, "memaddr")?,
-            region_size: qom_get_u64(c, &memdev, "size")?,
+            size: qom_get(c, &path, "size")?,
+            requested_size: qom_get(c, &path, "requested-size")?,
+            block_size: qom_get(c, &path, "block-size")?,
+            node: qom_get(c, &path, "node")?,
+            memaddr: qom_get(c, &path, "memaddr")?,
+            region_size: qom_get(c, &memdev, "size")?,
             memdev,
         })
     }
@@ -173,7 +186,7 @@ pub fn set_requested_size<S: Transport>(
     id: &str,
     bytes: u64,
 ) -> Result<(), qmp::Error> {
-    qom_set(c, &device_path(id), "requested-size", Value::from(bytes))
+    qom_set(c, &device_path(id), "requested-size", bytes)
 }
 
 /// Why [`wait_for_size`] failed.
@@ -234,7 +247,7 @@ pub fn wait_for_size<S: Transport>(
     let start = Instant::now();
     let deadline = start + timeout;
     loop {
-        let size = qom_get_u64(c, &path, "size")?;
+        let size: u64 = qom_get(c, &path, "size")?;
         if size == target {
             return Ok(size);
         }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmctl::json::{self, Value};
+use serde_json::{json, Value};
 use vmctl::qmp::Client;
 use vmctl::vmem;
 
@@ -179,11 +179,13 @@ fn serve(mut conn: UnixStream, behaviour: Behaviour, state: &Mutex<State>) {
                 break;
             };
             buf.drain(..start);
-            let (cmd, used) = match json::parse_prefix(&buf) {
-                Ok(parsed) => parsed,
-                Err(e) if e.kind == json::ErrorKind::Incomplete => break,
-                Err(e) => panic!("client sent bad JSON: {e}"),
+            let mut values = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+            let cmd = match values.next() {
+                Some(Ok(cmd)) => cmd,
+                Some(Err(e)) if e.is_eof() => break,
+                other => panic!("client sent bad JSON: {other:?}"),
             };
+            let used = values.byte_offset();
             buf.drain(..used);
             if behaviour.silent {
                 continue;
@@ -226,10 +228,7 @@ fn answer(cmd: &Value, negotiated: &mut bool, behaviour: Behaviour, state: &Mute
     let mut st = state.lock().unwrap();
     st.log.push(cmd.clone());
     let name = cmd.get("execute").and_then(Value::as_str).unwrap_or("");
-    let args = cmd
-        .get("arguments")
-        .cloned()
-        .unwrap_or(Value::object::<&str>([]));
+    let args = cmd.get("arguments").cloned().unwrap_or(json!({}));
     let arg = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let result = if name == "qmp_capabilities" {
         if *negotiated {
@@ -239,7 +238,7 @@ fn answer(cmd: &Value, negotiated: &mut bool, behaviour: Behaviour, state: &Mute
             )
         } else {
             *negotiated = true;
-            Ok(Value::object::<&str>([]))
+            Ok(json!({}))
         }
     } else if !*negotiated {
         error(
@@ -270,20 +269,17 @@ fn answer(cmd: &Value, negotiated: &mut bool, behaviour: Behaviour, state: &Mute
         }
     };
     let mut reply = match result {
-        Ok(v) => Value::object([("return", v)]),
-        Err((class, desc)) => Value::object([(
-            "error",
-            Value::object([("class", Value::from(class)), ("desc", Value::from(desc))]),
-        )]),
+        Ok(v) => json!({ "return": v }),
+        Err((class, desc)) => json!({"error": {"class": class, "desc": desc}}),
     };
     if let Some(id) = cmd.get("id") {
-        reply.set("id", id.clone());
+        reply["id"] = id.clone();
     }
     reply
 }
 
 fn child(name: &str, ty: &str) -> Value {
-    Value::object([("name", Value::from(name)), ("type", Value::from(ty))])
+    json!({"name": name, "type": ty})
 }
 
 fn qom_get(
@@ -361,7 +357,7 @@ fn qom_set(
         );
     }
     st.devices.get_mut(id).unwrap().requested = value;
-    Ok(Value::object::<&str>([]))
+    Ok(json!({}))
 }
 
 #[test]
@@ -496,7 +492,7 @@ fn qemu_errors_are_reported() {
     // raw prints the whole reply, error or not.
     let out = qemu.vmctl(&["raw", r#"{"execute":"no-such-command","id":"x"}"#]);
     assert_eq!(out.status.code(), Some(1));
-    let reply = json::parse(&stdout(&out)).unwrap();
+    let reply: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(
         reply
             .get("error")
@@ -508,10 +504,8 @@ fn qemu_errors_are_reported() {
         "raw",
         r#"{"execute":"qom-get","arguments":{"path":"/machine/peripheral/vm0","property":"node"}}"#,
     ]));
-    assert_eq!(
-        json::parse(&out).unwrap().get("return"),
-        Some(&Value::from(0u64))
-    );
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply.get("return"), Some(&json!(0)));
 }
 
 #[test]
