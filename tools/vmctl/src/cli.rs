@@ -35,7 +35,8 @@ Usage:
   vmctl [OPTIONS] get ID PROP               qom-get PROP of device ID (or of a QOM path
                                             if ID starts with /)
   vmctl [OPTIONS] set-size ID SIZE          set requested-size; prints it in bytes
-  vmctl [OPTIONS] wait ID SIZE              poll size every 100 ms until it equals SIZE;
+  vmctl [OPTIONS] wait ID SIZE              wait until size equals SIZE (read once, then
+                                            followed in MEMORY_DEVICE_SIZE_CHANGE events);
                                             prints the final size
   vmctl [OPTIONS] resize ID SIZE            set-size, then wait
   vmctl [OPTIONS] raw JSON                  send a command object (an id is added),
@@ -425,14 +426,12 @@ pub fn run<S: Transport>(
             writeln!(out, "{size}")?;
         }
         Command::Wait { id, size } => {
-            let size =
-                vmem::wait_for_size(client, id, *size, options.wait_timeout, vmem::POLL_INTERVAL)?;
+            let size = vmem::wait_for_size(client, id, *size, options.wait_timeout)?;
             writeln!(out, "{size}")?;
         }
         Command::Resize { id, size } => {
             vmem::set_requested_size(client, id, *size)?;
-            let size =
-                vmem::wait_for_size(client, id, *size, options.wait_timeout, vmem::POLL_INTERVAL)?;
+            let size = vmem::wait_for_size(client, id, *size, options.wait_timeout)?;
             writeln!(out, "{size}")?;
         }
         Command::Raw { command } => {

@@ -15,9 +15,15 @@
 //!
 //! So every command carries an `id` unique to this process and invocation,
 //! and [`Client::execute`] skips everything that is not the reply with that
-//! id. Unparsable bytes are dropped up to the next line break (QEMU ends each
-//! message with CRLF). Reads are bounded by a timeout so a dead peer gives
-//! an error rather than a hang.
+//! id, events included. Unparsable bytes are dropped up to the next line
+//! break (QEMU ends each message with CRLF). Reads are bounded by a timeout
+//! so a dead peer gives an error rather than a hang.
+//!
+//! Events (QMP sends them on every monitor whose capabilities are
+//! negotiated) are read with [`Client::next_event`], which in turn skips
+//! answers. An event that arrives while a command waits for its answer is
+//! dropped: it is older than the answer, and on a shared stream it may be
+//! left over from long ago.
 
 use std::fmt;
 use std::io;
@@ -123,6 +129,16 @@ struct ErrorDesc {
     class: String,
     #[serde(default)]
     desc: String,
+}
+
+/// An asynchronous event: `{"event": NAME, "data": {...}, "timestamp": {...}}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Event {
+    /// The event's name, e.g. `MEMORY_DEVICE_SIZE_CHANGE`.
+    pub event: String,
+    /// Its members; `null` for an event without any.
+    #[serde(default)]
+    pub data: Value,
 }
 
 /// A QMP client over any [`Transport`].
@@ -248,6 +264,25 @@ impl<S: Transport> Client<S> {
         msg.insert("id".to_owned(), Value::from(id.as_str()));
         self.send(&msg)?;
         self.await_reply(&command, &id)
+    }
+
+    /// Waits until `deadline` for the next event; `None` when the deadline
+    /// passes first. Answers, greetings and anything else that is not an
+    /// event are dropped on the way.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, Error> {
+        loop {
+            let msg = match self.read_message(deadline) {
+                Ok(msg) => msg,
+                Err(Error::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if msg.contains_key("QMP") {
+                continue;
+            }
+            if let Ok(event) = Event::deserialize(&msg) {
+                return Ok(Some(event));
+            }
+        }
     }
 
     fn next_id(&mut self) -> String {
@@ -608,6 +643,52 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn events_are_read_in_order_skipping_everything_else() {
+        // A stale answer, a greeting and garbage around two events; the
+        // second event is split across reads.
+        let pending = "{\"return\": {}, \"id\": \"old-1\"}\r\n\
+                       {\"event\": \"SHUTDOWN\", \"data\": {\"guest\": true}, \
+                       \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n\
+                       not json\r\n\
+                       {\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n\
+                       {\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 3, \"microseconds\": 4}}\r\n";
+        let mock = Mock::new(pending, 9, |cmd| panic!("unexpected command {cmd}"));
+        let mut c = Client::new(mock, Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let first = c.next_event(deadline).unwrap().unwrap();
+        assert_eq!(first.event, "SHUTDOWN");
+        assert_eq!(first.data, json!({"guest": true}));
+        let second = c.next_event(deadline).unwrap().unwrap();
+        assert_eq!(second.event, "RESUME");
+        assert_eq!(second.data, Value::Null);
+        // Nothing more: the deadline ends the wait without an error.
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(30);
+        assert_eq!(c.next_event(deadline).unwrap(), None);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn events_before_an_answer_are_dropped() {
+        let mock = Mock::new("", 64, |cmd| {
+            format!(
+                "{{\"event\": \"MEMORY_DEVICE_SIZE_CHANGE\", \"data\": {{\"id\": \"vm0\", \
+                 \"size\": 5, \"qom-path\": \"/machine/peripheral/vm0\"}}}}\r\n\
+                 {{\"return\": 7, \"id\": {}}}\r\n\
+                 {{\"event\": \"MEMORY_DEVICE_SIZE_CHANGE\", \"data\": {{\"id\": \"vm0\", \
+                 \"size\": 9, \"qom-path\": \"/machine/peripheral/vm0\"}}}}\r\n",
+                id_of(cmd)
+            )
+        });
+        let mut c = Client::new(mock, Duration::from_secs(1));
+        assert_eq!(c.execute::<u64>("qom-get").unwrap(), 7);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let event = c.next_event(deadline).unwrap().unwrap();
+        assert_eq!(event.data["size"], json!(9));
+        assert_eq!(c.next_event(Instant::now()).unwrap(), None);
     }
 
     #[test]

@@ -4,17 +4,17 @@
 //! Devices created with `-device virtio-mem-pci,id=ID` live at
 //! `/machine/peripheral/ID`. The PCI proxy forwards the virtio-mem
 //! properties (`size`, `requested-size`, `block-size`, `node`, `memaddr`,
-//! `memdev`), so everything is read and written on the proxy.
+//! `memdev`), so everything is read and written on the proxy. Changes of
+//! `size` are followed in QEMU's `MEMORY_DEVICE_SIZE_CHANGE` events.
 
 use std::fmt;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::qmp::{self, Client};
+use crate::qmp::{self, Client, Event};
 use crate::transport::Transport;
 
 /// Where QEMU puts devices that were given an id.
@@ -23,8 +23,8 @@ pub const PERIPHERAL: &str = "/machine/peripheral";
 /// The QOM type of a virtio-mem-pci device, as `qom-list` reports children.
 pub const CHILD_TYPE: &str = "child<virtio-mem-pci>";
 
-/// How often [`wait_for_size`] polls `size` by default.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The event QEMU sends when the size of a memory device changes.
+pub const SIZE_CHANGE_EVENT: &str = "MEMORY_DEVICE_SIZE_CHANGE";
 
 /// Arguments of `qom-list`.
 #[derive(Serialize)]
@@ -55,6 +55,41 @@ struct QomSet<'a, V> {
     path: &'a str,
     property: &'a str,
     value: V,
+}
+
+/// The data of a [`SIZE_CHANGE_EVENT`].
+///
+/// QEMU rate-limits the event per `qom-path` to one a second: a change within
+/// the second is held back and sent at its end, a later one in the same
+/// second replacing it, so the last size always arrives, at most a second
+/// late.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SizeChange {
+    /// The device's id; absent for a device created without one.
+    pub id: Option<String>,
+    /// The size the device provides now: what the guest has plugged.
+    pub size: u64,
+    /// The device's canonical QOM path, `/machine/peripheral/ID` for a
+    /// virtio-mem-pci device with an id (QEMU 6.2 and later).
+    #[serde(rename = "qom-path")]
+    pub qom_path: Option<String>,
+}
+
+impl SizeChange {
+    /// The size change `event` reports, if it is one.
+    pub fn from_event(event: &Event) -> Option<SizeChange> {
+        if event.event != SIZE_CHANGE_EVENT {
+            return None;
+        }
+        SizeChange::deserialize(&event.data).ok()
+    }
+
+    /// Whether it is about device `id` (an id, or a QOM path as
+    /// [`device_path`] takes it).
+    pub fn is_for(&self, id: &str) -> bool {
+        self.qom_path.as_deref() == Some(device_path(id).as_str())
+            || (!id.starts_with('/') && self.id.as_deref() == Some(id))
+    }
 }
 
 /// The QOM path of a device: `ID` becomes `/machine/peripheral/ID`; a
@@ -234,44 +269,93 @@ impl From<qmp::Error> for WaitError {
     }
 }
 
-/// Polls `size` of device `id` every `interval` until it equals `target`,
-/// for at most `timeout`. Returns the final size.
+/// Waits until the `size` of device `id` equals `target`, for at most
+/// `timeout`. Returns the final size.
+///
+/// `c` must have negotiated capabilities, so that QEMU sends it events. The
+/// size is read once, then followed in [`SIZE_CHANGE_EVENT`]s until it gets
+/// there. Events that arrived before the answer to that read were dropped
+/// with good reason: QEMU queues the answer after every event sent before
+/// the command ran, so they are older than the answer (and on a shared
+/// serial port possibly left over from an earlier run), while every change
+/// after it brings an event after it.
 pub fn wait_for_size<S: Transport>(
     c: &mut Client<S>,
     id: &str,
     target: u64,
     timeout: Duration,
-    interval: Duration,
 ) -> Result<u64, WaitError> {
-    let path = device_path(id);
     let start = Instant::now();
     let deadline = start + timeout;
-    loop {
-        let size: u64 = qom_get(c, &path, "size")?;
-        if size == target {
-            return Ok(size);
-        }
-        let now = Instant::now();
-        if now >= deadline {
+    let mut size: u64 = qom_get(c, &device_path(id), "size")?;
+    while size != target {
+        let Some(event) = c.next_event(deadline)? else {
             return Err(WaitError::Timeout {
                 id: id.to_owned(),
                 target,
                 last: size,
-                waited: now - start,
+                waited: start.elapsed(),
             });
+        };
+        if let Some(change) = SizeChange::from_event(&event).filter(|ch| ch.is_for(id)) {
+            size = change.size;
         }
-        thread::sleep(interval.min(deadline - now));
     }
+    Ok(size)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn device_paths() {
         assert_eq!(device_path("vm0"), "/machine/peripheral/vm0");
         assert_eq!(device_path("/objects/mem0"), "/objects/mem0");
+    }
+
+    #[test]
+    fn size_change_events() {
+        let event = |name: &str, data: Value| Event {
+            event: name.to_owned(),
+            data,
+        };
+        let change = SizeChange::from_event(&event(
+            SIZE_CHANGE_EVENT,
+            json!({"id": "vm0", "size": 18446744073709551615u64, "qom-path": "/machine/peripheral/vm0"}),
+        ))
+        .unwrap();
+        assert_eq!(change.size, u64::MAX);
+        assert!(change.is_for("vm0"));
+        assert!(change.is_for("/machine/peripheral/vm0"));
+        assert!(!change.is_for("vm1"));
+        assert!(!change.is_for("/machine/peripheral/vm1"));
+
+        // A device without an id is known by its QOM path only; before
+        // QEMU 6.2 there was no path, only the id.
+        let anonymous = SizeChange::from_event(&event(
+            SIZE_CHANGE_EVENT,
+            json!({"size": 0, "qom-path": "/machine/unattached/device[2]"}),
+        ))
+        .unwrap();
+        assert!(anonymous.is_for("/machine/unattached/device[2]"));
+        assert!(!anonymous.is_for("vm0"));
+        let old =
+            SizeChange::from_event(&event(SIZE_CHANGE_EVENT, json!({"id": "vm0", "size": 1})))
+                .unwrap();
+        assert!(old.is_for("vm0"));
+        assert!(!old.is_for("/machine/peripheral/vm0"));
+
+        // Other events, and malformed ones, are not size changes.
+        assert_eq!(
+            SizeChange::from_event(&event("BALLOON_CHANGE", json!({"actual": 1}))),
+            None
+        );
+        assert_eq!(
+            SizeChange::from_event(&event(SIZE_CHANGE_EVENT, json!({"id": "vm0"}))),
+            None
+        );
     }
 
     #[test]
