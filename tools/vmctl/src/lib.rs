@@ -12,7 +12,7 @@
 //! * [`qmp`]: the QMP client, robust against stale data on shared streams;
 //! * [`size`]: sizes such as `4G+130M`;
 //! * [`vmem`]: virtio-mem-pci operations (list, info, resize, wait);
-//! * [`cli`]: argument parsing and the subcommands.
+//! * [`cli`]: the command line (clap's derive) and the subcommands.
 
 pub mod cli;
 pub mod framing;

@@ -754,11 +754,23 @@ fn socket_from_environment_and_usage_errors() {
         "nothing must be sent on a usage error"
     );
 
+    // Usage errors go to stderr with status 2; help to stdout with 0.
+    let out = qemu.vmctl(&["resize", "vm0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).is_empty());
+    assert!(stderr(&out).contains("<SIZE>"), "{}", stderr(&out));
     let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
         .arg("--help")
         .output()
         .unwrap();
-    assert!(ok(out).contains("vmctl [OPTIONS] resize ID SIZE"));
+    let help = ok(out);
+    assert!(help.contains("Usage: vmctl [OPTIONS] <COMMAND>"), "{help}");
+    assert!(help.contains("  resize "), "{help}");
+    let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
+        .args(["help", "resize"])
+        .output()
+        .unwrap();
+    assert!(ok(out).contains("Usage: vmctl resize [OPTIONS] <ID> <SIZE>"));
 }
 
 #[test]
