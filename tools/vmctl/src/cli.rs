@@ -118,6 +118,11 @@ pub enum Command {
         /// Bytes, e.g. 4G+130M
         #[arg(value_parser = parse_size)]
         size: u64,
+        /// Read size every N milliseconds instead of following the events
+        /// (QEMU sends at most one a second per device and holds a later
+        /// change back until that second is over: for timing a resize)
+        #[arg(long = "poll-ms", value_name = "N", value_parser = parse_millis)]
+        poll: Option<Duration>,
     },
     /// set-size, then wait
     Resize {
@@ -337,8 +342,13 @@ pub fn run<S: Transport>(
             vmem::set_requested_size(client, id, *size)?;
             writeln!(out, "{size}")?;
         }
-        Command::Wait { id, size } => {
-            let size = vmem::wait_for_size(client, id, *size, options.wait_timeout)?;
+        Command::Wait { id, size, poll } => {
+            let size = match poll {
+                Some(interval) => {
+                    vmem::poll_for_size(client, id, *size, options.wait_timeout, *interval)?
+                }
+                None => vmem::wait_for_size(client, id, *size, options.wait_timeout)?,
+            };
             writeln!(out, "{size}")?;
         }
         Command::Resize { id, size } => {
@@ -444,7 +454,8 @@ mod tests {
             c,
             Command::Wait {
                 id: "vm0".into(),
-                size: 4226 << 20
+                size: 4226 << 20,
+                poll: None
             }
         );
         // A later value wins.
@@ -472,7 +483,16 @@ mod tests {
             parse(&["wait", "vm0", "0"]).unwrap().1,
             Command::Wait {
                 id: "vm0".into(),
-                size: 0
+                size: 0,
+                poll: None
+            }
+        );
+        assert_eq!(
+            parse(&["wait", "vm0", "1G", "--poll-ms", "100"]).unwrap().1,
+            Command::Wait {
+                id: "vm0".into(),
+                size: 1 << 30,
+                poll: Some(Duration::from_millis(100))
             }
         );
         assert_eq!(

@@ -304,6 +304,35 @@ pub fn wait_for_size<S: Transport>(
     Ok(size)
 }
 
+/// Waits as [`wait_for_size`] does, but reads the size every `interval`
+/// instead of following events: QEMU rate-limits [`SIZE_CHANGE_EVENT`] to one
+/// a second per device and delays a later change to the end of that second,
+/// which a benchmark timing a resize to the millisecond cannot have.
+pub fn poll_for_size<S: Transport>(
+    c: &mut Client<S>,
+    id: &str,
+    target: u64,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<u64, WaitError> {
+    let start = Instant::now();
+    loop {
+        let size: u64 = qom_get(c, &device_path(id), "size")?;
+        if size == target {
+            return Ok(size);
+        }
+        if start.elapsed() >= timeout {
+            return Err(WaitError::Timeout {
+                id: id.to_owned(),
+                target,
+                last: size,
+                waited: start.elapsed(),
+            });
+        }
+        std::thread::sleep(interval.min(timeout.saturating_sub(start.elapsed())));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

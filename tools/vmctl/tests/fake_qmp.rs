@@ -673,6 +673,46 @@ fn wait_ignores_a_stale_event_before_the_answer() {
 }
 
 #[test]
+fn wait_with_poll_ms_reads_the_size_until_it_is_there() {
+    let qemu = FakeQemu::start(Behaviour {
+        stuck: true,
+        ..Behaviour::default()
+    });
+    ok(qemu.vmctl(&["set-size", "vm0", "2G"]));
+    let reads = qemu.size_reads("vm0");
+    let mut child = qemu.spawn_vmctl(&[
+        "wait",
+        "vm0",
+        "2G",
+        "--poll-ms",
+        "20",
+        "--wait-timeout-s",
+        "20",
+    ]);
+    // It reads again and again while nothing changes.
+    qemu.await_size_reads("vm0", reads + 3);
+    assert!(still_running(&mut child, Duration::from_millis(100)));
+    qemu.set_size("vm0", 2 * GIB);
+    assert_eq!(
+        ok(child.wait_with_output().unwrap()),
+        format!("{}\n", 2 * GIB)
+    );
+
+    // And times out with the last size it read.
+    let out = qemu.vmctl(&[
+        "wait",
+        "vm0",
+        "3G",
+        "--poll-ms",
+        "20",
+        "--wait-timeout-s",
+        "0.2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("last size seen: 2147483648"));
+}
+
+#[test]
 fn wait_returns_at_once_when_the_size_is_there() {
     let qemu = FakeQemu::start(Behaviour {
         stuck: true,
