@@ -30,7 +30,8 @@ time_plug() {
     bytes=$(to_bytes "$2") base=$(memtotal_kb)
     t0=$(now_ms)
     vmctl set-size "$1" "$2" >/dev/null
-    size=$(vmctl wait "$1" "$2" --wait-timeout-s 600 2>&1 | tail -n1)
+    # Polled: the size-change events come at most once a second, late by up to that.
+    size=$(vmctl wait "$1" "$2" --poll-ms 100 --wait-timeout-s 600 2>&1 | tail -n1)
     kb=$(wait_memtotal_kb $((base + bytes / 1024)) 600)
     [ "$size" = "$bytes" ] && [ "$kb" = $((base + bytes / 1024)) ] || { echo "bench: $1 did not reach $2"; return 1; }
     echo $(( $(now_ms) - t0 ))

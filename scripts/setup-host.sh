@@ -54,6 +54,11 @@ log "$(qemu-system-x86_64 --version | head -n1); $(qemu-system-aarch64 --version
 # --- Rust: rust-src and bindgen-cli 0.73.2 ---------------------------------
 rustup component list --installed 2>/dev/null | grep -q '^rust-src' || {
     log "rustup component add rust-src"; rustup component add rust-src >/dev/null; }
+# test.sh checks the tools with cargo fmt and cargo clippy.
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component-" || {
+        log "rustup component add $component"; rustup component add "$component" >/dev/null; }
+done
 # The guest tools (vmctl, vmem-status) for the arm64 lane's guests.
 rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' || {
     log "rustup target add aarch64-unknown-linux-gnu"; rustup target add aarch64-unknown-linux-gnu >/dev/null; }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test suite: everything it needs is installed and built first. Runs
-# vmctl's own tests, then boots guests with real QEMU virtio-mem-pci devices
-# and runs the kselftests in tools/testing/selftests/drivers/virtio_mem/
-# there. Every KTAP result is counted; the last line is "N passed, N failed".
+# the tools' own tests (vmctl, vmem-status; cargo fmt --check and clippy
+# -D warnings count as one result each), then boots guests with real QEMU
+# virtio-mem-pci devices and runs the kselftests in
+# tools/testing/selftests/drivers/virtio_mem/ there. Every KTAP result is
+# counted; the last line is "N passed, N failed".
 #
 # The guest tests run three times: on the normal kernel, on the debug lane's
 # (lockdep, DEBUG_VM, KFENCE, DEBUG_PAGEALLOC, Rust debug assertions and
@@ -45,15 +47,27 @@ count() { # NAME PASSED FAILED
 }
 
 # --- the tools: vmctl (QMP, host or guest) and vmem-status (guest) ----------
-cargo_tests() { # NAME: builds tools/NAME and runs its tests
+# tool_check NAME LOG CARGO-ARGS...: runs cargo in tools/NAME, its output to
+# LOG; prints the output if it fails. Its status is cargo's.
+tool_check() {
+    local name=$1 log=$2; shift 2
+    (cd "$REPO/tools/$name" && cargo "$@") >"$log" 2>&1 && return 0
+    echo "$name: cargo $* failed:"; head -n 60 "$log"; return 1
+}
+cargo_tests() { # NAME: builds tools/NAME, runs its tests, checks it with rustfmt and clippy
     local name=$1 log=$results/$1.log p f
-    log "$name: cargo test"
+    log "$name: cargo test, fmt, clippy"
     if (cd "$REPO/tools/$name" && cargo build --release --quiet && cargo test --release --quiet) \
             >"$log" 2>&1; then :; fi
     p=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1/p' "$log" | paste -sd+ | bc)
     f=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\2/p' "$log" | paste -sd+ | bc)
     if [ -z "$p" ]; then tail -n 30 "$log"; p=0 f=1; fi
     [ "$f" = 0 ] || grep -E '^(test .* FAILED|failures:|---- )' "$log" | head -n 20
+    # Formatting and lints: one result each.
+    if tool_check "$name" "$results/$name-fmt.log" fmt --check; then
+        p=$((p + 1)); else f=$((f + 1)); fi
+    if tool_check "$name" "$results/$name-clippy.log" clippy --release --all-targets --quiet -- -D warnings; then
+        p=$((p + 1)); else f=$((f + 1)); fi
     count "$name" "$p" "$f"
 }
 t=$(date +%s)

@@ -1,11 +1,14 @@
-//! Command-line parsing and the subcommands.
+//! The command line (parsed with clap) and the subcommands.
 
 use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::json::{self, Value};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::framing::Object;
 use crate::qmp::{self, Client};
 use crate::size::parse_size;
 use crate::transport::{self, PortStream, Transport};
@@ -21,46 +24,151 @@ pub const SOCKET_ENV: &str = "VMCTL_SOCKET";
 /// Default bound on `vmctl wait`.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `--help` text.
-pub const USAGE: &str = "\
-vmctl - control virtio-mem-pci devices over QMP (QEMU Machine Protocol)
-
-Usage:
-  vmctl [OPTIONS] list                      one line per virtio-mem-pci device:
-                                            ID size=N requested-size=N block-size=N node=N memaddr=N
-  vmctl [OPTIONS] info ID                   key=value lines: id, size, requested-size,
-                                            block-size, node, memaddr, region-size, memdev
-  vmctl [OPTIONS] get ID PROP               qom-get PROP of device ID (or of a QOM path
-                                            if ID starts with /)
-  vmctl [OPTIONS] set-size ID SIZE          set requested-size; prints it in bytes
-  vmctl [OPTIONS] wait ID SIZE              poll size every 100 ms until it equals SIZE;
-                                            prints the final size
-  vmctl [OPTIONS] resize ID SIZE            set-size, then wait
-  vmctl [OPTIONS] raw JSON                  send a command object (an id is added),
-                                            print the whole reply
-  vmctl [OPTIONS] query-memory-devices      print the query-memory-devices result
-  vmctl --help
-
+const AFTER_HELP: &str = "\
 SIZE is bytes, or a number with a binary suffix K, M, G or T, or a sum of
 those: 1073741824, 4G, 130M, 4G+130M. All sizes are printed in bytes.
 
-Options (anywhere on the line):
-  --socket PATH          QMP unix socket (host side)
-  --port PATH            character device carrying QMP, e.g. /dev/vport2p1
-                         (guest side, a virtio-serial port)
-  --port-name NAME       the virtio-serial port named NAME, found in
-                         /sys/class/virtio-ports/*/name
-  --timeout-ms N         bound on the wait for each QMP reply (default 10000)
-  --wait-timeout-s S     bound on wait/resize, may be fractional (default 60)
-  --pretty               indent JSON output
-  -h, --help             this text
-
-Without --socket, --port or --port-name: the socket in $VMCTL_SOCKET if set,
-else the port named org.qemu.qmp0.
+Options may come anywhere on the line. Without --socket, --port or
+--port-name: the socket in $VMCTL_SOCKET if set, else the port named
+org.qemu.qmp0.
 
 Exit status: 0 on success, 1 on failure (including a wait that timed out),
-2 on a usage error.
-";
+2 on a usage error.";
+
+/// vmctl - control virtio-mem-pci devices over QMP (QEMU Machine Protocol)
+#[derive(Debug, Parser)]
+#[command(name = "vmctl", after_help = AFTER_HELP, args_override_self = true)]
+pub struct Cli {
+    /// QMP unix socket (host side)
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+
+    /// Character device carrying QMP, e.g. /dev/vport2p1 (guest side, a
+    /// virtio-serial port)
+    #[arg(long, value_name = "PATH", global = true)]
+    pub port: Option<PathBuf>,
+
+    /// The virtio-serial port named NAME, found in
+    /// /sys/class/virtio-ports/*/name
+    #[arg(long, value_name = "NAME", global = true)]
+    pub port_name: Option<String>,
+
+    /// Bound on the wait for each QMP reply, in milliseconds
+    // The defaults are qmp::DEFAULT_TIMEOUT and DEFAULT_WAIT_TIMEOUT, as the
+    // tests check.
+    #[arg(
+        long = "timeout-ms",
+        value_name = "N",
+        global = true,
+        default_value = "10000",
+        value_parser = parse_millis
+    )]
+    pub timeout: Duration,
+
+    /// Bound on wait and resize in seconds, may be fractional
+    #[arg(
+        long = "wait-timeout-s",
+        value_name = "S",
+        global = true,
+        default_value = "60",
+        value_parser = parse_seconds
+    )]
+    pub wait_timeout: Duration,
+
+    /// Indent JSON output
+    #[arg(long, global = true)]
+    pub pretty: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum Command {
+    /// One line per virtio-mem-pci device: ID size=N requested-size=N
+    /// block-size=N node=N memaddr=N
+    List,
+    /// key=value lines: id, size, requested-size, block-size, node, memaddr,
+    /// region-size, memdev
+    Info {
+        /// Device id
+        id: String,
+    },
+    /// qom-get PROP of device ID (or of a QOM path if ID starts with /)
+    Get {
+        /// Device id or QOM path
+        id: String,
+        /// Property name, e.g. block-size
+        prop: String,
+    },
+    /// Set requested-size; prints it in bytes
+    SetSize {
+        /// Device id
+        id: String,
+        /// Bytes, e.g. 4G+130M
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
+    /// Wait until size equals SIZE (read once, then followed in
+    /// MEMORY_DEVICE_SIZE_CHANGE events); prints the final size
+    Wait {
+        /// Device id
+        id: String,
+        /// Bytes, e.g. 4G+130M
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        /// Read size every N milliseconds instead of following the events
+        /// (QEMU sends at most one a second per device and holds a later
+        /// change back until that second is over: for timing a resize)
+        #[arg(long = "poll-ms", value_name = "N", value_parser = parse_millis)]
+        poll: Option<Duration>,
+    },
+    /// set-size, then wait
+    Resize {
+        /// Device id
+        id: String,
+        /// Bytes, e.g. 4G+130M
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
+    /// Send a command object (an id is added), print the whole reply
+    Raw {
+        /// The command, e.g. {"execute":"query-status"}
+        #[arg(value_name = "JSON", value_parser = parse_raw)]
+        command: Object,
+    },
+    /// Print the query-memory-devices result
+    QueryMemoryDevices,
+}
+
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err("needs a positive integer".to_owned()),
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| "needs a number of seconds, e.g. 60 or 0.5".to_owned())
+}
+
+fn parse_raw(text: &str) -> Result<Object, String> {
+    match serde_json::from_str(text).map_err(|e| e.to_string())? {
+        Value::Object(command)
+            if command.contains_key("execute") || command.contains_key("exec-oob") =>
+        {
+            Ok(command)
+        }
+        _ => Err(
+            "expected a JSON object with \"execute\", e.g. {\"execute\":\"query-status\"}"
+                .to_owned(),
+        ),
+    }
+}
 
 /// How to reach QMP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,222 +194,38 @@ pub struct Options {
     pub pretty: bool,
 }
 
-/// A parsed subcommand.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// `--help`
-    Help,
-    /// `list`
-    List,
-    /// `info ID`
-    Info {
-        /// Device id.
-        id: String,
-    },
-    /// `get ID PROP`
-    Get {
-        /// Device id or QOM path.
-        id: String,
-        /// Property name.
-        prop: String,
-    },
-    /// `set-size ID SIZE`
-    SetSize {
-        /// Device id.
-        id: String,
-        /// Bytes.
-        size: u64,
-    },
-    /// `wait ID SIZE`
-    Wait {
-        /// Device id.
-        id: String,
-        /// Bytes.
-        size: u64,
-    },
-    /// `resize ID SIZE`
-    Resize {
-        /// Device id.
-        id: String,
-        /// Bytes.
-        size: u64,
-    },
-    /// `raw JSON`
-    Raw {
-        /// The command object.
-        command: Value,
-    },
-    /// `query-memory-devices`
-    QueryMemoryDevices,
-}
-
-/// A bad command line; the message is meant for the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (see vmctl --help)", self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-fn usage(msg: impl Into<String>) -> UsageError {
-    UsageError(msg.into())
-}
-
-/// Parses the arguments after the program name. `socket_env` is the value
-/// of `$VMCTL_SOCKET`, if set.
-pub fn parse_args<I>(args: I, socket_env: Option<String>) -> Result<(Options, Command), UsageError>
-where
-    I: IntoIterator<Item = String>,
-{
-    let mut target = None;
-    let mut timeout = qmp::DEFAULT_TIMEOUT;
-    let mut wait_timeout = DEFAULT_WAIT_TIMEOUT;
-    let mut pretty = false;
-    let mut help = false;
-    let mut positional = Vec::new();
-
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        if arg == "--" {
-            positional.extend(args.by_ref());
-            break;
-        }
-        if arg == "-h" {
-            help = true;
-            continue;
-        }
-        let Some(opt) = arg.strip_prefix("--") else {
-            positional.push(arg);
-            continue;
-        };
-        let (name, inline_value) = match opt.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (opt, None),
-        };
-        let takes_value = !matches!(name, "help" | "pretty");
-        let value = if takes_value {
-            match inline_value {
-                Some(v) => v,
-                None => args
-                    .next()
-                    .ok_or_else(|| usage(format!("--{name} needs a value")))?,
-            }
-        } else if inline_value.is_some() {
-            return Err(usage(format!("--{name} takes no value")));
-        } else {
-            String::new()
-        };
-        let mut set_target = |t: Target| match &target {
-            Some(old) if *old != t => Err(usage(
+impl Cli {
+    /// The options, given `socket_env`, the value of `$VMCTL_SOCKET` if set.
+    /// More than one of --socket, --port and --port-name is a usage error.
+    pub fn options(&self, socket_env: Option<String>) -> Result<Options, clap::Error> {
+        // Checked here rather than with clap's conflicts_with, which does
+        // not see a global option given before the subcommand and another
+        // after it.
+        let mut given = [
+            self.socket.clone().map(Target::Socket),
+            self.port.clone().map(Target::Port),
+            self.port_name.clone().map(Target::PortName),
+        ]
+        .into_iter()
+        .flatten();
+        let target = given.next();
+        if given.next().is_some() {
+            return Err(<Cli as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
                 "only one of --socket, --port and --port-name may be given",
-            )),
-            _ => {
-                target = Some(t);
-                Ok(())
-            }
-        };
-        match name {
-            "help" => help = true,
-            "pretty" => pretty = true,
-            "socket" => set_target(Target::Socket(value.into()))?,
-            "port" => set_target(Target::Port(value.into()))?,
-            "port-name" => set_target(Target::PortName(value))?,
-            "timeout-ms" => {
-                let ms: u64 = value.parse().ok().filter(|&ms| ms > 0).ok_or_else(|| {
-                    usage(format!(
-                        "--timeout-ms needs a positive integer, not {value:?}"
-                    ))
-                })?;
-                timeout = Duration::from_millis(ms);
-            }
-            "wait-timeout-s" => {
-                wait_timeout = value
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .ok_or_else(|| {
-                        usage(format!(
-                            "--wait-timeout-s needs a number of seconds, not {value:?}"
-                        ))
-                    })?;
-            }
-            _ => return Err(usage(format!("unknown option --{name}"))),
+            ));
         }
+        let target = target.unwrap_or_else(|| match socket_env.filter(|s| !s.is_empty()) {
+            Some(path) => Target::Socket(path.into()),
+            None => Target::PortName(DEFAULT_PORT_NAME.to_owned()),
+        });
+        Ok(Options {
+            target,
+            timeout: self.timeout,
+            wait_timeout: self.wait_timeout,
+            pretty: self.pretty,
+        })
     }
-
-    let target = target.unwrap_or_else(|| match socket_env.filter(|s| !s.is_empty()) {
-        Some(path) => Target::Socket(path.into()),
-        None => Target::PortName(DEFAULT_PORT_NAME.to_owned()),
-    });
-    let options = Options {
-        target,
-        timeout,
-        wait_timeout,
-        pretty,
-    };
-    if help || positional.first().is_some_and(|c| c == "help") {
-        return Ok((options, Command::Help));
-    }
-    Ok((options, parse_command(&positional)?))
-}
-
-fn parse_command(words: &[String]) -> Result<Command, UsageError> {
-    let Some((name, rest)) = words.split_first() else {
-        return Err(usage("no subcommand given"));
-    };
-    let args: Vec<&str> = rest.iter().map(String::as_str).collect();
-    let size = |s: &str| parse_size(s).map_err(|e| usage(e.to_string()));
-    let command = match (name.as_str(), args.as_slice()) {
-        ("list", []) => Command::List,
-        ("info", [id]) => Command::Info { id: id.to_string() },
-        ("get", [id, prop]) => Command::Get {
-            id: id.to_string(),
-            prop: prop.to_string(),
-        },
-        ("set-size", [id, s]) => Command::SetSize {
-            id: id.to_string(),
-            size: size(s)?,
-        },
-        ("wait", [id, s]) => Command::Wait {
-            id: id.to_string(),
-            size: size(s)?,
-        },
-        ("resize", [id, s]) => Command::Resize {
-            id: id.to_string(),
-            size: size(s)?,
-        },
-        ("raw", [text]) => {
-            let command = json::parse(text).map_err(|e| usage(format!("raw: {e}")))?;
-            if command
-                .get("execute")
-                .or_else(|| command.get("exec-oob"))
-                .is_none()
-            {
-                return Err(usage(
-                    "raw: expected a JSON object with \"execute\", e.g. {\"execute\":\"query-status\"}",
-                ));
-            }
-            Command::Raw { command }
-        }
-        ("query-memory-devices", []) => Command::QueryMemoryDevices,
-        (
-            "list"
-            | "info"
-            | "get"
-            | "set-size"
-            | "wait"
-            | "resize"
-            | "raw"
-            | "query-memory-devices",
-            _,
-        ) => return Err(usage(format!("wrong number of arguments for {name}"))),
-        _ => return Err(usage(format!("unknown subcommand {name:?}"))),
-    };
-    Ok(command)
 }
 
 /// A failure while running a subcommand.
@@ -387,15 +311,16 @@ pub fn run<S: Transport>(
     command: &Command,
     out: &mut dyn Write,
 ) -> Result<(), RunError> {
+    // Compact is QMP's own form minus the spaces; pretty is two-space
+    // indented, one member per line (serde_json's `{:#}`).
     let json_text = |v: &Value| {
         if options.pretty {
-            v.to_pretty_string()
+            format!("{v:#}")
         } else {
             v.to_string()
         }
     };
     match command {
-        Command::Help => write!(out, "{USAGE}")?,
         Command::List => {
             for id in vmem::list_devices(client)? {
                 writeln!(out, "{}", DeviceInfo::fetch(client, &id)?)?;
@@ -407,7 +332,7 @@ pub fn run<S: Transport>(
             }
         }
         Command::Get { id, prop } => {
-            let v = vmem::qom_get(client, &vmem::device_path(id), prop)?;
+            let v: Value = vmem::qom_get(client, &vmem::device_path(id), prop)?;
             match &v {
                 Value::String(s) => writeln!(out, "{s}")?,
                 other => writeln!(out, "{}", json_text(other))?,
@@ -417,26 +342,29 @@ pub fn run<S: Transport>(
             vmem::set_requested_size(client, id, *size)?;
             writeln!(out, "{size}")?;
         }
-        Command::Wait { id, size } => {
-            let size =
-                vmem::wait_for_size(client, id, *size, options.wait_timeout, vmem::POLL_INTERVAL)?;
+        Command::Wait { id, size, poll } => {
+            let size = match poll {
+                Some(interval) => {
+                    vmem::poll_for_size(client, id, *size, options.wait_timeout, *interval)?
+                }
+                None => vmem::wait_for_size(client, id, *size, options.wait_timeout)?,
+            };
             writeln!(out, "{size}")?;
         }
         Command::Resize { id, size } => {
             vmem::set_requested_size(client, id, *size)?;
-            let size =
-                vmem::wait_for_size(client, id, *size, options.wait_timeout, vmem::POLL_INTERVAL)?;
+            let size = vmem::wait_for_size(client, id, *size, options.wait_timeout)?;
             writeln!(out, "{size}")?;
         }
         Command::Raw { command } => {
-            let reply = client.execute_raw(command.clone())?;
+            let reply = Value::Object(client.execute_raw(command.clone())?);
             writeln!(out, "{}", json_text(&reply))?;
             if reply.get("error").is_some() {
                 return Err(RunError::ErrorReply);
             }
         }
         Command::QueryMemoryDevices => {
-            let v = client.execute("query-memory-devices", None)?;
+            let v: Value = client.execute("query-memory-devices")?;
             writeln!(out, "{}", json_text(&v))?;
         }
     }
@@ -447,23 +375,38 @@ pub fn run<S: Transport>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
 
-    fn parse(args: &[&str]) -> Result<(Options, Command), UsageError> {
-        parse_args(args.iter().map(|s| s.to_string()), None)
+    fn parse_env(args: &[&str], env: Option<&str>) -> Result<(Options, Command), clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("vmctl").chain(args.iter().copied()))?;
+        Ok((cli.options(env.map(str::to_owned))?, cli.command))
+    }
+
+    fn parse(args: &[&str]) -> Result<(Options, Command), clap::Error> {
+        parse_env(args, None)
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn defaults() {
         let (o, c) = parse(&["list"]).unwrap();
         assert_eq!(o.target, Target::PortName("org.qemu.qmp0".into()));
-        assert_eq!(o.timeout, Duration::from_secs(10));
+        assert_eq!(o.timeout, qmp::DEFAULT_TIMEOUT);
+        assert_eq!(o.wait_timeout, DEFAULT_WAIT_TIMEOUT);
         assert_eq!(o.wait_timeout, Duration::from_secs(60));
         assert!(!o.pretty);
         assert_eq!(c, Command::List);
-        let (o, _) = parse_args(["list".to_string()], Some("/tmp/q.sock".into())).unwrap();
+        let (o, _) = parse_env(&["list"], Some("/tmp/q.sock")).unwrap();
         assert_eq!(o.target, Target::Socket("/tmp/q.sock".into()));
-        let (o, _) = parse_args(["list".to_string()], Some(String::new())).unwrap();
+        let (o, _) = parse_env(&["list"], Some("")).unwrap();
         assert_eq!(o.target, Target::PortName("org.qemu.qmp0".into()));
+        let (o, _) = parse_env(&["--port-name", "x", "list"], Some("/tmp/q.sock")).unwrap();
+        assert_eq!(o.target, Target::PortName("x".into()));
     }
 
     #[test]
@@ -495,6 +438,29 @@ mod tests {
         assert_eq!(o.target, Target::PortName("x".into()));
         let (o, _) = parse(&["--port=/dev/vport2p1", "list"]).unwrap();
         assert_eq!(o.target, Target::Port("/dev/vport2p1".into()));
+        // As the test scripts call it.
+        let (o, c) = parse(&[
+            "--port-name",
+            "org.qemu.qmp0",
+            "wait",
+            "vm0",
+            "4G+130M",
+            "--wait-timeout-s",
+            "120",
+        ])
+        .unwrap();
+        assert_eq!(o.wait_timeout, Duration::from_secs(120));
+        assert_eq!(
+            c,
+            Command::Wait {
+                id: "vm0".into(),
+                size: 4226 << 20,
+                poll: None
+            }
+        );
+        // A later value wins.
+        let (o, _) = parse(&["--timeout-ms", "5", "list", "--timeout-ms", "7"]).unwrap();
+        assert_eq!(o.timeout, Duration::from_millis(7));
     }
 
     #[test]
@@ -517,7 +483,16 @@ mod tests {
             parse(&["wait", "vm0", "0"]).unwrap().1,
             Command::Wait {
                 id: "vm0".into(),
-                size: 0
+                size: 0,
+                poll: None
+            }
+        );
+        assert_eq!(
+            parse(&["wait", "vm0", "1G", "--poll-ms", "100"]).unwrap().1,
+            Command::Wait {
+                id: "vm0".into(),
+                size: 1 << 30,
+                poll: Some(Duration::from_millis(100))
             }
         );
         assert_eq!(
@@ -530,13 +505,50 @@ mod tests {
         );
         match parse(&["raw", r#"{"execute":"query-status"}"#]).unwrap().1 {
             Command::Raw { command } => {
-                assert_eq!(command.to_string(), r#"{"execute":"query-status"}"#)
+                assert_eq!(
+                    Value::Object(command).to_string(),
+                    r#"{"execute":"query-status"}"#
+                )
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse(&["--help"]).unwrap().1, Command::Help);
-        assert_eq!(parse(&["list", "-h"]).unwrap().1, Command::Help);
-        assert_eq!(parse(&["help"]).unwrap().1, Command::Help);
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        for args in [
+            &["--help"][..],
+            &["-h"],
+            &["help"],
+            &["list", "-h"],
+            &["help", "wait"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(err.exit_code(), 0, "{args:?}");
+        }
+        let help = Cli::command().render_help().to_string();
+        for word in [
+            "list",
+            "info",
+            "get",
+            "set-size",
+            "wait",
+            "resize",
+            "raw",
+            "query-memory-devices",
+            "--socket",
+            "--port",
+            "--port-name",
+            "--timeout-ms",
+            "--wait-timeout-s",
+            "--pretty",
+            "VMCTL_SOCKET",
+            "4G+130M",
+            "Exit status",
+        ] {
+            assert!(help.contains(word), "{word} missing from\n{help}");
+        }
     }
 
     #[test]
@@ -551,6 +563,7 @@ mod tests {
             &["set-size", "vm0", "99999999999T"],
             &["raw", "{"],
             &["raw", "[1]"],
+            &["raw", r#"{"arguments": {}}"#],
             &["--socket"],
             &["--bogus", "list"],
             &["--timeout-ms", "0", "list"],
@@ -559,8 +572,10 @@ mod tests {
             &["--wait-timeout-s", "nan", "list"],
             &["--pretty=yes", "list"],
             &["--socket", "/a", "--port", "/b", "list"],
+            &["--socket", "/a", "list", "--port-name", "b"],
         ] {
-            assert!(parse(bad).is_err(), "{bad:?} should be a usage error");
+            let err = parse(bad).expect_err(&format!("{bad:?} should be a usage error"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
         }
         let err = parse(&["set-size", "vm0", "4X"]).unwrap_err().to_string();
         assert!(err.contains("\"4X\""), "{err}");

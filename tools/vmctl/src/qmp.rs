@@ -15,15 +15,25 @@
 //!
 //! So every command carries an `id` unique to this process and invocation,
 //! and [`Client::execute`] skips everything that is not the reply with that
-//! id. Unparsable bytes are dropped up to the next line break (QEMU ends each
-//! message with CRLF). Reads are bounded by a timeout so a dead peer gives
-//! an error rather than a hang.
+//! id, events included. Unparsable bytes are dropped up to the next line
+//! break (QEMU ends each message with CRLF). Reads are bounded by a timeout
+//! so a dead peer gives an error rather than a hang.
+//!
+//! Events (QMP sends them on every monitor whose capabilities are
+//! negotiated) are read with [`Client::next_event`], which in turn skips
+//! answers. An event that arrives while a command waits for its answer is
+//! dropped: it is older than the answer, and on a shared stream it may be
+//! left over from long ago.
 
 use std::fmt;
 use std::io;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::json::{self, ErrorKind, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::framing::{Framer, Object, MAX_BUFFER};
 use crate::transport::Transport;
 
 /// Default bound on the wait for one reply.
@@ -35,9 +45,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// JSON parser into known-good state" in QEMU's QMP specification). QEMU
 /// answers with an error that carries no id, which the client ignores.
 const RESYNC_BYTES: &[u8] = b"\x1b\r\n";
-
-/// Refuse to buffer more than this much without finding a message.
-const MAX_BUFFER: usize = 64 << 20;
 
 /// What can go wrong talking QMP.
 #[derive(Debug)]
@@ -60,7 +67,8 @@ pub enum Error {
         /// QEMU's human-readable description.
         desc: String,
     },
-    /// The peer sent something that is not QMP.
+    /// The peer sent something that is not QMP, or not what the command
+    /// returns.
     Protocol(String),
 }
 
@@ -96,11 +104,48 @@ impl From<io::Error> for Error {
     }
 }
 
+/// A command as sent: `{"execute": NAME, "arguments": {...}, "id": ID}`.
+#[derive(Serialize)]
+struct Request<'a, A> {
+    execute: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<&'a A>,
+    id: &'a str,
+}
+
+/// The answer to a command: `{"return": VALUE, "id": ID}` or
+/// `{"error": {"class": ..., "desc": ...}, "id": ID}`.
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(rename = "return")]
+    ret: Option<Value>,
+    error: Option<ErrorDesc>,
+}
+
+/// The `error` member of an answer.
+#[derive(Deserialize)]
+struct ErrorDesc {
+    #[serde(default)]
+    class: String,
+    #[serde(default)]
+    desc: String,
+}
+
+/// An asynchronous event: `{"event": NAME, "data": {...}, "timestamp": {...}}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Event {
+    /// The event's name, e.g. `MEMORY_DEVICE_SIZE_CHANGE`.
+    pub event: String,
+    /// Its members; `null` for an event without any.
+    #[serde(default)]
+    pub data: Value,
+}
+
 /// A QMP client over any [`Transport`].
 pub struct Client<S: Transport> {
     stream: S,
     /// Bytes read but not yet consumed as messages.
-    buf: Vec<u8>,
+    framer: Framer,
     /// Prefix of every command id: unique per process and start time.
     id_prefix: String,
     /// Sequence number of the next command.
@@ -119,7 +164,7 @@ impl<S: Transport> Client<S> {
             .unwrap_or(0);
         Client {
             stream,
-            buf: Vec::new(),
+            framer: Framer::new(),
             id_prefix: format!("vmctl-{}-{nanos:x}", std::process::id()),
             next_seq: 1,
             timeout,
@@ -149,7 +194,7 @@ impl<S: Transport> Client<S> {
     /// Leaves capabilities negotiation mode. Succeeds also when an earlier
     /// client on the same stream already did it.
     pub fn negotiate(&mut self) -> Result<(), Error> {
-        match self.execute("qmp_capabilities", None) {
+        match self.execute::<serde::de::IgnoredAny>("qmp_capabilities") {
             Ok(_) => Ok(()),
             Err(Error::Qmp { class, desc })
                 if class == "CommandNotFound" || desc.contains("already complete") =>
@@ -160,62 +205,116 @@ impl<S: Transport> Client<S> {
         }
     }
 
-    /// Runs `command` with optional `arguments` and returns the `return`
-    /// value of its reply, or [`Error::Qmp`] if QEMU answered with an error.
-    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, Error> {
-        let mut msg = Value::object([("execute", Value::from(command))]);
-        if let Some(args) = arguments {
-            msg.set("arguments", args);
+    /// Runs `command` without arguments; see [`Client::execute_with`].
+    pub fn execute<T: DeserializeOwned>(&mut self, command: &str) -> Result<T, Error> {
+        self.call::<(), T>(command, None)
+    }
+
+    /// Runs `command` with `arguments` and returns the `return` value of its
+    /// reply as a `T`, or [`Error::Qmp`] if QEMU answered with an error.
+    pub fn execute_with<A: Serialize, T: DeserializeOwned>(
+        &mut self,
+        command: &str,
+        arguments: &A,
+    ) -> Result<T, Error> {
+        self.call(command, Some(arguments))
+    }
+
+    fn call<A: Serialize, T: DeserializeOwned>(
+        &mut self,
+        command: &str,
+        arguments: Option<&A>,
+    ) -> Result<T, Error> {
+        let id = self.next_id();
+        self.send(&Request {
+            execute: command,
+            arguments,
+            id: &id,
+        })?;
+        let reply = self.await_reply(command, &id)?;
+        let answer = Answer::deserialize(&reply).map_err(|e| {
+            Error::Protocol(format!("malformed reply {}: {e}", Value::Object(reply)))
+        })?;
+        match answer {
+            Answer {
+                error: Some(err), ..
+            } => Err(Error::Qmp {
+                class: err.class,
+                desc: err.desc,
+            }),
+            Answer { ret: Some(ret), .. } => T::deserialize(&ret).map_err(|e| {
+                Error::Protocol(format!("unexpected answer to {command}: {ret}: {e}"))
+            }),
+            Answer { ret: None, .. } => Err(Error::Protocol(format!(
+                "reply to {command} has neither return nor error"
+            ))),
         }
-        let reply = self.execute_raw(msg)?;
-        if let Some(err) = reply.get("error") {
-            let field = |k| err.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-            return Err(Error::Qmp {
-                class: field("class"),
-                desc: field("desc"),
-            });
-        }
-        reply
-            .get("return")
-            .cloned()
-            .ok_or_else(|| Error::Protocol(format!("reply has neither return nor error: {reply}")))
     }
 
     /// Sends the command object `msg` (any `id` in it is replaced by a fresh
     /// one) and returns the whole matching reply object, error or not.
-    pub fn execute_raw(&mut self, mut msg: Value) -> Result<Value, Error> {
-        if !msg.is_object() {
-            return Err(Error::Protocol(format!(
-                "a QMP command must be a JSON object, not {msg}"
-            )));
-        }
+    pub fn execute_raw(&mut self, mut msg: Object) -> Result<Object, Error> {
         let command = msg
             .get("execute")
             .or_else(|| msg.get("exec-oob"))
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_owned();
+        let id = self.next_id();
+        msg.insert("id".to_owned(), Value::from(id.as_str()));
+        self.send(&msg)?;
+        self.await_reply(&command, &id)
+    }
+
+    /// Waits until `deadline` for the next event; `None` when the deadline
+    /// passes first. Answers, greetings and anything else that is not an
+    /// event are dropped on the way.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, Error> {
+        loop {
+            let msg = match self.read_message(deadline) {
+                Ok(msg) => msg,
+                Err(Error::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if msg.contains_key("QMP") {
+                continue;
+            }
+            if let Ok(event) = Event::deserialize(&msg) {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    fn next_id(&mut self) -> String {
         let id = format!("{}-{}", self.id_prefix, self.next_seq);
         self.next_seq += 1;
-        msg.set("id", Value::from(id.as_str()));
+        id
+    }
 
-        let mut line = msg.to_string().into_bytes();
+    /// Writes `msg` as one line, as QEMU expects.
+    fn send(&mut self, msg: &impl Serialize) -> Result<(), Error> {
+        let mut line = serde_json::to_vec(msg)
+            .map_err(|e| Error::Protocol(format!("cannot encode the command: {e}")))?;
         line.extend_from_slice(b"\r\n");
         self.stream.write_all(&line)?;
         self.stream.flush()?;
+        Ok(())
+    }
 
+    /// Reads until the reply to the command with `id` arrives.
+    fn await_reply(&mut self, command: &str, id: &str) -> Result<Object, Error> {
         let start = Instant::now();
         let deadline = start + self.timeout;
         loop {
-            let reply = self.read_message(deadline).map_err(|e| match e {
+            let msg = self.read_message(deadline).map_err(|e| match e {
                 Error::Timeout { .. } => Error::Timeout {
-                    command: command.clone(),
+                    command: command.to_owned(),
                     waited: start.elapsed(),
                 },
                 e => e,
             })?;
-            if is_reply_to(&reply, &id) {
-                return Ok(reply);
+            if is_reply_to(&msg, id) {
+                return Ok(msg);
             }
             // A greeting, an event, or a stale reply: not ours.
         }
@@ -223,12 +322,12 @@ impl<S: Transport> Client<S> {
 
     /// Reads the next top-level JSON object from the stream, dropping
     /// anything unparsable and any non-object value.
-    fn read_message(&mut self, deadline: Instant) -> Result<Value, Error> {
+    fn read_message(&mut self, deadline: Instant) -> Result<Object, Error> {
         loop {
-            if let Some(v) = self.take_buffered_message() {
-                return Ok(v);
+            if let Some(msg) = self.framer.next_object() {
+                return Ok(msg);
             }
-            if self.buf.len() > MAX_BUFFER {
+            if self.framer.buffered() > MAX_BUFFER {
                 return Err(Error::Protocol(format!(
                     "more than {MAX_BUFFER} bytes without a complete message"
                 )));
@@ -237,53 +336,7 @@ impl<S: Transport> Client<S> {
         }
     }
 
-    /// Extracts one object from the buffer if a complete one is there,
-    /// discarding garbage on the way.
-    fn take_buffered_message(&mut self) -> Option<Value> {
-        loop {
-            let start = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            self.buf.drain(..start);
-            if self.buf.is_empty() {
-                return None;
-            }
-            match json::parse_prefix(&self.buf) {
-                Ok((v, used)) => {
-                    self.buf.drain(..used);
-                    if v.is_object() {
-                        return Some(v);
-                    }
-                }
-                Err(e) if e.kind == ErrorKind::Incomplete => {
-                    // Normally just the first part of a message. But if a line
-                    // break followed by `{` appears, a new message started on
-                    // a new line while the bytes before it never completed:
-                    // the tail of a message whose head was read by someone
-                    // else. (QEMU never breaks a message across lines except
-                    // with pretty=on, where only the outermost `{` starts a
-                    // line.)
-                    let restart = self.buf.windows(2).position(|w| w == b"\n{")?;
-                    self.buf.drain(..=restart);
-                }
-                Err(_) => {
-                    // Garbage: drop through the end of the line, or all of it
-                    // if the line has not ended yet (its end will be dropped
-                    // when it arrives, as it cannot parse either).
-                    let end = self
-                        .buf
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map_or(self.buf.len(), |i| i + 1);
-                    self.buf.drain(..end);
-                }
-            }
-        }
-    }
-
-    /// Reads more bytes into the buffer, waiting at most until `deadline`.
+    /// Reads more bytes into the framer, waiting at most until `deadline`.
     fn fill(&mut self, deadline: Instant) -> Result<(), Error> {
         let mut chunk = [0u8; 8192];
         loop {
@@ -298,7 +351,7 @@ impl<S: Transport> Client<S> {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(Error::Closed),
                 Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.framer.push(&chunk[..n]);
                     return Ok(());
                 }
                 Err(e)
@@ -316,16 +369,17 @@ impl<S: Transport> Client<S> {
 
 /// Whether `msg` is the reply (success or error) to the command with `id`.
 /// Greetings (`"QMP"`) and events (`"event"`) never are.
-pub fn is_reply_to(msg: &Value, id: &str) -> bool {
-    msg.get("QMP").is_none()
-        && msg.get("event").is_none()
-        && (msg.get("return").is_some() || msg.get("error").is_some())
+pub fn is_reply_to(msg: &Object, id: &str) -> bool {
+    !msg.contains_key("QMP")
+        && !msg.contains_key("event")
+        && (msg.contains_key("return") || msg.contains_key("error"))
         && msg.get("id").and_then(Value::as_str) == Some(id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::VecDeque;
     use std::io::{Read, Write};
 
@@ -379,7 +433,7 @@ mod tests {
                 if text.trim().is_empty() {
                     continue;
                 }
-                let cmd = json::parse(&text).unwrap();
+                let cmd: Value = serde_json::from_str(&text).unwrap();
                 let out = (self.respond)(&cmd);
                 self.outgoing.extend(out.bytes());
                 self.sent.push(cmd);
@@ -427,13 +481,10 @@ mod tests {
         });
         let mut c = Client::new(mock, Duration::from_secs(1));
         c.negotiate().unwrap();
-        let args = Value::object([
-            ("path", Value::from("/p")),
-            ("property", Value::from("size")),
-        ]);
+        let args = json!({"path": "/p", "property": "size"});
         assert_eq!(
-            c.execute("qom-get", Some(args)).unwrap().as_u64(),
-            Some(u64::MAX)
+            c.execute_with::<_, u64>("qom-get", &args).unwrap(),
+            u64::MAX
         );
         let sent = &c.get_mut().sent;
         assert_eq!(sent.len(), 2);
@@ -463,8 +514,8 @@ mod tests {
         c.resync().unwrap();
         c.negotiate().unwrap();
         assert_eq!(
-            c.execute("query-memory-devices", None).unwrap(),
-            Value::Array(vec![])
+            c.execute::<Value>("query-memory-devices").unwrap(),
+            json!([])
         );
         assert!(c.get_mut().raw_written.starts_with(RESYNC_BYTES));
         assert_eq!(c.get_mut().sent[1].get("id").unwrap().as_str(), Some("t-2"));
@@ -479,7 +530,7 @@ mod tests {
             )
         });
         let mut c = Client::new(mock, Duration::from_secs(1));
-        match c.execute("qom-get", None) {
+        match c.execute::<Value>("qom-get") {
             Err(Error::Qmp { class, desc }) => {
                 assert_eq!(class, "GenericError");
                 assert_eq!(desc, "Property 'x' not found");
@@ -507,7 +558,7 @@ mod tests {
         });
         let mut c = Client::new(mock, Duration::from_millis(30));
         let start = Instant::now();
-        let err = c.execute("qmp_capabilities", None).unwrap_err();
+        let err = c.execute::<Value>("qmp_capabilities").unwrap_err();
         assert!(matches!(err, Error::Timeout { ref command, .. } if command == "qmp_capabilities"));
         assert!(start.elapsed() >= Duration::from_millis(30));
         assert!(err.to_string().contains("qmp_capabilities"), "{err}");
@@ -548,7 +599,7 @@ mod tests {
             )
         });
         let mut c = Client::new(mock, Duration::from_secs(1)).with_id_prefix("r");
-        let cmd = json::parse(r#"{"execute": "query-status", "id": "mine"}"#).unwrap();
+        let cmd = serde_json::from_str(r#"{"execute": "query-status", "id": "mine"}"#).unwrap();
         let reply = c.execute_raw(cmd).unwrap();
         assert_eq!(reply.get("id").unwrap().as_str(), Some("r-1"));
         let echoed = reply.get("return").unwrap().get("echo").unwrap();
@@ -556,17 +607,99 @@ mod tests {
             echoed.get("execute").unwrap().as_str(),
             Some("query-status")
         );
-        assert!(c.execute_raw(Value::from("x")).is_err());
+        // The caller's id was replaced in place: the member order stays.
+        assert_eq!(
+            echoed.to_string(),
+            r#"{"execute":"query-status","id":"r-1"}"#
+        );
+    }
+
+    #[test]
+    fn commands_are_one_line_each_with_arguments_only_when_given() {
+        let mock = Mock::new("", 64, |cmd| {
+            format!("{{\"return\": {{}}, \"id\": {}}}\r\n", id_of(cmd))
+        });
+        let mut c = Client::new(mock, Duration::from_secs(1)).with_id_prefix("w");
+        c.execute::<Value>("query-status").unwrap();
+        c.execute_with::<_, Value>("qom-get", &json!({"path": "/p", "property": "size"}))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(c.get_mut().raw_written.clone()).unwrap(),
+            "{\"execute\":\"query-status\",\"id\":\"w-1\"}\r\n\
+             {\"execute\":\"qom-get\",\"arguments\":{\"path\":\"/p\",\"property\":\"size\"},\
+             \"id\":\"w-2\"}\r\n"
+        );
+    }
+
+    #[test]
+    fn answers_of_the_wrong_type_are_protocol_errors() {
+        let mock = Mock::new("", 64, |cmd| {
+            format!("{{\"return\": \"big\", \"id\": {}}}\r\n", id_of(cmd))
+        });
+        let mut c = Client::new(mock, Duration::from_secs(1));
+        match c.execute::<u64>("qom-get") {
+            Err(Error::Protocol(msg)) => {
+                assert!(msg.contains("qom-get") && msg.contains("\"big\""), "{msg}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn events_are_read_in_order_skipping_everything_else() {
+        // A stale answer, a greeting and garbage around two events; the
+        // second event is split across reads.
+        let pending = "{\"return\": {}, \"id\": \"old-1\"}\r\n\
+                       {\"event\": \"SHUTDOWN\", \"data\": {\"guest\": true}, \
+                       \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n\
+                       not json\r\n\
+                       {\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n\
+                       {\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 3, \"microseconds\": 4}}\r\n";
+        let mock = Mock::new(pending, 9, |cmd| panic!("unexpected command {cmd}"));
+        let mut c = Client::new(mock, Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let first = c.next_event(deadline).unwrap().unwrap();
+        assert_eq!(first.event, "SHUTDOWN");
+        assert_eq!(first.data, json!({"guest": true}));
+        let second = c.next_event(deadline).unwrap().unwrap();
+        assert_eq!(second.event, "RESUME");
+        assert_eq!(second.data, Value::Null);
+        // Nothing more: the deadline ends the wait without an error.
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(30);
+        assert_eq!(c.next_event(deadline).unwrap(), None);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn events_before_an_answer_are_dropped() {
+        let mock = Mock::new("", 64, |cmd| {
+            format!(
+                "{{\"event\": \"MEMORY_DEVICE_SIZE_CHANGE\", \"data\": {{\"id\": \"vm0\", \
+                 \"size\": 5, \"qom-path\": \"/machine/peripheral/vm0\"}}}}\r\n\
+                 {{\"return\": 7, \"id\": {}}}\r\n\
+                 {{\"event\": \"MEMORY_DEVICE_SIZE_CHANGE\", \"data\": {{\"id\": \"vm0\", \
+                 \"size\": 9, \"qom-path\": \"/machine/peripheral/vm0\"}}}}\r\n",
+                id_of(cmd)
+            )
+        });
+        let mut c = Client::new(mock, Duration::from_secs(1));
+        assert_eq!(c.execute::<u64>("qom-get").unwrap(), 7);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let event = c.next_event(deadline).unwrap().unwrap();
+        assert_eq!(event.data["size"], json!(9));
+        assert_eq!(c.next_event(Instant::now()).unwrap(), None);
     }
 
     #[test]
     fn reply_matching() {
-        let ok = json::parse(r#"{"return": {}, "id": "a-1"}"#).unwrap();
-        let err = json::parse(r#"{"error": {"class": "X", "desc": "y"}, "id": "a-1"}"#).unwrap();
-        let event = json::parse(r#"{"event": "E", "return": 1, "id": "a-1"}"#).unwrap();
-        let greeting = json::parse(r#"{"QMP": {}, "return": 1, "id": "a-1"}"#).unwrap();
-        let numeric_id = json::parse(r#"{"return": {}, "id": 1}"#).unwrap();
-        let no_id = json::parse(r#"{"return": {}}"#).unwrap();
+        let parse = |text: &str| -> Object { serde_json::from_str(text).unwrap() };
+        let ok = parse(r#"{"return": {}, "id": "a-1"}"#);
+        let err = parse(r#"{"error": {"class": "X", "desc": "y"}, "id": "a-1"}"#);
+        let event = parse(r#"{"event": "E", "return": 1, "id": "a-1"}"#);
+        let greeting = parse(r#"{"QMP": {}, "return": 1, "id": "a-1"}"#);
+        let numeric_id = parse(r#"{"return": {}, "id": 1}"#);
+        let no_id = parse(r#"{"return": {}}"#);
         assert!(is_reply_to(&ok, "a-1"));
         assert!(is_reply_to(&err, "a-1"));
         assert!(!is_reply_to(&ok, "a-2"));

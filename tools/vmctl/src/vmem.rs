@@ -4,14 +4,17 @@
 //! Devices created with `-device virtio-mem-pci,id=ID` live at
 //! `/machine/peripheral/ID`. The PCI proxy forwards the virtio-mem
 //! properties (`size`, `requested-size`, `block-size`, `node`, `memaddr`,
-//! `memdev`), so everything is read and written on the proxy.
+//! `memdev`), so everything is read and written on the proxy. Changes of
+//! `size` are followed in QEMU's `MEMORY_DEVICE_SIZE_CHANGE` events.
 
 use std::fmt;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::json::Value;
-use crate::qmp::{self, Client};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::qmp::{self, Client, Event};
 use crate::transport::Transport;
 
 /// Where QEMU puts devices that were given an id.
@@ -20,8 +23,74 @@ pub const PERIPHERAL: &str = "/machine/peripheral";
 /// The QOM type of a virtio-mem-pci device, as `qom-list` reports children.
 pub const CHILD_TYPE: &str = "child<virtio-mem-pci>";
 
-/// How often [`wait_for_size`] polls `size` by default.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The event QEMU sends when the size of a memory device changes.
+pub const SIZE_CHANGE_EVENT: &str = "MEMORY_DEVICE_SIZE_CHANGE";
+
+/// Arguments of `qom-list`.
+#[derive(Serialize)]
+struct QomList<'a> {
+    path: &'a str,
+}
+
+/// One entry of what `qom-list` returns (QAPI's `ObjectPropertyInfo`).
+#[derive(Debug, Deserialize)]
+pub struct ObjectPropertyInfo {
+    /// The property's name: for a child, the child's id.
+    pub name: String,
+    /// `child<TYPE>`, `link<TYPE>`, or a scalar type such as `uint64`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// Arguments of `qom-get`.
+#[derive(Serialize)]
+struct QomGet<'a> {
+    path: &'a str,
+    property: &'a str,
+}
+
+/// Arguments of `qom-set`.
+#[derive(Serialize)]
+struct QomSet<'a, V> {
+    path: &'a str,
+    property: &'a str,
+    value: V,
+}
+
+/// The data of a [`SIZE_CHANGE_EVENT`].
+///
+/// QEMU rate-limits the event per `qom-path` to one a second: a change within
+/// the second is held back and sent at its end, a later one in the same
+/// second replacing it, so the last size always arrives, at most a second
+/// late.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SizeChange {
+    /// The device's id; absent for a device created without one.
+    pub id: Option<String>,
+    /// The size the device provides now: what the guest has plugged.
+    pub size: u64,
+    /// The device's canonical QOM path, `/machine/peripheral/ID` for a
+    /// virtio-mem-pci device with an id (QEMU 6.2 and later).
+    #[serde(rename = "qom-path")]
+    pub qom_path: Option<String>,
+}
+
+impl SizeChange {
+    /// The size change `event` reports, if it is one.
+    pub fn from_event(event: &Event) -> Option<SizeChange> {
+        if event.event != SIZE_CHANGE_EVENT {
+            return None;
+        }
+        SizeChange::deserialize(&event.data).ok()
+    }
+
+    /// Whether it is about device `id` (an id, or a QOM path as
+    /// [`device_path`] takes it).
+    pub fn is_for(&self, id: &str) -> bool {
+        self.qom_path.as_deref() == Some(device_path(id).as_str())
+            || (!id.starts_with('/') && self.id.as_deref() == Some(id))
+    }
+}
 
 /// The QOM path of a device: `ID` becomes `/machine/peripheral/ID`; a
 /// string starting with `/` is taken as a full QOM path already.
@@ -35,66 +104,49 @@ pub fn device_path(id: &str) -> String {
 
 /// Ids of all virtio-mem-pci devices, in QEMU's order.
 pub fn list_devices<S: Transport>(c: &mut Client<S>) -> Result<Vec<String>, qmp::Error> {
-    let children = c.execute(
-        "qom-list",
-        Some(Value::object([("path", Value::from(PERIPHERAL))])),
-    )?;
-    let children = children
-        .as_array()
-        .ok_or_else(|| qmp::Error::Protocol(format!("qom-list returned {children}")))?;
+    let children: Vec<ObjectPropertyInfo> =
+        c.execute_with("qom-list", &QomList { path: PERIPHERAL })?;
     Ok(children
-        .iter()
-        .filter(|child| child.get("type").and_then(Value::as_str) == Some(CHILD_TYPE))
-        .filter_map(|child| child.get("name").and_then(Value::as_str))
-        .map(str::to_owned)
+        .into_iter()
+        .filter(|child| child.kind == CHILD_TYPE)
+        .map(|child| child.name)
         .collect())
 }
 
-/// `qom-get` of property `prop` at QOM path `path`.
-pub fn qom_get<S: Transport>(
+/// `qom-get` of property `prop` at QOM path `path`, as a `T` (`Value` for
+/// whatever it is).
+pub fn qom_get<S: Transport, T: DeserializeOwned>(
     c: &mut Client<S>,
     path: &str,
     prop: &str,
-) -> Result<Value, qmp::Error> {
-    c.execute(
+) -> Result<T, qmp::Error> {
+    let value: Value = c.execute_with(
         "qom-get",
-        Some(Value::object([
-            ("path", Value::from(path)),
-            ("property", Value::from(prop)),
-        ])),
-    )
+        &QomGet {
+            path,
+            property: prop,
+        },
+    )?;
+    T::deserialize(&value)
+        .map_err(|e| qmp::Error::Protocol(format!("{path} property {prop} is {value}: {e}")))
 }
 
 /// `qom-set` of property `prop` at QOM path `path` to `value`.
-pub fn qom_set<S: Transport>(
+pub fn qom_set<S: Transport, V: Serialize>(
     c: &mut Client<S>,
     path: &str,
     prop: &str,
-    value: Value,
+    value: V,
 ) -> Result<(), qmp::Error> {
-    c.execute(
+    c.execute_with::<_, IgnoredAny>(
         "qom-set",
-        Some(Value::object([
-            ("path", Value::from(path)),
-            ("property", Value::from(prop)),
-            ("value", value),
-        ])),
+        &QomSet {
+            path,
+            property: prop,
+            value,
+        },
     )
     .map(drop)
-}
-
-/// `qom-get` of an unsigned integer property.
-pub fn qom_get_u64<S: Transport>(
-    c: &mut Client<S>,
-    path: &str,
-    prop: &str,
-) -> Result<u64, qmp::Error> {
-    let v = qom_get(c, path, prop)?;
-    v.as_u64().ok_or_else(|| {
-        qmp::Error::Protocol(format!(
-            "{path} property {prop} is {v}, not an unsigned integer"
-        ))
-    })
 }
 
 /// Everything `vmctl info` shows about one device. Sizes and addresses are
@@ -123,19 +175,15 @@ impl DeviceInfo {
     /// Queries all fields of device `id`.
     pub fn fetch<S: Transport>(c: &mut Client<S>, id: &str) -> Result<DeviceInfo, qmp::Error> {
         let path = device_path(id);
-        let memdev = qom_get(c, &path, "memdev")?;
-        let memdev = memdev
-            .as_str()
-            .ok_or_else(|| qmp::Error::Protocol(format!("{path} memdev is {memdev}")))?
-            .to_owned();
+        let memdev: String = qom_get(c, &path, "memdev")?;
         Ok(DeviceInfo {
             id: id.to_owned(),
-            size: qom_get_u64(c, &path, "size")?,
-            requested_size: qom_get_u64(c, &path, "requested-size")?,
-            block_size: qom_get_u64(c, &path, "block-size")?,
-            node: qom_get_u64(c, &path, "node")?,
-            memaddr: qom_get_u64(c, &path, "memaddr")?,
-            region_size: qom_get_u64(c, &memdev, "size")?,
+            size: qom_get(c, &path, "size")?,
+            requested_size: qom_get(c, &path, "requested-size")?,
+            block_size: qom_get(c, &path, "block-size")?,
+            node: qom_get(c, &path, "node")?,
+            memaddr: qom_get(c, &path, "memaddr")?,
+            region_size: qom_get(c, &memdev, "size")?,
             memdev,
         })
     }
@@ -173,7 +221,7 @@ pub fn set_requested_size<S: Transport>(
     id: &str,
     bytes: u64,
 ) -> Result<(), qmp::Error> {
-    qom_set(c, &device_path(id), "requested-size", Value::from(bytes))
+    qom_set(c, &device_path(id), "requested-size", bytes)
 }
 
 /// Why [`wait_for_size`] failed.
@@ -221,44 +269,122 @@ impl From<qmp::Error> for WaitError {
     }
 }
 
-/// Polls `size` of device `id` every `interval` until it equals `target`,
-/// for at most `timeout`. Returns the final size.
+/// Waits until the `size` of device `id` equals `target`, for at most
+/// `timeout`. Returns the final size.
+///
+/// `c` must have negotiated capabilities, so that QEMU sends it events. The
+/// size is read once, then followed in [`SIZE_CHANGE_EVENT`]s until it gets
+/// there. Events that arrived before the answer to that read were dropped
+/// with good reason: QEMU queues the answer after every event sent before
+/// the command ran, so they are older than the answer (and on a shared
+/// serial port possibly left over from an earlier run), while every change
+/// after it brings an event after it.
 pub fn wait_for_size<S: Transport>(
+    c: &mut Client<S>,
+    id: &str,
+    target: u64,
+    timeout: Duration,
+) -> Result<u64, WaitError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut size: u64 = qom_get(c, &device_path(id), "size")?;
+    while size != target {
+        let Some(event) = c.next_event(deadline)? else {
+            return Err(WaitError::Timeout {
+                id: id.to_owned(),
+                target,
+                last: size,
+                waited: start.elapsed(),
+            });
+        };
+        if let Some(change) = SizeChange::from_event(&event).filter(|ch| ch.is_for(id)) {
+            size = change.size;
+        }
+    }
+    Ok(size)
+}
+
+/// Waits as [`wait_for_size`] does, but reads the size every `interval`
+/// instead of following events: QEMU rate-limits [`SIZE_CHANGE_EVENT`] to one
+/// a second per device and delays a later change to the end of that second,
+/// which a benchmark timing a resize to the millisecond cannot have.
+pub fn poll_for_size<S: Transport>(
     c: &mut Client<S>,
     id: &str,
     target: u64,
     timeout: Duration,
     interval: Duration,
 ) -> Result<u64, WaitError> {
-    let path = device_path(id);
     let start = Instant::now();
-    let deadline = start + timeout;
     loop {
-        let size = qom_get_u64(c, &path, "size")?;
+        let size: u64 = qom_get(c, &device_path(id), "size")?;
         if size == target {
             return Ok(size);
         }
-        let now = Instant::now();
-        if now >= deadline {
+        if start.elapsed() >= timeout {
             return Err(WaitError::Timeout {
                 id: id.to_owned(),
                 target,
                 last: size,
-                waited: now - start,
+                waited: start.elapsed(),
             });
         }
-        thread::sleep(interval.min(deadline - now));
+        std::thread::sleep(interval.min(timeout.saturating_sub(start.elapsed())));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn device_paths() {
         assert_eq!(device_path("vm0"), "/machine/peripheral/vm0");
         assert_eq!(device_path("/objects/mem0"), "/objects/mem0");
+    }
+
+    #[test]
+    fn size_change_events() {
+        let event = |name: &str, data: Value| Event {
+            event: name.to_owned(),
+            data,
+        };
+        let change = SizeChange::from_event(&event(
+            SIZE_CHANGE_EVENT,
+            json!({"id": "vm0", "size": 18446744073709551615u64, "qom-path": "/machine/peripheral/vm0"}),
+        ))
+        .unwrap();
+        assert_eq!(change.size, u64::MAX);
+        assert!(change.is_for("vm0"));
+        assert!(change.is_for("/machine/peripheral/vm0"));
+        assert!(!change.is_for("vm1"));
+        assert!(!change.is_for("/machine/peripheral/vm1"));
+
+        // A device without an id is known by its QOM path only; before
+        // QEMU 6.2 there was no path, only the id.
+        let anonymous = SizeChange::from_event(&event(
+            SIZE_CHANGE_EVENT,
+            json!({"size": 0, "qom-path": "/machine/unattached/device[2]"}),
+        ))
+        .unwrap();
+        assert!(anonymous.is_for("/machine/unattached/device[2]"));
+        assert!(!anonymous.is_for("vm0"));
+        let old =
+            SizeChange::from_event(&event(SIZE_CHANGE_EVENT, json!({"id": "vm0", "size": 1})))
+                .unwrap();
+        assert!(old.is_for("vm0"));
+        assert!(!old.is_for("/machine/peripheral/vm0"));
+
+        // Other events, and malformed ones, are not size changes.
+        assert_eq!(
+            SizeChange::from_event(&event("BALLOON_CHANGE", json!({"actual": 1}))),
+            None
+        );
+        assert_eq!(
+            SizeChange::from_event(&event(SIZE_CHANGE_EVENT, json!({"id": "vm0"}))),
+            None
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `vmem-status`: the state of virtio-mem devices driven by `virtio_mem_rust`, read from
 //! sysfs inside the guest, and a wait for a resize to finish. See `vmem-status --help`.
 
+mod cli;
 mod poll;
 mod show;
 mod size;
@@ -9,207 +10,28 @@ mod sysfs;
 mod testutil;
 mod wait;
 
+use std::ffi::OsString;
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cli::{Command, Invocation};
 use show::Format;
-use sysfs::{parse_seconds_ms, Status, Sysfs};
-use wait::{Outcome, Target, Until};
+use sysfs::{Status, Sysfs};
+use wait::{Outcome, Target};
 
 /// Success.
 const EXIT_OK: u8 = 0;
-/// Usage error, device not found, reading sysfs failed.
+/// Usage error (not clap's 2, which is the timeout here), device not found, reading sysfs
+/// failed.
 const EXIT_ERROR: u8 = 1;
 /// `wait` timed out.
 const EXIT_TIMEOUT: u8 = 2;
 /// `wait --until reached` found the device stopped.
 const EXIT_FAILED: u8 = 3;
 
-const DEFAULT_SYSFS: &str = "/sys";
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest `wait` sleeps between two reads of the state, notification or not.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-const USAGE: &str = "\
-vmem-status - state of the virtio-mem devices driven by virtio_mem_rust, from sysfs
-
-Usage:
-  vmem-status [--sysfs DIR] [show] [--format human|kv] [DEV]
-  vmem-status [--sysfs DIR] wait DEV [--size SIZE] [--timeout SECS]
-                                     [--until reached|settled]
-  vmem-status --help
-
-Devices are the entries of DIR/bus/virtio/devices/ (e.g. virtio0) that have a
-virtio_mem directory, where the driver shows its attributes.
-
-show [DEV]   the state of every device, or of DEV (the default command).
-  --format human   (default) a block per device: mode, block sizes, node,
-                   region, requested/plugged/online/added sizes (in bytes and
-                   binary units), activity, reason, and when the next retry
-                   runs (with the delay until then, from DIR/../proc/uptime)
-  --format kv      DEV.ATTRIBUTE=VALUE lines, one per attribute file; the
-                   lines of stats become DEV.stats.NAME=VALUE
-
-wait DEV     block until DEV is done; sleeps in poll(2) on its activity
-             attribute, and re-reads the state at least once a second.
-  --until reached  (default) activity is idle and plugged_size is
-                   requested_size rounded down to block_size. Fails (exit 3)
-                   if the device is stopped; a stalled or waiting device is
-                   retrying, so it is waited for until the timeout.
-  --until settled  activity is idle, waiting, stalled or stopped: the driver got
-                   there or stopped short (the uevents' reached and stalled).
-  --size SIZE      also require requested_size to be SIZE.
-  --timeout SECS   give up after SECS seconds (default 300, decimals allowed).
-  When done, prints: DEV: ACTIVITY plugged=BYTES requested=BYTES
-
-Activity: idle, pending (a new request not picked up yet), plugging,
-unplugging, waiting (transient; retried at retry_at), stalled (a reason in
-the guest, e.g. free memory; retried at retry_at), stopped (the device
-answered nonsense; nothing more until the driver is bound again), unbinding.
-
-SIZE is bytes, or a number with a binary suffix K, M, G or T, or a sum of
-those: 1073741824, 4G, 130M, 4G+130M.
-
-Options (anywhere on the line):
-  --sysfs DIR      the sysfs root (default /sys)
-  -h, --help       this text
-
-Exit status:
-  0  done
-  1  usage error, no such device, or reading sysfs failed
-  2  wait timed out (the last state and reason are printed to stderr)
-  3  wait --until reached: the device is stopped (the reason is printed to
-     stderr)
-";
-
-/// A parsed command line.
-#[derive(Debug, Clone, PartialEq)]
-struct Cli {
-    sysfs: PathBuf,
-    command: Command,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Command {
-    Help,
-    Show {
-        device: Option<String>,
-        format: Format,
-    },
-    Wait {
-        device: String,
-        target: Target,
-        timeout: Duration,
-    },
-}
-
-/// Parses the arguments after the program name.
-fn parse_args(args: &[String]) -> Result<Cli, String> {
-    let mut sysfs = PathBuf::from(DEFAULT_SYSFS);
-    let mut format = None;
-    let mut size = None;
-    let mut timeout = None;
-    let mut until = None;
-    let mut positional = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        if !arg.starts_with('-') || arg == "-" {
-            positional.push(arg.clone());
-            continue;
-        }
-        if arg == "--" {
-            positional.extend(args.by_ref().cloned());
-            break;
-        }
-        if arg == "-h" || arg == "--help" {
-            return Ok(Cli {
-                sysfs,
-                command: Command::Help,
-            });
-        }
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_owned())),
-            None => (arg.as_str(), None),
-        };
-        if !["--sysfs", "--format", "--size", "--timeout", "--until"].contains(&name) {
-            return Err(format!("unknown option {arg}"));
-        }
-        let value = match inline {
-            Some(value) => value,
-            None => args
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        match name {
-            "--sysfs" => sysfs = PathBuf::from(value),
-            "--format" => format = Some(parse_format(&value)?),
-            "--size" => size = Some(size::parse_size(&value).map_err(|e| e.to_string())?),
-            "--timeout" => {
-                let ms = parse_seconds_ms(&value).ok_or_else(|| {
-                    format!("--timeout takes seconds (e.g. 300 or 0.5), not {value:?}")
-                })?;
-                timeout = Some(Duration::from_millis(ms));
-            }
-            _ => until = Some(parse_until(&value)?),
-        }
-    }
-
-    let mut positional = positional.into_iter();
-    let command = match positional.next().as_deref() {
-        None | Some("show") => {
-            let device = positional.next();
-            Command::Show {
-                device,
-                format: format.unwrap_or(Format::Human),
-            }
-        }
-        Some("wait") => {
-            let device = positional
-                .next()
-                .ok_or("wait needs a device, e.g. virtio0")?;
-            Command::Wait {
-                device,
-                target: Target {
-                    until: until.unwrap_or(Until::Reached),
-                    size,
-                },
-                timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
-            }
-        }
-        Some("help") => Command::Help,
-        Some(other) => return Err(format!("unknown command {other:?}")),
-    };
-    if let Some(extra) = positional.next() {
-        return Err(format!("unexpected argument {extra:?}"));
-    }
-    let is_wait = matches!(command, Command::Wait { .. });
-    if !is_wait && (size.is_some() || timeout.is_some() || until.is_some()) {
-        return Err("--size, --timeout and --until are for wait".to_owned());
-    }
-    if is_wait && format.is_some() {
-        return Err("--format is for show".to_owned());
-    }
-    Ok(Cli { sysfs, command })
-}
-
-fn parse_format(value: &str) -> Result<Format, String> {
-    match value {
-        "human" => Ok(Format::Human),
-        "kv" => Ok(Format::Kv),
-        _ => Err(format!("--format must be human or kv, not {value:?}")),
-    }
-}
-
-fn parse_until(value: &str) -> Result<Until, String> {
-    match value {
-        "reached" => Ok(Until::Reached),
-        "settled" => Ok(Until::Settled),
-        _ => Err(format!("--until must be reached or settled, not {value:?}")),
-    }
-}
 
 /// `12`, or `0.5` for fractions.
 fn format_secs(d: Duration) -> String {
@@ -330,17 +152,29 @@ fn wait_for(
 }
 
 /// Runs the command line `args` (without the program name); returns the exit status.
-fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let cli = match parse_args(args) {
-        Ok(cli) => cli,
+fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv =
+        std::iter::once(OsString::from("vmem-status")).chain(args.into_iter().map(Into::into));
+    let Invocation { sysfs, command } = match cli::parse_args(argv) {
+        Ok(invocation) => invocation,
+        // Help goes to stdout and succeeds; a usage error goes to stderr.
+        Err(e) if !e.use_stderr() => {
+            return match out.write_all(e.render().to_string().as_bytes()) {
+                Ok(()) => EXIT_OK,
+                Err(_) => EXIT_ERROR,
+            };
+        }
         Err(e) => {
-            let _ = writeln!(err, "vmem-status: {e}\nTry 'vmem-status --help'.");
+            let _ = err.write_all(e.render().to_string().as_bytes());
             return EXIT_ERROR;
         }
     };
-    let sysfs = Sysfs::new(&cli.sysfs);
-    let result = match &cli.command {
-        Command::Help => out.write_all(USAGE.as_bytes()).map(|()| EXIT_OK),
+    let sysfs = Sysfs::new(&sysfs);
+    let result = match &command {
         Command::Show { device, format } => show(&sysfs, device.as_deref(), *format, out, err),
         Command::Wait {
             device,
@@ -359,17 +193,11 @@ fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let mut args = Vec::new();
-    for arg in std::env::args_os().skip(1) {
-        match arg.into_string() {
-            Ok(arg) => args.push(arg),
-            Err(arg) => {
-                eprintln!("vmem-status: argument {arg:?} is not valid UTF-8");
-                return ExitCode::from(EXIT_ERROR);
-            }
-        }
-    }
-    let code = run(&args, &mut io::stdout().lock(), &mut io::stderr().lock());
+    let code = run(
+        std::env::args_os().skip(1),
+        &mut io::stdout().lock(),
+        &mut io::stderr().lock(),
+    );
     ExitCode::from(code)
 }
 
@@ -398,95 +226,32 @@ mod tests {
     }
 
     #[test]
-    fn parses_commands() {
-        let show_all = Command::Show {
-            device: None,
-            format: Format::Human,
-        };
-        assert_eq!(parse_args(&[]).unwrap().command, show_all);
-        assert_eq!(parse_args(&args("show")).unwrap().command, show_all);
-        assert_eq!(
-            parse_args(&args("show --format kv virtio3")).unwrap(),
-            Cli {
-                sysfs: PathBuf::from("/sys"),
-                command: Command::Show {
-                    device: Some("virtio3".to_owned()),
-                    format: Format::Kv,
-                },
-            }
-        );
-        assert_eq!(
-            parse_args(&args(
-                "--sysfs=/tmp/s wait virtio0 --size 4G+130M --timeout 2.5 --until settled"
-            ))
-            .unwrap(),
-            Cli {
-                sysfs: PathBuf::from("/tmp/s"),
-                command: Command::Wait {
-                    device: "virtio0".to_owned(),
-                    target: Target {
-                        until: Until::Settled,
-                        size: Some((4 << 30) + (130 << 20)),
-                    },
-                    timeout: Duration::from_millis(2500),
-                },
-            }
-        );
-        assert_eq!(
-            parse_args(&args("wait virtio0")).unwrap().command,
-            Command::Wait {
-                device: "virtio0".to_owned(),
-                target: Target {
-                    until: Until::Reached,
-                    size: None,
-                },
-                timeout: DEFAULT_TIMEOUT,
-            }
-        );
-        assert_eq!(
-            parse_args(&args("wait --help")).unwrap().command,
-            Command::Help
-        );
-        assert_eq!(parse_args(&args("help")).unwrap().command, Command::Help);
-    }
-
-    #[test]
-    fn rejects_bad_command_lines() {
-        for line in [
-            "wait",
-            "frobnicate",
-            "show virtio0 virtio1",
-            "show --size 4G",
-            "show --timeout 3",
-            "wait virtio0 --format kv",
-            "wait virtio0 --size 4Q",
-            "wait virtio0 --timeout -1",
-            "wait virtio0 --timeout soon",
-            "wait virtio0 --until done",
-            "show --format json",
-            "show --sysfs",
-            "--verbose",
-        ] {
-            assert!(
-                parse_args(&args(line)).is_err(),
-                "{line:?} should be rejected"
-            );
-        }
-    }
-
-    #[test]
     fn help_describes_commands_and_exit_codes() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert_eq!(run(&args("--help"), &mut out, &mut err), EXIT_OK);
+        assert_eq!(run(args("--help"), &mut out, &mut err), EXIT_OK);
         let out = String::from_utf8(out).unwrap();
         for word in [
             "show",
             "wait",
             "--format",
+            "--sysfs",
+            "Exit status",
+            "stopped",
+        ] {
+            assert!(out.contains(word), "{word}");
+        }
+        assert!(err.is_empty());
+        // A command's help, with its options and their values.
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run(args("wait --help"), &mut out, &mut err), EXIT_OK);
+        let out = String::from_utf8(out).unwrap();
+        for word in [
             "--until",
+            "reached",
+            "settled",
             "--size",
             "--timeout",
-            "--sysfs",
+            "poll(2)",
         ] {
             assert!(out.contains(word), "{word}");
         }
@@ -495,9 +260,12 @@ mod tests {
 
     #[test]
     fn usage_errors_exit_1() {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert_eq!(run(&args("wait"), &mut out, &mut err), EXIT_ERROR);
-        assert!(String::from_utf8(err).unwrap().contains("--help"));
+        for line in ["wait", "wait virtio0 --until done", "virtio0"] {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            assert_eq!(run(args(line), &mut out, &mut err), EXIT_ERROR, "{line}");
+            assert!(out.is_empty(), "{line}");
+            assert!(String::from_utf8(err).unwrap().contains("--help"), "{line}");
+        }
     }
 
     #[test]

@@ -5,12 +5,22 @@ use std::io::{self, Write};
 use crate::size::format_bytes;
 use crate::sysfs::{parse_seconds_ms, Snapshot};
 
-/// How `show` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How `show` prints (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// A block per device, sizes in bytes and binary units.
+    #[value(
+        help = "(default) a block per device: mode, block sizes, node, region, \
+                    requested/plugged/online/added sizes (in bytes and binary units), \
+                    activity, reason, and when the next retry runs (with the delay \
+                    until then, from DIR/../proc/uptime)"
+    )]
     Human,
     /// `device.attribute=value` lines; `stats` lines become `device.stats.name=value`.
+    #[value(
+        help = "DEV.ATTRIBUTE=VALUE lines, one per attribute file; the lines of \
+                    stats become DEV.stats.NAME=VALUE"
+    )]
     Kv,
 }
 

@@ -99,7 +99,11 @@ impl FakeTree {
 
     /// Where attribute `attr` of fake device `dev` lives.
     fn attr_path(&self, dev: &str, attr: &str) -> PathBuf {
-        self.root.join("sys/devices").join(dev).join("virtio_mem").join(attr)
+        self.root
+            .join("sys/devices")
+            .join(dev)
+            .join("virtio_mem")
+            .join(attr)
     }
 
     /// Writes `proc/uptime` next to `sys/`.

@@ -5,12 +5,22 @@ use std::time::{Duration, Instant};
 use crate::poll::Watch;
 use crate::sysfs::{Activity, Device, Error, Status};
 
-/// When a device counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When a device counts as done (`--until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Until {
     /// Idle with the request plugged (as near as the block size allows).
+    #[value(
+        help = "(default) activity is idle and plugged_size is requested_size \
+                    rounded down to block_size. Fails (exit 3) if the device is stopped; \
+                    a stalled or waiting device is retrying, so it is waited for until \
+                    the timeout"
+    )]
     Reached,
-    /// Idle, stalled or stopped: the driver has stopped working on the request.
+    /// Idle, waiting, stalled or stopped: the driver has stopped working on the request.
+    #[value(
+        help = "activity is idle, waiting, stalled or stopped: the driver got there \
+                    or stopped short (the uevents' reached and stalled)"
+    )]
     Settled,
 }
 
