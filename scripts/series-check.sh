@@ -87,8 +87,11 @@ else
     ovl=$work/overlay
     mkdir -p "$ovl/linux"
     mapfile -t targets < <(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$REPO"/patches/*.patch | sort -u)
-    # The pristine copies of the files the patches edit (all exist in 7.3).
-    git -C "$BASE_REPO" archive base -- "${targets[@]}" | tar -x -C "$ovl/linux"
+    # The pristine copies of the files the patches edit (a file a patch
+    # creates has none: overlay.sh marks it absent).
+    mapfile -t existing < <(for t in "${targets[@]}"; do
+        git -C "$BASE_REPO" cat-file -e "base:$t" 2>/dev/null && echo "$t"; done)
+    git -C "$BASE_REPO" archive base -- "${existing[@]}" | tar -x -C "$ovl/linux"
     touch "$ovl/linux/.vmr-unpacked"
     rc=0
     VMR_CACHE=$ovl "$REPO/scripts/overlay.sh" >"$work/overlay.log" 2>&1 || rc=1
