@@ -6,8 +6,9 @@
 #   make build   fetch, overlay, configure and build the kernel (+ modules)
 #   make setup   install the host tools only
 #   make vmctl   build the tools: vmctl (QMP control) and vmem-status (guest)
+#   make series  export the work as a patch series against 7.3 (git format-patch)
 
-.PHONY: run check bench build setup vmctl overlay clean-build
+.PHONY: run check bench build setup vmctl overlay series clean-build
 
 run: setup build vmctl
 	scripts/demo.sh
@@ -30,6 +31,9 @@ vmctl:
 
 overlay:
 	scripts/fetch-kernel.sh && scripts/overlay.sh
+
+series:
+	scripts/series.sh
 
 clean-build:
 	scripts/clean.sh

@@ -18,8 +18,10 @@ cat "${LANE_CONFIGS[@]}" | tac | awk '
     /^CONFIG_[A-Za-z0-9_]+=/ { opt = $0; sub(/=.*/, "", opt); if (seen[opt]++) next }
     { print }' | tac >"$frag"
 
-# Reconfigure only when the fragment or the overlay's Kconfig files changed.
-sum=$(cat "$frag" "$KSRC"/drivers/virtio/virtio_mem_rust/Kconfig | sha256sum | cut -d' ' -f1)
+# Reconfigure only when the fragment or the overlay's Kconfig files changed
+# (the driver's own, and those patches/ edit: drivers/virtio/Kconfig, mm/Kconfig).
+mapfile -t kconfigs < <(grep -E '(^|/)Kconfig[^/]*$' "$KSRC/.vmr-overlay-manifest" | sort)
+sum=$(cat "$frag" "${kconfigs[@]/#/$KSRC/}" | sha256sum | cut -d' ' -f1)
 if [ -f "$KBUILD/.config" ] && [ "$(cat "$KBUILD/.vmr-config-sum" 2>/dev/null)" = "$sum" ]; then
     exit 0
 fi

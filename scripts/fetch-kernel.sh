@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Fetch Debian's linux-source-7.3 from trixie-backports with a private apt
 # state, check its sha256 and unpack it into $KSRC (once).
+# With --deb-only: fetch and check the .deb only (scripts/series.sh unpacks
+# its own copy).
 source "$(dirname "$0")/common.sh"
+deb_only=0; [ "${1:-}" = --deb-only ] && deb_only=1
 
 stamp=$KSRC/.vmr-unpacked
-if [ -f "$stamp" ]; then
+if [ $deb_only = 0 ] && [ -f "$stamp" ]; then
     log "kernel source already unpacked: $(cat "$stamp")"
     exit 0
 fi
@@ -31,6 +34,7 @@ if [ -n "$KDEB_SHA256" ] && [[ $deb == *"${KVER_WANT//\~/%7e}"* || $deb == *"$KV
 else
     log "WARNING: no pinned checksum for $(basename "$deb"); sha256 $(sha256sum "$deb" | cut -d' ' -f1)"
 fi
+[ $deb_only = 0 ] || exit 0
 
 tmp=$VMR_CACHE/unpack.tmp
 rm -rf "$tmp" && mkdir -p "$tmp"

@@ -3,7 +3,7 @@
 # when run again: every step checks first.
 source "$(dirname "$0")/common.sh"
 
-stamp=$VMR_CACHE/.host-ready-v2
+stamp=$VMR_CACHE/.host-ready-v3
 if [ -f "$stamp" ] && [ "${1:-}" != --force ] &&
    command -v qemu-system-x86_64 >/dev/null && command -v qemu-system-aarch64 >/dev/null &&
    command -v bindgen >/dev/null &&
@@ -15,7 +15,8 @@ mkdir -p "$VMR_CACHE"
 # --- Debian packages --------------------------------------------------------
 pkgs=(flex bison bc libelf-dev libssl-dev cpio ccache udev make gcc git rsync
       kmod busybox-static python3-venv socat zstd xz-utils libdw-dev kexec-tools
-      gcc-aarch64-linux-gnu libc6-dev-arm64-cross debootstrap)
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross debootstrap
+      python3-ply python3-git)  # the last two: checkpatch's SPDX check (series-check.sh)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

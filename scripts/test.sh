@@ -85,6 +85,18 @@ grep -E '^(not ok|# )' "$cf_log" | head -n 20 || true
 # shellcheck disable=SC2086
 count compile-fail $cf
 
+# --- the patch series (make series): git am, the overlay's tree, checkpatch ----
+log "patch series checks"
+t=$(date +%s)
+se_log=$results/series.log
+"$REPO/scripts/series-check.sh" >"$se_log" 2>&1 || true
+se=$(sed -n 's/^series: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$se_log")
+if [ -z "$se" ]; then tail -n 20 "$se_log"; se="0 1"; fi
+grep -E '^(not ok|# )' "$se_log" | grep -v ': 0 errors, 0 warnings, 0 checks$' | head -n 30 || true
+# shellcheck disable=SC2086
+count series $se
+phase_done "patch series checks" "$t"
+
 # --- guest tests ---------------------------------------------------------------
 tests=$REPO/tools/testing/selftests/drivers/virtio_mem
 

@@ -178,8 +178,8 @@ unsafe extern "C" fn show_callback<T: AttributeSource>(
     }
 }
 
-/// Wakes whoever polls attribute `attr` in group `group` of `dev`'s sysfs directory. Does nothing if there is no such attribute (e.g. the group was
-/// removed already). Sleeps.
+/// Wakes whoever polls attribute `attr` in group `group` of `dev`'s sysfs directory. Does
+/// nothing if there is no such attribute (e.g. the group was removed already). Sleeps.
 pub fn notify(dev: &Device, group: &CStr, attr: &CStr) {
     // SAFETY: The device is valid (the caller holds a reference); both names are valid
     // NUL-terminated strings; `sysfs_notify` looks the attribute up and ignores a missing one.

@@ -937,7 +937,8 @@ impl Virtqueue {
     /// Errors: `EINVAL` if a buffer is empty or larger than the bounce buffers given to
     /// [`Device::find_vq`], `ETIMEDOUT` if the device did not answer in time (the next request
     /// first waits for that answer and returns `EBUSY` while it has not come), `ENODEV` once the
-    /// device is unbound, `EAGAIN` while it sleeps (see [`Driver::freeze`]), and what `virtqueue_add_sgs` returns (`EIO` for a broken device).
+    /// device is unbound, `EAGAIN` while it sleeps (see [`Driver::freeze`]), and what
+    /// `virtqueue_add_sgs` returns (`EIO` for a broken device).
     /// May sleep; one request is in flight at a time, other callers wait for the lock.
     pub fn transact(&self, request: &[u8], answer: &mut [u8], timeout: Delta) -> Result<usize> {
         let mut st = self.inner.state.lock();
