@@ -153,11 +153,14 @@ guest_tests() {
 guest probe 1 "--nodes 2 --vmem size=16G,block=2M,node=0,id=vm0 --vmem size=4G,block=1G,node=1,id=vm1" \
     "VMR_DEVICES='vm0 vm1' $tests/probe.sh"
 guest no-device 2 "" "$tests/no_device.sh; $tests/kunit.sh"
-# The same scripts through the kernel's own entry point, kselftest's run_tests, in one guest
+# The same scripts through the kernel's own entry point (kselftest's install and its
+# run_kselftest.sh, which prints the plan that `make run_tests` does not), in one guest
 # that has what a few of them need (kunit.sh, in_use.sh); the others skip themselves
-# (lib.sh: requires), and the runner's KTAP counts each script as one result.
+# (lib.sh: requires), and the runner's KTAP counts each script as one result. Its output is
+# kept in the guest until the end: the runner and its output filter write to the console at
+# once, and their lines came out cut into each other.
 guest kselftest 1 "--vmem size=4G,block=2M,id=vm0" \
-    "make -s --no-print-directory -C $KSRC/tools/testing/selftests TARGETS=drivers/virtio_mem run_tests"
+    "make -s --no-print-directory -C $KSRC/tools/testing/selftests TARGETS=drivers/virtio_mem INSTALL_PATH=/tmp/ksft install >/dev/null && /tmp/ksft/run_kselftest.sh >/tmp/ktap 2>&1; rc=\$?; cat /tmp/ktap; exit \$rc"
 guest in-use 1 "--vmem size=4G,id=vm0" "$tests/in_use.sh"
 guest plug 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,requested=1G,id=vm0" \
     "$tests/plug.sh"

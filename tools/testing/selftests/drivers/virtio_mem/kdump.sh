@@ -29,7 +29,7 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 # The capture kernel has no crash kernel memory of its own.
-if [ -e /proc/vmcore ]; then requires env:VMR_KERNEL env:VMR_BACKING vm0:4G; else requires crashkernel movable env:VMR_KERNEL env:VMR_BACKING vm0:4G; fi
+if [ -e /proc/vmcore ]; then requires env:VMR_KERNEL env:VMR_BACKING vm0:4G:2M:400M:400M; else requires crashkernel movable env:VMR_KERNEL env:VMR_BACKING vm0:4G; fi
 
 drv=${VMR_DRIVER:-rust}
 case $drv in

@@ -68,9 +68,11 @@ KSFT_SKIP=4
 
 # requires NEED...: skips the whole script (KTAP "1..0 # SKIP", exit code 4)
 # unless this guest has every NEED, one of:
-#   QID:SIZE[:BLOCK[:REQUESTED]]  a virtio-mem device with QMP id QID, that
-#                 region size, device block size (default 2M) and, if given,
-#                 requested size at boot, and no virtio-mem driver bound yet
+#   QID:SIZE[:BLOCK[:REQUESTED[:PLUGGED]]]  a virtio-mem device with QMP id
+#                 QID, that region size, device block size (default 2M),
+#                 requested size (default 0) and plugged size (default 0): a
+#                 device as the guest booted with it, which no script before
+#                 changed; and no virtio-mem driver bound yet
 #   movable       new memory is onlined movable (memhp_default_state)
 #   env:VAR       VAR is set (a host-side path or value scripts/test.sh gives)
 #   nodevice      no virtio-mem device at all
@@ -95,16 +97,16 @@ requires() {
                 [ "$(cat /sys/kernel/kexec_crash_size 2>/dev/null || echo 0)" -gt 0 ] ||
                     missing+=("crashkernel= memory") ;;
             *:*)
-                local qid size block requested info
-                IFS=: read -r qid size block requested <<<"$need"
-                block=${block:-2M}
+                local qid size block requested plugged info
+                IFS=: read -r qid size block requested plugged <<<"$need"
+                block=${block:-2M} requested=${requested:-0} plugged=${plugged:-0}
                 if [ -z "$VMCTL" ] || ! info=$("$VMCTL" info "$qid" 2>/dev/null); then
                     missing+=("$qid (vmctl and the guest's QMP port)")
                 elif [ "$(sed -n 's/^region-size=//p' <<<"$info")" != "$(to_bytes "$size")" ] ||
                      [ "$(sed -n 's/^block-size=//p' <<<"$info")" != "$(to_bytes "$block")" ] ||
-                     { [ -n "$requested" ] &&
-                       [ "$(sed -n 's/^requested-size=//p' <<<"$info")" != "$(to_bytes "$requested")" ]; }; then
-                    missing+=("$qid with a $size region, $block blocks${requested:+, $requested requested}")
+                     [ "$(sed -n 's/^requested-size=//p' <<<"$info")" != "$(to_bytes "$requested")" ] ||
+                     [ "$(sed -n 's/^size=//p' <<<"$info")" != "$(to_bytes "$plugged")" ]; then
+                    missing+=("$qid with a $size region, $block blocks, $requested requested, $plugged plugged")
                 fi ;;
         esac
     done
