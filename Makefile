@@ -26,8 +26,7 @@ setup:
 	scripts/setup-host.sh
 
 vmctl:
-	cd tools/vmctl && cargo build --release --quiet
-	cd tools/vmem-status && cargo build --release --quiet
+	scripts/build-tools.sh
 
 overlay:
 	scripts/fetch-kernel.sh && scripts/overlay.sh

@@ -61,7 +61,7 @@ unplug_bench() {
 }
 
 "$REPO/scripts/build.sh" >/dev/null
-(cd "$REPO/tools/vmctl" && cargo build --release --quiet)
+"$REPO/scripts/build-tools.sh"
 plug_bench
 unplug_bench
 

@@ -20,6 +20,14 @@ export PATH=$LIBCLANG_VENV/bin:$HOME/.cargo/bin:$PATH
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# The repository's directories that scripts/overlay.sh lays over the kernel tree
+# (scripts/series.sh exports the same files).
+OVERLAY_ROOTS=(rust drivers include tools/testing Documentation)
+overlay_files() { # every file of the overlay roots, relative to $REPO, sorted
+    (cd "$REPO" && find "${OVERLAY_ROOTS[@]/#/./}" -type f ! -name '*.orig' ! -name '*.rej' 2>/dev/null |
+        sed 's|^\./||' | LC_ALL=C sort)
+}
+
 # Three kernels are built from the same tree: the "normal" lane (x86_64,
 # configs/*.config and configs/x86_64/*.config), the "debug" lane (the same
 # plus configs/debug/*.config: lockdep, DEBUG_VM, KFENCE, DEBUG_PAGEALLOC,

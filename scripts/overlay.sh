@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Lay the repository over the unpacked kernel tree in $KSRC, idempotently.
 #
-# - Files under the overlay roots (rust/, drivers/, include/, tools/testing/,
-#   Documentation/) are copied only when their content differs, so an
-#   unchanged file keeps its timestamp and make rebuilds only what changed.
+# - Files under the overlay roots (OVERLAY_ROOTS in common.sh: rust/,
+#   drivers/, include/, tools/testing/, Documentation/) are copied only when
+#   their content differs, so an unchanged file keeps its timestamp and make
+#   rebuilds only what changed.
 # - patches/*.patch edit existing kernel files. Each patched file is
 #   regenerated from its pristine copy plus every patch that touches it,
 #   so re-running never applies a patch twice and an edited patch replaces
@@ -41,11 +42,10 @@ trap 'rm -f "$new_manifest"; rm -rf "${gen:-}"' EXIT
 
 # 1. Plain overlay files.
 cd "$REPO"
-while IFS= read -r -d '' f; do
-    rel=${f#./}
+while IFS= read -r rel; do
     install_if_changed "$REPO/$rel" "$rel"
     echo "$rel" >>"$new_manifest"
-done < <(find ./rust ./drivers ./include ./tools/testing ./Documentation -type f ! -name '*.orig' ! -name '*.rej' -print0 2>/dev/null | sort -z)
+done < <(overlay_files)
 
 # 2. Patches on existing kernel files, regenerated from pristine copies.
 gen=$(mktemp -d)

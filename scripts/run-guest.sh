@@ -68,8 +68,8 @@ kernel=$KIMAGE
 # loads as its capture kernel) are shown at the same paths as on the host.
 arch_opts=()
 if [ "$LANE_ARCH" != x86_64 ]; then
-    root=$(cat "$VMR_CACHE/rootfs-$LANE_ARCH/.vmr-rootfs" >/dev/null 2>&1 && echo "$VMR_CACHE/rootfs-$LANE_ARCH") ||
-        die "no $LANE_ARCH guest root: run 'scripts/rootfs.sh $LANE_ARCH' first"
+    root=$VMR_CACHE/rootfs-$LANE_ARCH
+    [ -f "$root/.vmr-rootfs" ] || die "no $LANE_ARCH guest root: run 'scripts/rootfs.sh $LANE_ARCH' first"
     for d in "$REPO" "$KMODS" "$(dirname "$KIMAGE")"; do shares+=(--rodir "$d=$d"); done
     # virtme-ng mounts each share on a directory that must exist in the root.
     for s in "${shares[@]}"; do

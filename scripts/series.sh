@@ -33,13 +33,6 @@ IDENT_NAME="virtio-mem-rust developers"
 IDENT_EMAIL="virtio-mem-rust@invalid"
 export GIT_AUTHOR_NAME=$IDENT_NAME GIT_AUTHOR_EMAIL=$IDENT_EMAIL
 export GIT_COMMITTER_NAME=$IDENT_NAME GIT_COMMITTER_EMAIL=$IDENT_EMAIL
-# The overlay roots, as scripts/overlay.sh copies them.
-OVERLAY_ROOTS=(rust drivers include tools/testing Documentation)
-
-overlay_files() { # every file overlay.sh copies, relative to $REPO, sorted
-    (cd "$REPO" && find "${OVERLAY_ROOTS[@]/#/./}" -type f ! -name '*.orig' ! -name '*.rej' 2>/dev/null |
-        sed 's|^\./||' | LC_ALL=C sort)
-}
 
 # 1. The pristine tree as a git repository.
 ensure_base() {
