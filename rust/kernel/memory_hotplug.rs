@@ -33,7 +33,10 @@ mod pages;
 mod region;
 
 pub use region::{
-    BlockState, PagesError, SystemRamRegion, Undo, //
+    BlockState,
+    PagesError,
+    SystemRamRegion,
+    Undo, //
 };
 
 use crate::{
@@ -63,9 +66,18 @@ pub fn pluggable_range(need_mapping: bool) -> RangeInclusive<u64> {
 }
 
 /// The NUMA node that memory hotplugged at physical address `addr` would belong to by default.
+#[cfg(CONFIG_NUMA)]
 pub fn phys_to_node(addr: u64) -> i32 {
     // SAFETY: `memory_add_physaddr_to_nid` only looks up `addr` in the NUMA memory map.
     unsafe { bindings::memory_add_physaddr_to_nid(addr) }
+}
+
+/// The NUMA node that memory hotplugged at physical address `addr` would belong to by default:
+/// without `CONFIG_NUMA` there is only node 0 (`memory_add_physaddr_to_nid` is then an inline
+/// function of `<linux/numa.h>` returning 0, which bindgen does not see).
+#[cfg(not(CONFIG_NUMA))]
+pub fn phys_to_node(_addr: u64) -> i32 {
+    0
 }
 
 /// The NUMA node of ACPI proximity domain `pxm`, or `None` if the firmware did not describe it.

@@ -115,6 +115,18 @@ enum VirtioMem {
     },
 }
 
+impl VirtioMem {
+    /// The device's hotplug state; `None` in a capture kernel, which does not follow the
+    /// request. (A `match`, not `if let`: without `CONFIG_PROC_VMCORE` there is one variant.)
+    fn hotplugged(&self) -> Option<&Hotplugged> {
+        match self {
+            VirtioMem::Hotplug(this) => Some(this),
+            #[cfg(CONFIG_PROC_VMCORE)]
+            VirtioMem::Kdump { .. } => None,
+        }
+    }
+}
+
 /// A device whose memory the driver plugs and unplugs.
 ///
 /// Drop order (the fields' order): the PM notifier goes first (no refusal in the name of a
@@ -216,7 +228,7 @@ impl virtio::Driver for VirtioMemDriver {
     }
 
     fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
-        let VirtioMem::Hotplug(this) = &*this else {
+        let Some(this) = this.hotplugged() else {
             // kdump mode: dropping the data unregisters the vmcore callback.
             return;
         };
@@ -240,7 +252,7 @@ impl virtio::Driver for VirtioMemDriver {
         this: Pin<&Self::Data<'bound>>,
     ) {
         // In kdump mode the request is not followed.
-        if let VirtioMem::Hotplug(this) = &*this {
+        if let Some(this) = this.hotplugged() {
             this.runtime.kick();
         }
     }
@@ -261,7 +273,7 @@ impl virtio::Driver for VirtioMemDriver {
         _dev: &'bound virtio::Device<Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
     ) -> Result {
-        if let VirtioMem::Hotplug(this) = &*this {
+        if let Some(this) = this.hotplugged() {
             this.runtime.restore();
         }
         Ok(())
