@@ -8,9 +8,9 @@
 //! After a crash, kexec boots a capture kernel that exports the crashed kernel's memory as
 //! `/proc/vmcore`. Memory a device provides may be gone although the crashed kernel's list of
 //! memory ranges has it (a paravirtualized device unplugged it); reading it could make the
-//! hypervisor back it again, or fault. A driver of such memory registers a [`VmcoreCallback`]
-//! whose [`VmcoreHandler::pfn_is_ram`] says which pages are not there: `/proc/vmcore` reads them
-//! as zeroes.
+//! hypervisor back it again, or fault. A driver of such memory registers a `VmcoreCallback`
+//! whose `VmcoreHandler::pfn_is_ram` says which pages are not there: `/proc/vmcore` reads them
+//! as zeroes. (Not links: both exist only with `CONFIG_PROC_VMCORE`.)
 
 use crate::bindings;
 #[cfg(CONFIG_PROC_VMCORE)]

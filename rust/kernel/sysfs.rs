@@ -139,7 +139,6 @@ impl<T: AttributeSource> DeviceAttributes<T> {
             inner,
         })
     }
-
 }
 
 impl<T: AttributeSource> Drop for DeviceAttributes<T> {

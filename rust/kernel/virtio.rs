@@ -5,7 +5,8 @@
 //! C headers: [`include/linux/virtio.h`](srctree/include/linux/virtio.h),
 //! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h).
 //!
-//! A virtio driver implements [`Driver`] and registers with [`module_virtio_driver!`]. It gets a
+//! A virtio driver implements [`Driver`] and registers with
+//! [`module_virtio_driver!`](crate::module_virtio_driver). It gets a
 //! [`Device`] in `probe`, reads fields of its configuration space (the uapi struct of its device
 //! type, see [`ConfigSpace`]) with [`Device::read_config`], checks the negotiated features with
 //! [`Device::has_feature`] (only the features the driver offers can be asked about), and talks to

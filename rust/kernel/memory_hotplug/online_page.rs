@@ -28,7 +28,7 @@ use crate::{
         Arc,
         Mutex,
         SetOnce, //
-    },
+    }, //
 };
 
 /// The registered regions.

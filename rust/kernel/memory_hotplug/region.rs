@@ -29,7 +29,7 @@ use crate::{
         Arc,
         Mutex,
         SetOnce, //
-    },
+    }, //
 };
 use core::{
     mem::ManuallyDrop,
@@ -323,11 +323,19 @@ impl Record {
     /// first block) are accessible and the first `memmap` granules of each block hold its
     /// memmap. Fails with `EEXIST` if one of them is added already, `EINVAL` if a block's memmap
     /// would be inaccessible, and `ENOMEM`; changing nothing.
-    fn add(&mut self, geo: &Geometry, blocks: Range<usize>, accessible: usize, memmap: usize) -> Result {
-        if memmap > geo.per_block
-            || blocks.clone().any(|i| self.state(i).is_some())
-        {
-            return Err(if memmap > geo.per_block { EINVAL } else { EEXIST });
+    fn add(
+        &mut self,
+        geo: &Geometry,
+        blocks: Range<usize>,
+        accessible: usize,
+        memmap: usize,
+    ) -> Result {
+        if memmap > geo.per_block || blocks.clone().any(|i| self.state(i).is_some()) {
+            return Err(if memmap > geo.per_block {
+                EINVAL
+            } else {
+                EEXIST
+            });
         }
         if (blocks.start..blocks.end).any(|i| {
             let acc = accessible.saturating_sub((i - blocks.start) * geo.per_block);
@@ -472,8 +480,7 @@ impl Record {
             Some(b) if b.state == Some(BlockState::Offline) => b,
             _ => return Err(EBUSY),
         };
-        if self.blocked || b.nr_off + b.memmap >= geo.per_block || (b.nr_off > 0 && !self.covered)
-        {
+        if self.blocked || b.nr_off + b.memmap >= geo.per_block || (b.nr_off > 0 && !self.covered) {
             return Err(EBUSY);
         }
         Ok(())
@@ -996,9 +1003,8 @@ impl SystemRamRegion {
         }
         // SAFETY: The range is added memory of our reservation (checked above); offlining moves
         // or refuses whatever is in use, and lets the notifier release inaccessible pages.
-        let ret = crate::error::to_result(unsafe {
-            bindings::offline_and_remove_memory(start, size)
-        });
+        let ret =
+            crate::error::to_result(unsafe { bindings::offline_and_remove_memory(start, size) });
         {
             let mut rec = self.inner.record.lock();
             rec.owner_offlining = None;
@@ -1130,7 +1136,9 @@ impl SystemRamRegion {
                 if list.lock().push(entry, GFP_KERNEL).is_err() {
                     // The entry was dropped: that keeps the reservation, the group and the
                     // tracking for good.
-                    pr_warn!("cannot park a memory region for the next driver; it stays reserved\n");
+                    pr_warn!(
+                        "cannot park a memory region for the next driver; it stays reserved\n"
+                    );
                 }
             }
             Err(_) => {
@@ -1171,8 +1179,7 @@ impl RegionInner {
     /// `segs` is accessible in an added block that is not in a transition, and on success the
     /// caller marks them inaccessible before unlocking.
     unsafe fn take_from_kernel(&self, rec: &Record, segs: Segments) -> Result {
-        let online =
-            |s: &Segment| matches!(rec.state(s.block), Some(BlockState::Online { .. }));
+        let online = |s: &Segment| matches!(rec.state(s.block), Some(BlockState::Online { .. }));
         for (k, s) in rec.parts(segs.clone()).filter(online).enumerate() {
             let (pfn, nr) = self.geo.pfns(s);
             // SAFETY: Online, accessible pages of the region (safety requirement); the lock and
@@ -1340,8 +1347,22 @@ mod tests {
         assert!(rec.accessible(next));
         // A range across blocks is one segment per block.
         let mut segs = geo.segments(4 * GIB + 126 * MIB, 4 * MIB).unwrap();
-        assert_eq!(segs.next(), Some(Segment { block: 0, first: 63, count: 1 }));
-        assert_eq!(segs.next(), Some(Segment { block: 1, first: 0, count: 1 }));
+        assert_eq!(
+            segs.next(),
+            Some(Segment {
+                block: 0,
+                first: 63,
+                count: 1
+            })
+        );
+        assert_eq!(
+            segs.next(),
+            Some(Segment {
+                block: 1,
+                first: 0,
+                count: 1
+            })
+        );
         assert_eq!(segs.next(), None);
         // Not granule-aligned, or outside the region.
         assert!(geo.segments(4 * GIB + MIB, 2 * MIB).is_err());
