@@ -24,7 +24,9 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # (scripts/series.sh exports the same files).
 OVERLAY_ROOTS=(rust drivers include tools/testing Documentation)
 overlay_files() { # every file of the overlay roots, relative to $REPO, sorted
-    (cd "$REPO" && find "${OVERLAY_ROOTS[@]/#/./}" -type f ! -name '*.orig' ! -name '*.rej' 2>/dev/null |
+    local roots=() r
+    for r in "${OVERLAY_ROOTS[@]}"; do [ ! -d "$REPO/$r" ] || roots+=("./$r"); done
+    (cd "$REPO" && find "${roots[@]}" -type f ! -name '*.orig' ! -name '*.rej' |
         sed 's|^\./||' | LC_ALL=C sort)
 }
 

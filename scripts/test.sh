@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test suite: everything it needs is installed and built first. Runs
 # the tools' own tests (vmctl, vmem-status; cargo fmt --check and clippy
-# -D warnings count as one result each), then boots guests with real QEMU
-# virtio-mem-pci devices and runs the kselftests in
-# tools/testing/selftests/drivers/virtio_mem/ there. Every KTAP result is
+# -D warnings count as one result each), the patch series' checks
+# (series-check.sh), the kernel's own entry points on a kernel of their own
+# (kernel-checks.sh: kunit.py, CLIPPY=1, make rustdoc, make rustfmtcheck),
+# then boots guests with real QEMU virtio-mem-pci devices and runs the
+# kselftests in tools/testing/selftests/drivers/virtio_mem/ there. Every KTAP result is
 # counted; the last line is "N passed, N failed".
 #
 # The guest tests run three times: on the normal kernel, on the debug lane's
@@ -96,6 +98,18 @@ grep -E '^(not ok|# )' "$se_log" | grep -v ': 0 errors, 0 warnings, 0 checks$' |
 # shellcheck disable=SC2086
 count series $se
 phase_done "patch series checks" "$t"
+
+# --- the kernel's own entry points: kunit.py, CLIPPY=1, rustdoc, rustfmtcheck ----
+log "kernel checks (kunit.py, clippy, rustdoc, rustfmtcheck)"
+t=$(date +%s)
+kc_log=$results/kernel-checks.log
+"$REPO/scripts/kernel-checks.sh" >"$kc_log" 2>&1 || true
+kc=$(sed -n 's/^kernel-checks: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$kc_log")
+if [ -z "$kc" ]; then tail -n 20 "$kc_log"; kc="0 1"; fi
+grep -E '^(not ok|# )' "$kc_log" | head -n 30 || true
+# shellcheck disable=SC2086
+count kernel-checks $kc
+phase_done "kernel checks (kunit.py)" "$t"
 
 # --- guest tests ---------------------------------------------------------------
 tests=$REPO/tools/testing/selftests/drivers/virtio_mem
