@@ -2,7 +2,8 @@
 #
 #   make run     boot a guest with virtio_mem_rust and a virtio-mem device
 #   make check   install, build and run every test; ends with "N passed, N failed"
-#   make bench   time plugging: the C driver and ours in one guest, with the ratio
+#   make bench   the C driver and ours in one run: plug and unplug times with the
+#                ratio, and a timeline drawn to bench-results/timeline.svg
 #   make build   fetch, overlay, configure and build the kernel (+ modules)
 #   make setup   install the host tools only
 #   make vmctl   build the tools: vmctl (QMP control) and vmem-status (guest)

@@ -25,7 +25,8 @@ settle() {
     done
     echo "$((t_last - t0)) $last"
 }
-ooms() { dmesg | grep -ciE 'killed process|oom-kill:' || true; }
+# One "Killed process" line per kill (the "oom-kill:" line before it is the same kill).
+ooms() { dmesg | grep -c 'Killed process' || true; }
 
 insmod "$ko"
 vmctl set-size vm0 16G >/dev/null

@@ -12,8 +12,16 @@
 # the time to settle, the final plugged size, OOM kills and whether the
 # workload survived with its data.
 #
+# Then a timeline, one guest per driver: requested size, plugged size and
+# MemTotal sampled every 200 ms through one resize sequence (plug, a partly
+# plugged block, unplug idle, unplug under a workload and after it), written to
+# bench-results/timeline.csv (and the steps to timeline-phases.csv) and drawn
+# by scripts/bench-plot.sh into bench-results/timeline.svg.
+#
 # Then the same on the arm64 lane's kernel (qemu-system-aarch64): the plug
 # table, and the idle unplug.
+#
+# `scripts/bench.sh PART...` runs some of it: plug, unplug, timeline, arm64.
 source "$(dirname "$0")/common.sh"
 "$REPO/scripts/setup-host.sh"
 
@@ -60,13 +68,41 @@ unplug_bench() {
     done
 }
 
+# timeline_bench: the timeline of both drivers, its CSV files and picture.
+timeline_bench() {
+    local genv drv out oom workload out_dir=$REPO/bench-results
+    genv=$(guest_env)
+    mkdir -p "$out_dir"
+    echo "driver,t_s,requested_mib,plugged_mib,memtotal_mib" >"$out_dir/timeline.csv"
+    echo "driver,t_s,phase" >"$out_dir/timeline-phases.csv"
+    echo "driver,oom_kills,workload" >"$out_dir/timeline-summary.csv"
+    echo
+    for drv in virtio_mem virtio_mem_rust; do
+        out=$("$REPO/scripts/run-guest.sh" --lane "$LANE" --mem 2G --timeout $((2400 * LANE_TIME_FACTOR)) \
+            --append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0 \
+            -- "cd $REPO && export $genv && scripts/bench-timeline-guest.sh $drv" </dev/null | tr -d '\r')
+        grep -q "^workload,$drv," <<<"$out" || die "timeline of $drv did not finish: $(tail -n 20 <<<"$out")"
+        sed -n 's/^sample,//p' <<<"$out" >>"$out_dir/timeline.csv"
+        sed -n 's/^phase,//p' <<<"$out" >>"$out_dir/timeline-phases.csv"
+        paste -d, <(sed -n "s/^oom-kills,$drv,//p" <<<"$out") <(sed -n "s/^workload,$drv,//p" <<<"$out") |
+            sed "s/^/$drv,/" >>"$out_dir/timeline-summary.csv"
+        IFS=, read -r _ oom workload < <(grep "^$drv," "$out_dir/timeline-summary.csv")
+        printf 'timeline %-16s %5s samples, %s OOM kills, workload %s\n' "$drv" \
+            "$(grep -c "^sample,$drv," <<<"$out")" "$oom" "$workload"
+    done
+    "$REPO/scripts/bench-plot.sh" "$out_dir"
+}
+
+parts=" ${*:-plug unplug timeline arm64} "
 "$REPO/scripts/build.sh" >/dev/null
 "$REPO/scripts/build-tools.sh"
-plug_bench
-unplug_bench
+[[ $parts != *" plug "* ]] || plug_bench
+[[ $parts != *" unplug "* ]] || unplug_bench
+[[ $parts != *" timeline "* ]] || timeline_bench
 
 # The same kernel tree on arm64 (qemu-system-aarch64 -M virt under TCG): plug
 # and idle unplug, ours against C in the same guests.
+[[ $parts == *" arm64 "* ]] || exit 0
 echo
 use_lane arm64
 "$REPO/scripts/build.sh" >/dev/null

@@ -6,7 +6,7 @@ source "$(dirname "$0")/common.sh"
 stamp=$VMR_CACHE/.host-ready-v3
 if [ -f "$stamp" ] && [ "${1:-}" != --force ] &&
    command -v qemu-system-x86_64 >/dev/null && command -v qemu-system-aarch64 >/dev/null &&
-   command -v bindgen >/dev/null &&
+   command -v bindgen >/dev/null && command -v gnuplot >/dev/null &&
    [ -x "$LIBCLANG_VENV/bin/vng" ] && command -v ccache >/dev/null; then
     exit 0
 fi
@@ -16,7 +16,8 @@ mkdir -p "$VMR_CACHE"
 pkgs=(flex bison bc libelf-dev libssl-dev cpio ccache udev make gcc git rsync
       kmod busybox-static python3-venv socat zstd xz-utils libdw-dev kexec-tools
       gcc-aarch64-linux-gnu libc6-dev-arm64-cross debootstrap
-      python3-ply python3-git)  # the last two: checkpatch's SPDX check (series-check.sh)
+      python3-ply python3-git  # checkpatch's SPDX check (series-check.sh)
+      gnuplot-nox)             # make bench's picture (bench-plot.sh)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

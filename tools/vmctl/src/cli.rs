@@ -1,9 +1,11 @@
 //! The command line (parsed with clap) and the subcommands.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -132,6 +134,21 @@ pub enum Command {
         #[arg(value_parser = parse_size)]
         size: u64,
     },
+    /// Print "T_MS REQUESTED SIZE" every N ms (T_MS: since the start), with
+    /// --meminfo also this system's MemTotal in KiB; a SIZE read from
+    /// standard input sets requested-size before the next line. Ends at the
+    /// end of the input. One connection for both: a guest's QMP port serves
+    /// one vmctl at a time
+    Record {
+        /// Device id
+        id: String,
+        /// Milliseconds between two lines
+        #[arg(long = "interval-ms", value_name = "N", default_value = "100", value_parser = parse_millis)]
+        interval: Duration,
+        /// Add MemTotal (KiB) from /proc/meminfo (of the guest, when run there)
+        #[arg(long)]
+        meminfo: bool,
+    },
     /// Send a command object (an id is added), print the whole reply
     Raw {
         /// The command, e.g. {"execute":"query-status"}
@@ -239,6 +256,8 @@ pub enum RunError {
     Wait(vmem::WaitError),
     /// `raw` got an error reply (already printed).
     ErrorReply,
+    /// `record` read a line that is not a size, or no MemTotal.
+    Input(String),
     /// Writing the output failed.
     Output(io::Error),
 }
@@ -250,6 +269,7 @@ impl fmt::Display for RunError {
             RunError::Qmp(e) => e.fmt(f),
             RunError::Wait(e) => e.fmt(f),
             RunError::ErrorReply => f.write_str("QEMU answered with an error"),
+            RunError::Input(e) => f.write_str(e),
             RunError::Output(e) => write!(f, "cannot write output: {e}"),
         }
     }
@@ -367,9 +387,89 @@ pub fn run<S: Transport>(
             let v: Value = client.execute("query-memory-devices")?;
             writeln!(out, "{}", json_text(&v))?;
         }
+        Command::Record {
+            id,
+            interval,
+            meminfo,
+        } => record(
+            client,
+            id,
+            *interval,
+            *meminfo,
+            io::BufReader::new(io::stdin()),
+            out,
+        )?,
     }
     out.flush()?;
     Ok(())
+}
+
+/// `vmctl record`: a line per `interval` until `input` ends; each size read
+/// from `input` is requested before the next line.
+pub fn record<S: Transport>(
+    client: &mut Client<S>,
+    id: &str,
+    interval: Duration,
+    meminfo: bool,
+    input: impl BufRead + Send + 'static,
+    out: &mut dyn Write,
+) -> Result<(), RunError> {
+    // Input is read on its own thread, so that a line takes effect at the next tick.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in input.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let path = vmem::device_path(id);
+    let start = Instant::now();
+    let mut next = start;
+    loop {
+        let ended = loop {
+            match rx.try_recv() {
+                Ok(line) if line.trim().is_empty() => {}
+                Ok(line) => {
+                    let size =
+                        parse_size(line.trim()).map_err(|e| RunError::Input(e.to_string()))?;
+                    vmem::set_requested_size(client, id, size)?;
+                }
+                Err(mpsc::TryRecvError::Empty) => break false,
+                Err(mpsc::TryRecvError::Disconnected) => break true,
+            }
+        };
+        let t = start.elapsed().as_millis();
+        let requested: u64 = vmem::qom_get(client, &path, "requested-size")?;
+        let size: u64 = vmem::qom_get(client, &path, "size")?;
+        if meminfo {
+            writeln!(out, "{t} {requested} {size} {}", mem_total_kib()?)?;
+        } else {
+            writeln!(out, "{t} {requested} {size}")?;
+        }
+        out.flush()?;
+        if ended {
+            return Ok(());
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+/// MemTotal of /proc/meminfo, in KiB.
+fn mem_total_kib() -> Result<u64, RunError> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| RunError::Input(format!("cannot read /proc/meminfo: {e}")))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| RunError::Input("no MemTotal in /proc/meminfo".to_owned()))
 }
 
 #[cfg(test)]

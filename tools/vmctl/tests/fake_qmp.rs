@@ -832,3 +832,68 @@ fn library_api_over_a_socket() {
     assert_eq!(info.requested_size, 2 * GIB);
     assert_eq!(info.region_size, 8 * GIB);
 }
+
+#[test]
+fn record_prints_the_sizes_and_requests_what_it_reads() {
+    use std::io::{BufRead, BufReader};
+    let qemu = FakeQemu::start(Behaviour::default());
+    let mut child = qemu
+        .command(&["record", "vm0", "--interval-ms", "20", "--meminfo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Vec<u64> {
+        let line = lines.next().unwrap().unwrap();
+        line.split(' ').map(|f| f.parse().unwrap()).collect()
+    };
+    // T_MS REQUESTED SIZE MEMTOTAL, from the start.
+    let first = next();
+    assert_eq!(first.len(), 4);
+    assert_eq!(&first[1..3], &[0, 0]);
+    assert!(first[3] > 0);
+    // A size on standard input is requested; the guest plugs it over a few ticks.
+    writeln!(stdin, "1G+512M").unwrap();
+    let mut last = first;
+    let mut seen_between = false;
+    while last[2] != 3 * GIB / 2 {
+        let line = next();
+        assert!(line[0] >= last[0]);
+        if line[1] == 3 * GIB / 2 && line[2] > 0 && line[2] < 3 * GIB / 2 {
+            seen_between = true;
+        }
+        last = line;
+    }
+    assert!(seen_between, "no line while the guest was plugging");
+    // A line that is not a size ends it with a message.
+    writeln!(stdin, "lots").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("lots"), "{}", stderr(&out));
+    assert_eq!(
+        qemu.state.lock().unwrap().devices["vm0"].requested,
+        3 * GIB / 2
+    );
+
+    // The end of the input ends it (at the tick after the reader sees it).
+    let mut child = qemu
+        .command(&["record", "vm0", "--interval-ms", "20"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let out = ok(child.wait_with_output().unwrap());
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 3, "{out}");
+        assert_eq!(
+            fields[1..],
+            [format!("{}", 3 * GIB / 2), format!("{}", 3 * GIB / 2)]
+        );
+    }
+    assert!(!out.is_empty());
+}
