@@ -17,15 +17,19 @@ ktap_check "the backing file is visible" test -f "$VMR_BACKING"
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vmctl set-size vm0 4G+130M >/dev/null
 size=$(vmctl wait vm0 4G+130M --wait-timeout-s 300 2>&1 | tail -n1)
-ktap_eq "plugged 4G+130M of the 16G region (a block with one 2M sub-block)" "$(to_bytes 4G+130M)" "$size"
+ktap_eq "plugged 4G+130M of the 16G region (a block with one 2M sub-block)" \
+    "$(to_bytes 4G+130M)" "$size"
 ktap_diag "allocated on the host after plugging: $(backing_allocated) bytes"
 
 # Use the plugged memory: a 3G file on the guest's own tmpfs.
 mkdir -p /tmp/vmr-fill && mount -t tmpfs -o size=4G none /tmp/vmr-fill
-ktap_check "a 3G workload fits in the plugged memory" dd if=/dev/zero of=/tmp/vmr-fill/f bs=1M count=3072 status=none
+ktap_check "a 3G workload fits in the plugged memory" \
+    dd if=/dev/zero of=/tmp/vmr-fill/f bs=1M count=3072 status=none
 sync
 a=$(backing_allocated)
-ktap_diag "allocated on the host with the workload: ${a:-unknown} bytes (plugged $size, margin $margin)"
-ktap_check "allocated bytes stay within the plugged size plus $((margin >> 20))M" test -n "$a" -a "${a:-0}" -le $((size + margin))
+note="allocated on the host with the workload: ${a:-unknown} bytes (plugged $size, margin $margin)"
+ktap_diag "$note"
+ktap_check "allocated bytes stay within the plugged size plus $((margin >> 20))M" \
+    test -n "$a" -a "${a:-0}" -le $((size + margin))
 rm -f /tmp/vmr-fill/f; umount /tmp/vmr-fill
 ktap_finish

@@ -18,7 +18,9 @@ msg=$(dmesg | grep "virtio_mem_rust $vdev: refusing device" || true)
 ktap_diag "$msg"
 ktap_check "probe refused the device with a message" test -n "$msg"
 ktap_check "the message names the fields and the pluggable range" \
-    grep -q "addr/region_size: region \[0x500000000000-.*outside the pluggable physical range" <<<"$msg"
+    grep -q "addr/region_size: region \[0x500000000000-.*outside the pluggable physical range" \
+    <<<"$msg"
 ktap_eq "the device is not bound" "" "$(bound_driver "$vdev")"
-ktap_check "unload and load again" eval 'rmmod virtio_mem_rust && insmod "$VMR_KO_RUST" && rmmod virtio_mem_rust'
+ktap_check "unload and load again" \
+    eval 'rmmod virtio_mem_rust && insmod "$VMR_KO_RUST" && rmmod virtio_mem_rust'
 ktap_finish

@@ -13,10 +13,12 @@ requires movable vm0:8G
 ktap_header 12
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
-ktap_check "load with force_bbm=1 bbm_block_size=1G" insmod "$VMR_KO_RUST" force_bbm=1 bbm_block_size=$((1 << 30))
+ktap_check "load with force_bbm=1 bbm_block_size=1G" \
+    insmod "$VMR_KO_RUST" force_bbm=1 bbm_block_size=$((1 << 30))
 ktap_eq "big block size logged" 0x40000000 "$(logged "$vdev" "big block size")"
 vmctl set-size vm0 2G+100M >/dev/null
-ktap_eq "plugged whole big blocks" "$(to_bytes 2G)" "$(vmctl wait vm0 2G --wait-timeout-s 300 2>&1 | tail -n1)"
+ktap_eq "plugged whole big blocks" "$(to_bytes 2G)" \
+    "$(vmctl wait vm0 2G --wait-timeout-s 300 2>&1 | tail -n1)"
 kb=$(wait_memtotal_kb $((base_kb + (2 << 20))) 120)
 ktap_eq "MemTotal grew by 2G (kB)" $((2 << 20)) $((kb - base_kb))
 quiet vmem_status wait "$vdev" --size 2G+100M --timeout 60
@@ -25,7 +27,8 @@ vmctl set-size vm0 1G+900M >/dev/null
 sleep 3
 ktap_eq "1G+900M: no big block fits above the request" "$(to_bytes 2G)" "$(qmp_info vm0 size)"
 vmctl set-size vm0 1G >/dev/null
-ktap_eq "1G: unplugged a whole big block" "$(to_bytes 1G)" "$(vmctl wait vm0 1G --wait-timeout-s 300 2>&1 | tail -n1)"
+ktap_eq "1G: unplugged a whole big block" "$(to_bytes 1G)" \
+    "$(vmctl wait vm0 1G --wait-timeout-s 300 2>&1 | tail -n1)"
 kb=$(wait_memtotal_kb $((base_kb + (1 << 20))) 120)
 ktap_eq "MemTotal follows (kB)" $((1 << 20)) $((kb - base_kb))
 ktap_eq "System RAM (virtio_mem) is 1G" "$(to_bytes 1G)" "$(virtio_mem_ram_bytes)"

@@ -50,13 +50,15 @@ ktap_check "1G reached, the top big block stays" \
     eval "vmem_status wait $vdev --size 1G --timeout 300 >/dev/null && bb_added $top"
 vmctl set-size vm0 0 >/dev/null
 ktap_check "0: the driver stops short" quiet vmem_status wait "$vdev" --until settled --timeout 300
-ktap_eq "and says why" "blocks hold unmovable pages" "$(timeout "$(scaled 5)" cat "/sys/bus/virtio/devices/$vdev/virtio_mem/reason")"
+ktap_eq "and says why" "blocks hold unmovable pages" \
+    "$(timeout "$(scaled 5)" cat "/sys/bus/virtio/devices/$vdev/virtio_mem/reason")"
 check_sizes "stalled at 1G" "$vdev" vm0 "$base_kb"
 vmctl set-size vm0 2G >/dev/null
 ktap_check "a later request (2G) is followed" quiet vmem_status wait "$vdev" --size 2G --timeout 300
 rmmod vmr_pin_page
 vmctl set-size vm0 0 >/dev/null
-ktap_check "with the page let go, 0 is reached" quiet vmem_status wait "$vdev" --size 0 --timeout 300
+ktap_check "with the page let go, 0 is reached" \
+    quiet vmem_status wait "$vdev" --size 0 --timeout 300
 
 # unplug_online=0: an online top big block, an offline one below it.
 rmmod virtio_mem_rust

@@ -30,11 +30,15 @@ ktap_diag "settled after $((SECONDS - t0)) s: plugged $plugged, MemTotal +$((kb 
 ktap_diag "$(grep -E 'MemFree|MemAvailable' /proc/meminfo | tr -s ' ' | paste -sd' ')"
 if [ "$VMR_MEMMAP" = 1 ]; then
     ktap_eq "all 64G plugged" "$(to_bytes 64G)" "$plugged"
-    ktap_check "MemTotal grew by at least 98% of it" test $((kb - base_kb)) -ge $(($(to_bytes 64G) / 1024 * 98 / 100))
+    ktap_check "MemTotal grew by at least 98% of it" \
+        test $((kb - base_kb)) -ge $(($(to_bytes 64G) / 1024 * 98 / 100))
 else
-    ktap_check "it plugged a good part, then stalled" test "$plugged" -ge "$(to_bytes 2G)" -a "$(vmem_attr "$vdev" activity)" = stalled
-    ktap_eq "and says why" "memmap of the next block does not fit in free kernel memory" "$(vmem_attr "$vdev" reason)"
+    ktap_check "it plugged a good part, then stalled" \
+        test "$plugged" -ge "$(to_bytes 2G)" -a "$(vmem_attr "$vdev" activity)" = stalled
+    ktap_eq "and says why" "memmap of the next block does not fit in free kernel memory" \
+        "$(vmem_attr "$vdev" reason)"
 fi
 check_sizes "64G" "$vdev" vm0 "$base_kb"
-ktap_eq "no allocation failure or OOM" "" "$(dmesg | grep -iE 'page allocation failure|out of memory|oom-kill')"
+ktap_eq "no allocation failure or OOM" "" \
+    "$(dmesg | grep -iE 'page allocation failure|out of memory|oom-kill')"
 ktap_finish

@@ -27,7 +27,8 @@ base_kb=$(memtotal_kb)
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 200M >/dev/null
-ktap_check "200M: one block and a partly plugged one" quiet vmem_status wait "$vdev" --size 200M --timeout 120
+ktap_check "200M: one block and a partly plugged one" \
+    quiet vmem_status wait "$vdev" --size 200M --timeout 120
 
 # Offlines and onlines the partly plugged block until told to stop; counts the
 # cycles that got through.
@@ -57,6 +58,7 @@ ktap_eq "10 rounds of plugging and unplugging into the flapping block" 10 "$ok"
 ktap_diag "user space offlined and onlined the block $(wc -l <"$flaps") times meanwhile"
 ktap_check "and got through at least once" test -s "$flaps"
 ktap_eq "both blocks are online" "online online" "$(block_state $((n1 - 1))) $(block_state $n1)"
-ktap_eq "the 56M unplugged are PageOffline" $((56 * MIB / page)) "$(page_offline_count $addr $((2 * block)))"
+ktap_eq "the 56M unplugged are PageOffline" $((56 * MIB / page)) \
+    "$(page_offline_count $addr $((2 * block)))"
 check_sizes "200M" "$vdev" vm0 "$base_kb"
 ktap_finish

@@ -36,7 +36,8 @@ udevadm monitor --kernel --property --subsystem-match=virtio >/tmp/vmr-uevents 2
 monitor=$!
 sleep 1
 vmctl set-size vm0 "$request" >/dev/null
-ktap_check "vmem-status wait --until settled returns" quiet vmem_status wait "$vdev" --until settled --timeout 300
+ktap_check "vmem-status wait --until settled returns" \
+    quiet vmem_status wait "$vdev" --until settled --timeout 300
 size=$(qmp_info vm0 size)
 ktap_diag "plugged $size bytes; $(grep -c 'PLUG of .* failed (device busy)' <(dmesg)) PLUGs refused so far"
 ktap_check "plugged all but less than a memory block of what the host can back" \
@@ -68,5 +69,6 @@ ktap_check "a uevent said the size was reached" grep -q '^VIRTIO_MEM_EVENT=reach
 vmctl set-size vm0 0 >/dev/null
 ktap_check "shrinking to 0 is done" quiet vmem_status wait "$vdev" --size 0 --timeout 300
 a=$(backing_allocated)
-ktap_check "the host backs nothing of the region any more (${a:-unknown} bytes)" test -n "$a" -a "${a:-1}" = 0
+ktap_check "the host backs nothing of the region any more (${a:-unknown} bytes)" \
+    test -n "$a" -a "${a:-1}" = 0
 ktap_finish

@@ -17,13 +17,16 @@ region=$(qmp_info vm0 region-size)
 range=$(printf '%x-%x' "$addr" $((addr + region - 1)))
 
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
-ktap_check "the region is reserved under the device's name" grep -q "^ *$range : $vdev\$" /proc/iomem
+ktap_check "the region is reserved under the device's name" \
+    grep -q "^ *$range : $vdev\$" /proc/iomem
 ktap_check "unload virtio_mem_rust" rmmod virtio_mem_rust
 ktap_check "the reservation is released on unbind" eval "! grep -q '^ *$range : ' /proc/iomem"
 
 vmctl set-size vm0 512M >/dev/null
 ktap_check "load the C driver" insmod "$VMR_KO_C"
-ktap_check "the C driver plugs the requested size" "$VMCTL" --port-name org.qemu.qmp0 wait vm0 "$(qmp_info vm0 requested-size)" --wait-timeout-s 120
+ktap_check "the C driver plugs the requested size" \
+    "$VMCTL" --port-name org.qemu.qmp0 wait vm0 "$(qmp_info vm0 requested-size)" \
+    --wait-timeout-s 120
 echo "$vdev" >/sys/bus/virtio/drivers/virtio_mem/unbind
 ktap_check "the C driver left its memory added" grep -q "System RAM (virtio_mem)" /proc/iomem
 

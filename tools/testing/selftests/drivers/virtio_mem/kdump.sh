@@ -29,7 +29,8 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 # The capture kernel has no crash kernel memory of its own.
-if [ -e /proc/vmcore ]; then requires env:VMR_KERNEL env:VMR_BACKING vm0:4G:2M:400M:400M; else requires crashkernel movable env:VMR_KERNEL env:VMR_BACKING vm0:4G; fi
+if [ -e /proc/vmcore ]; then requires env:VMR_KERNEL env:VMR_BACKING vm0:4G:2M:400M:400M; \
+    else requires crashkernel movable env:VMR_KERNEL env:VMR_BACKING vm0:4G; fi
 
 drv=${VMR_DRIVER:-rust}
 case $drv in
@@ -58,7 +59,8 @@ if [ ! -e /proc/vmcore ]; then
     # would load it again.
     load_capture() {
         ktap_check "the capture kernel is loaded" \
-            kexec -s -p "$VMR_KERNEL" --append="$(cat /proc/cmdline) irqpoll nr_cpus=1 reset_devices"
+            kexec -s -p "$VMR_KERNEL" \
+            --append="$(cat /proc/cmdline) irqpoll nr_cpus=1 reset_devices"
     }
     crash_hotplug=$(cat /sys/devices/system/memory/crash_hotplug 2>/dev/null || echo 0)
     [ "$crash_hotplug" = 1 ] && load_capture
@@ -100,7 +102,8 @@ else
     ktap_skip "$drv: sysfs activity is kdump" "the C driver has no sysfs state"
 fi
 sleep 2
-ktap_eq "$drv: the device's size did not change (no UNPLUG_ALL, QMP)" "$before" "$(qmp_info vm0 size)"
+ktap_eq "$drv: the device's size did not change (no UNPLUG_ALL, QMP)" "$before" \
+    "$(qmp_info vm0 size)"
 report=$(scan_region)
 ktap_diag "dump read with $drv: $report"
 eval "$report"
@@ -110,7 +113,8 @@ ktap_check "$drv: the unplugged 112M of the fourth block read as zeroes" \
     test "${zero_pages:-0}" -ge $((112 * MIB / 4096))
 ktap_eq "$drv: the host allocated nothing for the region while the dump was read" \
     "$allocated" "$(backing_allocated)"
-ktap_eq "$drv: the device's size did not change while the dump was read" "$before" "$(qmp_info vm0 size)"
+ktap_eq "$drv: the device's size did not change while the dump was read" "$before" \
+    "$(qmp_info vm0 size)"
 if [ "$drv" = rust ]; then
     ktap_eq "$drv: only STATE requests were sent" "0 0 0" \
         "$(vmem_stat "$vdev" plug_ack) $(vmem_stat "$vdev" unplug_ack) $(vmem_stat "$vdev" unplug_all_ack)"

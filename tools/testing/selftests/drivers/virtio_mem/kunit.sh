@@ -9,7 +9,10 @@ source "$(dirname "$0")/lib.sh"
 requires
 
 # suite:minimum number of cases
-suites=(rust_kernel_virtio:5 rust_kernel_power:1 rust_kernel_memory_hotplug_region:4 virtio_mem_rust_config:6 virtio_mem_rust_protocol:5 virtio_mem_rust_plug:4 virtio_mem_rust_mode:2 virtio_mem_rust_sbm:7 virtio_mem_rust_bbm:2 virtio_mem_rust_status:2 virtio_mem_rust_error:1 virtio_mem_rust_backoff:3 virtio_mem_rust_power:1)
+suites=(rust_kernel_virtio:5 rust_kernel_power:1 rust_kernel_memory_hotplug_region:4 \
+    virtio_mem_rust_config:6 virtio_mem_rust_protocol:5 virtio_mem_rust_plug:4 \
+    virtio_mem_rust_mode:2 virtio_mem_rust_sbm:7 virtio_mem_rust_bbm:2 virtio_mem_rust_status:2 \
+    virtio_mem_rust_error:1 virtio_mem_rust_backoff:3 virtio_mem_rust_power:1)
 ktap_header $(( ${#suites[@]} + 1 ))
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
@@ -25,10 +28,12 @@ for entry in "${suites[@]}"; do
     plan=$(sed -n 's/^ *1\.\.\([0-9]\+\)$/\1/p' "$dir/results" | tail -n1)
     cases_ok=$(grep -cE '^    ok [0-9]+ ' "$dir/results" || true)
     cases_bad=$(grep -cE '^    not ok [0-9]+ ' "$dir/results" || true)
-    if grep -qE "^ok [0-9]+ $s\$" "$dir/results" && [ "$cases_bad" = 0 ] && [ "${plan:-0}" -ge "$want" ] && [ "$cases_ok" = "$plan" ]; then
+    if grep -qE "^ok [0-9]+ $s\$" "$dir/results" && [ "$cases_bad" = 0 ] && \
+        [ "${plan:-0}" -ge "$want" ] && [ "$cases_ok" = "$plan" ]; then
         ktap_pass "KUnit suite $s: $cases_ok of $plan cases ok"
     else
-        ktap_diag "$s: plan ${plan:-none} (at least $want expected), $cases_ok ok, $cases_bad not ok"
+        note="$s: plan ${plan:-none} (at least $want expected), $cases_ok ok, $cases_bad not ok"
+        ktap_diag "$note"
         ktap_fail "KUnit suite $s"
     fi
 done

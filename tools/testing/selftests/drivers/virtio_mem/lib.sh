@@ -82,11 +82,13 @@ KSFT_SKIP=4
 requires() {
     local need missing=()
     [ -n "$VMR_KO_RUST" ] || missing+=("virtio_mem_rust.ko (VMR_KO_RUST or an installed module)")
-    [ -n "$VMR_KO_C" ] || missing+=("the C driver's virtio_mem.ko, the reference (VMR_KO_C or an installed module)")
+    [ -n "$VMR_KO_C" ] || \
+        missing+=("the C driver's virtio_mem.ko, the reference (VMR_KO_C or an installed module)")
     for need in "$@"; do
         case "$need" in
             movable)
-                [ "$(cat /sys/devices/system/memory/auto_online_blocks 2>/dev/null)" = online_movable ] ||
+                [ "$(cat /sys/devices/system/memory/auto_online_blocks 2>/dev/null)" \
+                    = online_movable ] ||
                     missing+=("memhp_default_state=online_movable") ;;
             env:*)
                 local var=${need#env:}
@@ -104,7 +106,8 @@ requires() {
                     missing+=("$qid (vmctl and the guest's QMP port)")
                 elif [ "$(sed -n 's/^region-size=//p' <<<"$info")" != "$(to_bytes "$size")" ] ||
                      [ "$(sed -n 's/^block-size=//p' <<<"$info")" != "$(to_bytes "$block")" ] ||
-                     [ "$(sed -n 's/^requested-size=//p' <<<"$info")" != "$(to_bytes "$requested")" ] ||
+                     [ "$(sed -n 's/^requested-size=//p' <<<"$info")" \
+                         != "$(to_bytes "$requested")" ] ||
                      [ "$(sed -n 's/^size=//p' <<<"$info")" != "$(to_bytes "$plugged")" ]; then
                     missing+=("$qid with a $size region, $block blocks, $requested requested, $plugged plugged")
                 fi ;;
@@ -277,7 +280,8 @@ kernel_log_check() {
         t + 0 > since + 0')
     since=$(grep -o '^\[ *[0-9.]*\]' <<<"$log" | tail -n1 | tr -d '[] ')
     [ -z "$since" ] || echo "$boot $since" >"$KERNEL_LOG_MARK"
-    grep 'vmr: accepted lockdep report' <<<"$log" | while IFS= read -r line; do ktap_diag "$line"; done
+    grep 'vmr: accepted lockdep report' <<<"$log" | \
+        while IFS= read -r line; do ktap_diag "$line"; done
     splats=$(grep -E "$KERNEL_SPLAT_RE" <<<"$log" || true)
     if [ -z "$splats" ]; then
         ktap_pass "kernel log: no warnings, BUGs, lockdep reports or oopses"
@@ -285,7 +289,8 @@ kernel_log_check() {
     fi
     while IFS= read -r line; do ktap_diag "$line"; done <<<"$splats"
     ktap_diag "kernel log from the first of them:"
-    grep -m1 -A80 -F -x -e "$(head -n1 <<<"$splats")" <<<"$log" | while IFS= read -r line; do ktap_diag "  $line"; done
+    grep -m1 -A80 -F -x -e "$(head -n1 <<<"$splats")" <<<"$log" | \
+        while IFS= read -r line; do ktap_diag "  $line"; done
     ktap_fail "kernel log: no warnings, BUGs, lockdep reports or oopses"
 }
 
@@ -348,7 +353,8 @@ vmem_stat() { sed -n "s/^$2 //p" "/sys/bus/virtio/devices/$1/virtio_mem/stats"; 
 # plugged size over QMP, and its online_size is what MemTotal grew by since
 # BASE_KB (2 results).
 check_sizes() {
-    ktap_eq "$1: sysfs plugged_size is the device's size" "$(qmp_info "$3" size)" "$(vmem_attr "$2" plugged_size)"
+    ktap_eq "$1: sysfs plugged_size is the device's size" "$(qmp_info "$3" size)" \
+        "$(vmem_attr "$2" plugged_size)"
     ktap_eq "$1: sysfs online_size is the MemTotal delta (kB)" $(($(memtotal_kb) - $4)) \
         $(($(vmem_attr "$2" online_size) / 1024))
 }

@@ -22,7 +22,8 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 # scripts/test.sh runs it with 2M blocks (sub-block mode) and with 1G (big-block mode).
-if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then requires movable vm0:8G:1G; else requires movable vm0:8G; fi
+if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then \
+    requires movable vm0:8G:1G; else requires movable vm0:8G; fi
 
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 ktap_header 18

@@ -50,7 +50,8 @@ done
 online_pass
 ktap_eq "plugging converged to 4G with user space onlining" "$want" "$(qmp_info vm0 size)"
 ktap_diag "most memory added but offline at once: $max_offline bytes (limit $limit)"
-ktap_check "added-but-offline memory stayed within the limit" test "$max_offline" -le $((limit + block))
+ktap_check "added-but-offline memory stayed within the limit" \
+    test "$max_offline" -le $((limit + block))
 kb=$(wait_memtotal_kb $((base_kb + want / 1024)) 60)
 ktap_eq "all of it is online: MemTotal grew by 4G (kB)" $((want / 1024)) $((kb - base_kb))
 # The zone of each online block of the device (valid_zones of an online block is its zone).
@@ -58,8 +59,10 @@ normal=0 movable=0
 for ((n = first; n <= last; n++)); do
     z=/sys/devices/system/memory/memory$n/valid_zones
     [ -e "$z" ] || continue
-    case "$(cat "$z")" in Normal) normal=$((normal + 1)) ;; Movable) movable=$((movable + 1)) ;; esac
+    case "$(cat "$z")" in Normal) normal=$((normal + 1)) ;; \
+        Movable) movable=$((movable + 1)) ;; esac
 done
 ktap_diag "device memory blocks: $normal in Normal, $movable in Movable"
-ktap_check "some blocks went to a kernel zone, some to ZONE_MOVABLE" test $normal -gt 0 -a $movable -gt 0
+ktap_check "some blocks went to a kernel zone, some to ZONE_MOVABLE" \
+    test $normal -gt 0 -a $movable -gt 0
 ktap_finish

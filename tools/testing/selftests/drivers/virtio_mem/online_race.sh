@@ -8,10 +8,10 @@
 # UNPLUG of a block and its removal, while user space tries to online each
 # such block (it finds them in the driver's debugfs block dump). A block
 # onlined in that window would hand memory the device no longer backs to the
-# page allocator: the driver's region must refuse it. Throughout, MemTotal never exceeds boot memory plus
-# the device's plugged size, and the host never backs more than the plugged
-# size plus 64M (the region is a file on the host's tmpfs, read-only at
-# $VMR_BACKING). At 0 nothing is left.
+# page allocator: the driver's region must refuse it. Throughout, MemTotal
+# never exceeds boot memory plus the device's plugged size, and the host
+# never backs more than the plugged size plus 64M (the region is a file on
+# the host's tmpfs, read-only at $VMR_BACKING). At 0 nothing is left.
 #
 # Expects vm0: an 8G region with 2M blocks, nothing requested at boot, no
 # auto-onlining.
@@ -34,7 +34,8 @@ dump=/sys/kernel/debug/virtio_mem_rust-$vdev/blocks
 vmctl set-size vm0 3G >/dev/null
 ktap_check "3G requested: 1G added offline, then the driver waits" \
     quiet vmem_status wait "$vdev" --until settled --timeout 120
-ktap_eq "the driver waits for onlining" "added memory waits to be onlined" "$(vmem_attr "$vdev" reason)"
+ktap_eq "the driver waits for onlining" "added memory waits to be onlined" \
+    "$(vmem_attr "$vdev" reason)"
 ktap_eq "1G is added" "$(to_bytes 1G)" "$(virtio_mem_ram_bytes)"
 
 # Onlines, as soon as the driver's block dump (debugfs) shows one, every block

@@ -36,7 +36,8 @@ ktap_eq "both blocks are added offline" "offline offline" "$(block_state $n0) $(
 set_block_state $n1 online_movable
 kb=$(wait_memtotal_kb $((base_kb + 2048)) 30)
 ktap_eq "onlining the partly plugged block adds its 2M (kB)" 2048 $((kb - base_kb))
-ktap_eq "its 126M unplugged stay PageOffline" "$(unplugged_pages $((2 * MIB)))" "$(page_offline_count $b1 $block)"
+ktap_eq "its 126M unplugged stay PageOffline" "$(unplugged_pages $((2 * MIB)))" \
+    "$(page_offline_count $b1 $block)"
 
 ktap_check "user space offlines the partly plugged block" set_block_state $n1 offline
 kb=$(wait_memtotal_kb "$base_kb" 30)
@@ -44,7 +45,8 @@ ktap_eq "MemTotal is back to the boot size (kB)" 0 $((kb - base_kb))
 ktap_check "and onlines it again, to a kernel zone" set_block_state $n1 online_kernel
 kb=$(wait_memtotal_kb $((base_kb + 2048)) 30)
 ktap_eq "its 2M are back (kB)" 2048 $((kb - base_kb))
-ktap_eq "its unplugged pages are still PageOffline" "$(unplugged_pages $((2 * MIB)))" "$(page_offline_count $b1 $block)"
+ktap_eq "its unplugged pages are still PageOffline" "$(unplugged_pages $((2 * MIB)))" \
+    "$(page_offline_count $b1 $block)"
 
 # More sub-blocks into the online block, and a whole block (offline).
 vmctl set-size vm0 200M >/dev/null
@@ -55,7 +57,8 @@ ktap_eq "the online block has 72M in use now (kB)" $((72 * 1024)) $((kb - base_k
 ktap_eq "and 56M PageOffline" "$(unplugged_pages $((72 * MIB)))" "$(page_offline_count $b1 $block)"
 set_block_state $n0 online_movable
 kb=$(wait_memtotal_kb $((base_kb + 200 * 1024)) 30)
-ktap_eq "with the full block online too: MemTotal grew by 200M (kB)" $((200 * 1024)) $((kb - base_kb))
+ktap_eq "with the full block online too: MemTotal grew by 200M (kB)" $((200 * 1024)) \
+    $((kb - base_kb))
 
 # Use the memory, then look at what the host had to back.
 mkdir -p /tmp/vmr-fill && mount -t tmpfs -o size=1G none /tmp/vmr-fill
@@ -65,7 +68,8 @@ sync
 a=$(backing_allocated)
 rm -f /tmp/vmr-fill/f; umount /tmp/vmr-fill
 ktap_diag "allocated on the host: ${a:-unknown} bytes (plugged $size, margin $margin)"
-ktap_check "the host backs at most the plugged size plus $((margin >> 20))M" test -n "$a" -a "${a:-0}" -le $((size + margin))
+ktap_check "the host backs at most the plugged size plus $((margin >> 20))M" \
+    test -n "$a" -a "${a:-0}" -le $((size + margin))
 
 # Unbind with the full block offline and the partly plugged one online (in a
 # kernel zone, where offlining may fail): the offline block is removed and
@@ -79,7 +83,8 @@ ktap_diag "after unbind: added $added, plugged $plugged"
 ktap_check "at most the online block stays added" test "$added" -le "$block"
 ktap_check "everything still plugged is added" test "$plugged" -le "$added"
 if [ "$added" -gt 0 ]; then
-    ktap_check "the driver says what stays added" eval "dmesg | grep -q 'virtio_mem_rust $vdev: 0x8000000 bytes stay added'"
+    ktap_check "the driver says what stays added" \
+        eval "dmesg | grep -q 'virtio_mem_rust $vdev: 0x8000000 bytes stay added'"
 else
     ktap_check "the region is released" eval "! grep -q ' : $vdev\$' /proc/iomem"
 fi

@@ -37,7 +37,8 @@ for step in "${steps[@]}"; do
         if [ "$step" = 16G ]; then
             # Woken by poll() alone: no timer in the poller.
             rm -f /tmp/vmr-armed
-            "$(dirname "$0")/poll_activity.py" "$vdev" idle 300 /tmp/vmr-armed >/tmp/vmr-poll.out 2>&1 &
+            "$(dirname "$0")/poll_activity.py" "$vdev" idle 300 /tmp/vmr-armed \
+                >/tmp/vmr-poll.out 2>&1 &
             poller=$!
             while [ ! -f /tmp/vmr-armed ]; do sleep 0.05; done
         fi
@@ -48,9 +49,12 @@ for step in "${steps[@]}"; do
     ktap_eq "$request: device plugged size" "$expect" "$size"
     kb=$(wait_memtotal_kb $((base_kb + expect / 1024)) 120)
     ktap_eq "$request: MemTotal grew by the plugged size (kB)" $((expect / 1024)) $((kb - base_kb))
-    ktap_eq "$request: System RAM (virtio_mem) in /proc/iomem (whole blocks)" "$blocks_bytes" "$(virtio_mem_ram_bytes)"
-    ktap_eq "$request: requested size unchanged" "$(to_bytes "$request")" "$(qmp_info vm0 requested-size)"
-    ktap_check "$request: vmem-status wait says reached" quiet vmem_status wait "$vdev" --size "$request" --timeout 60
+    ktap_eq "$request: System RAM (virtio_mem) in /proc/iomem (whole blocks)" "$blocks_bytes" \
+        "$(virtio_mem_ram_bytes)"
+    ktap_eq "$request: requested size unchanged" "$(to_bytes "$request")" \
+        "$(qmp_info vm0 requested-size)"
+    ktap_check "$request: vmem-status wait says reached" \
+        quiet vmem_status wait "$vdev" --size "$request" --timeout 60
     check_sizes "$request" "$vdev" vm0 "$base_kb"
     ktap_eq "$request: activity is idle" idle "$(vmem_attr "$vdev" activity)"
     if [ -n "$poller" ]; then
@@ -67,6 +71,7 @@ ktap_eq "unbinding gave all memory back" 0 "$(qmp_info vm0 size)"
 ktap_eq "nothing stays added" 0 "$(virtio_mem_ram_bytes)"
 ktap_check "the region is released" eval "! grep -q ' : $vdev\$' /proc/iomem"
 ktap_check "load again" insmod "$VMR_KO_RUST"
-ktap_check "the requested size is plugged again" quiet vmem_status wait "$vdev" --size 16G --timeout 300
+ktap_check "the requested size is plugged again" \
+    quiet vmem_status wait "$vdev" --size 16G --timeout 300
 check_sizes "loaded again" "$vdev" vm0 "$base_kb"
 ktap_finish

@@ -35,7 +35,8 @@ ktap_eq "12G plugged" "$(to_bytes 12G)" "$size"
 
 /usr/bin/python3 "$(dirname "$0")/hold_memory.py" 6144 "$dir/ready" "$dir/stop" >"$dir/out" 2>&1 &
 pid=$!
-for _ in $(seq 600); do [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
+for _ in $(seq 600); do \
+    [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
 ktap_check "the workload holds 6G" test -e "$dir/ready"
 
 vdev=$(virtio_mem_devices)
@@ -48,14 +49,19 @@ vmctl set-size vm0 2G >/dev/null
 # migration can take more than 20 s there while the driver keeps unplugging.
 size=$(settled_size "$(scaled 20)" "$(scaled 600)")
 ktap_diag "plugged size settled at $size after $((SECONDS - t0)) s; MemAvailable $(awk '/MemAvailable/ {print $2}' /proc/meminfo) kB"
-ktap_check "unplugging stopped short of 2G, above the workload" test "$size" -gt "$(to_bytes 2G)" -a "$size" -lt "$(to_bytes 12G)"
-ktap_check "the driver says why" eval "dmesg | grep -q 'virtio_mem_rust .*: unplugging stopped short of the requested size: free memory below the safety margin'"
+ktap_check "unplugging stopped short of 2G, above the workload" \
+    test "$size" -gt "$(to_bytes 2G)" -a "$size" -lt "$(to_bytes 12G)"
+ktap_check "the driver says why" \
+    eval "dmesg | grep -q 'virtio_mem_rust .*: unplugging stopped short of the requested size: free memory below the safety margin'"
 ktap_check "the workload is alive" kill -0 $pid
 ktap_eq "sysfs activity: stalled" stalled "$(vmem_attr "$vdev" activity)"
-ktap_eq "sysfs reason: the margin" "free memory below the safety margin" "$(vmem_attr "$vdev" reason)"
+ktap_eq "sysfs reason: the margin" "free memory below the safety margin" \
+    "$(vmem_attr "$vdev" reason)"
 ktap_eq "sysfs plugged_size is where it stopped" "$size" "$(vmem_attr "$vdev" plugged_size)"
-ktap_check "vmem-status wait --until settled returns" quiet vmem_status wait "$vdev" --until settled --timeout 60
-ktap_check "a uevent said it stalled, and why" eval "grep -q '^VIRTIO_MEM_REASON=margin' '$dir/uevents' && grep -q '^VIRTIO_MEM_EVENT=stalled' '$dir/uevents'"
+ktap_check "vmem-status wait --until settled returns" \
+    quiet vmem_status wait "$vdev" --until settled --timeout 60
+ktap_check "a uevent said it stalled, and why" \
+    eval "grep -q '^VIRTIO_MEM_REASON=margin' '$dir/uevents' && grep -q '^VIRTIO_MEM_EVENT=stalled' '$dir/uevents'"
 
 touch "$dir/stop"
 wait $pid; rc=$?

@@ -31,25 +31,33 @@ for qid in "${qids[@]}"; do
         [ -n "$addr" ] && [ "$(hex_to_dec "$addr")" = "$memaddr" ] && vdev=$v
     done
     if [ -z "$vdev" ]; then
-        for ((k = 0; k < per_dev; k++)); do ktap_fail "$qid: no bound device reports start address $memaddr"; done
+        for ((k = 0; k < per_dev; k++)); do \
+            ktap_fail "$qid: no bound device reports start address $memaddr"; done
         continue
     fi
     ktap_diag "$qid is $vdev"
     ktap_eq "$qid: bound to virtio_mem_rust" virtio_mem_rust "$(bound_driver "$vdev")"
-    ktap_eq "$qid: start address matches QMP memaddr" "$memaddr" "$(hex_to_dec "$(logged "$vdev" "start address")")"
-    ktap_eq "$qid: region size matches QMP" "$(qmp_info "$qid" region-size)" "$(hex_to_dec "$(logged "$vdev" "region size")")"
-    ktap_eq "$qid: device block size matches QMP" "$(qmp_info "$qid" block-size)" "$(hex_to_dec "$(logged "$vdev" "device block size")")"
-    ktap_eq "$qid: requested size matches QMP" "$(qmp_info "$qid" requested-size)" "$(hex_to_dec "$(logged "$vdev" "requested size")")"
-    ktap_eq "$qid: plugged size matches QMP size" "$(qmp_info "$qid" size)" "$(hex_to_dec "$(logged "$vdev" "plugged size")")"
+    ktap_eq "$qid: start address matches QMP memaddr" "$memaddr" \
+        "$(hex_to_dec "$(logged "$vdev" "start address")")"
+    ktap_eq "$qid: region size matches QMP" "$(qmp_info "$qid" region-size)" \
+        "$(hex_to_dec "$(logged "$vdev" "region size")")"
+    ktap_eq "$qid: device block size matches QMP" "$(qmp_info "$qid" block-size)" \
+        "$(hex_to_dec "$(logged "$vdev" "device block size")")"
+    ktap_eq "$qid: requested size matches QMP" "$(qmp_info "$qid" requested-size)" \
+        "$(hex_to_dec "$(logged "$vdev" "requested size")")"
+    ktap_eq "$qid: plugged size matches QMP size" "$(qmp_info "$qid" size)" \
+        "$(hex_to_dec "$(logged "$vdev" "plugged size")")"
     # The device's node id is an ACPI proximity domain (VIRTIO_MEM_F_ACPI_PXM): a guest without
     # ACPI (arm64 on QEMU's virt machine from its device tree) cannot translate it, and both
     # drivers take the node of the region's address instead (compared with the C driver below).
     if [ -d /sys/firmware/acpi ]; then
         ktap_eq "$qid: node matches QMP node" "$(qmp_info "$qid" node)" "$(logged "$vdev" "nid")"
     else
-        ktap_skip "$qid: node matches QMP node" "no ACPI: the device's node id (a PXM) has no meaning here"
+        ktap_skip "$qid: node matches QMP node" \
+            "no ACPI: the device's node id (a PXM) has no meaning here"
     fi
-    ktap_eq "$qid: unplugged memory reported inaccessible" yes "$(logged "$vdev" "unplugged memory is inaccessible")"
+    ktap_eq "$qid: unplugged memory reported inaccessible" yes \
+        "$(logged "$vdev" "unplugged memory is inaccessible")"
 done
 
 # Unload, check that every device is unbound, load again.
@@ -59,7 +67,8 @@ for v in "${vdevs[@]}"; do [ -n "$(bound_driver "$v")" ] && left=$((left + 1)); 
 ktap_eq "no device bound after unload" 0 "$left"
 ktap_check "load virtio_mem_rust again" insmod "$VMR_KO_RUST"
 bound=0
-for v in "${vdevs[@]}"; do [ "$(bound_driver "$v")" = virtio_mem_rust ] && bound=$((bound + 1)); done
+for v in "${vdevs[@]}"; do \
+    [ "$(bound_driver "$v")" = virtio_mem_rust ] && bound=$((bound + 1)); done
 ktap_eq "every device bound again after reload" "${#vdevs[@]}" "$bound"
 
 # Side by side with the C driver: same devices, same view of them, the same features
@@ -71,9 +80,11 @@ ktap_check "load the C driver virtio_mem" insmod "$VMR_KO_C"
 for v in "${vdevs[@]}"; do
     ktap_eq "$v: bound to the C driver" virtio_mem "$(bound_driver "$v")"
     for label in "start address" "region size" "device block size" "nid" "memory block size"; do
-        ktap_eq "$v: C driver logs the same $label" "$(logged "$v" "$label")" "$(logged_by virtio_mem "$v" "$label")"
+        ktap_eq "$v: C driver logs the same $label" "$(logged "$v" "$label")" \
+            "$(logged_by virtio_mem "$v" "$label")"
     done
-    ktap_eq "$v: C driver negotiates the same features" "${features[$v]}" "$(cat "/sys/bus/virtio/devices/$v/features")"
+    ktap_eq "$v: C driver negotiates the same features" "${features[$v]}" \
+        "$(cat "/sys/bus/virtio/devices/$v/features")"
 done
 
 ktap_finish

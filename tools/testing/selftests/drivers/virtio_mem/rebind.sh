@@ -15,7 +15,8 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 # scripts/test.sh runs it with 2M blocks (sub-block mode) and with 1G (big-block mode).
-if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then requires movable vm0:8G:1G; else requires movable vm0:8G; fi
+if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then \
+    requires movable vm0:8G:1G; else requires movable vm0:8G; fi
 
 dir=$(mktemp -d)
 ktap_header 32
@@ -29,7 +30,8 @@ ktap_check "4G plugged" quiet vmem_status wait "$vdev" --size 4G --timeout 300
 # 3G in use in a 2G guest: at least 1G of it lives in the device's memory.
 /usr/bin/python3 "$(dirname "$0")/hold_memory.py" 3072 "$dir/ready" "$dir/stop" >"$dir/out" 2>&1 &
 pid=$!
-for _ in $(seq 600); do [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
+for _ in $(seq 600); do \
+    [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
 ktap_check "the workload holds 3G" test -e "$dir/ready"
 
 # after_unbind LABEL: what unbinding leaves (4 results).
@@ -40,16 +42,20 @@ after_unbind() {
     ktap_check "$1: free memory was given back" test "$plugged" -lt "$(to_bytes 4G)"
     ktap_check "$1: memory in use stays plugged" test "$plugged" -gt 0
     ktap_check "$1: everything plugged stays added" test "$plugged" -le "$added"
-    ktap_check "$1: the driver says what stays added" eval "dmesg | grep -q 'virtio_mem_rust $vdev: .* bytes stay added to the system'"
+    ktap_check "$1: the driver says what stays added" \
+        eval "dmesg | grep -q 'virtio_mem_rust $vdev: .* bytes stay added to the system'"
 }
 
 # after_bind LABEL: the take-over (5 results). What the driver takes for
 # plugged (from the pages of online blocks, from STATE for offline ones) is
 # what the device has: the resync finds nothing to fix.
 after_bind() {
-    ktap_check "$1: the driver took the memory over" eval "dmesg | tail -n 30 | grep -q 'virtio_mem_rust $vdev: took over'"
-    ktap_eq "$1: the device agrees with the driver" "" "$(dmesg | grep "virtio_mem_rust $vdev: the device's plugged state of .* differs")"
-    ktap_check "$1: it reaches the requested 4G again" quiet vmem_status wait "$vdev" --size 4G --timeout 300
+    ktap_check "$1: the driver took the memory over" \
+        eval "dmesg | tail -n 30 | grep -q 'virtio_mem_rust $vdev: took over'"
+    ktap_eq "$1: the device agrees with the driver" "" \
+        "$(dmesg | grep "virtio_mem_rust $vdev: the device's plugged state of .* differs")"
+    ktap_check "$1: it reaches the requested 4G again" \
+        quiet vmem_status wait "$vdev" --size 4G --timeout 300
     check_sizes "$1" "$vdev" vm0 "$base_kb"
 }
 

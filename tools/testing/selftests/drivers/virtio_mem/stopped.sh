@@ -35,8 +35,10 @@ ktap_eq "the blocks stay added" "$((2 * block))" "$(virtio_mem_ram_bytes)"
 set_block_state $n0 online_movable
 set_block_state $n1 online_movable
 kb=$(wait_memtotal_kb $((base_kb + 130 * 1024)) 30)
-ktap_eq "user space onlines them: MemTotal grows by the 130M plugged (kB)" $((130 * 1024)) $((kb - base_kb))
-ktap_eq "the 126M unplugged stay PageOffline" $((126 * MIB / page)) "$(page_offline_count $b1 $block)"
+ktap_eq "user space onlines them: MemTotal grows by the 130M plugged (kB)" $((130 * 1024)) \
+    $((kb - base_kb))
+ktap_eq "the 126M unplugged stay PageOffline" $((126 * MIB / page)) \
+    "$(page_offline_count $b1 $block)"
 ktap_check "the next binding takes over" insmod "$VMR_KO_RUST"
 vmctl set-size vm0 0 >/dev/null
 ktap_check "and gets to 0" quiet vmem_status wait "$vdev" --size 0 --timeout 300

@@ -75,7 +75,8 @@ for drv in $drivers; do
     ktap_eq "$drv: the workload's data survived suspend-to-idle" "$sum" "$(sha256sum </tmp/work)"
 
     ktap_check "$drv: S3 with 256M plugged (the device keeps it plugged)" sleep_and_wake mem
-    ktap_check "$drv: S3 was entered" eval "new_log | grep -q 'Waking up from system sleep state S3'"
+    ktap_check "$drv: S3 was entered" \
+        eval "new_log | grep -q 'Waking up from system sleep state S3'"
     vmctl set-size vm0 640M >/dev/null
     sizes_agree "after S3, up" 640M "$drv"
     vmctl set-size vm0 128M >/dev/null

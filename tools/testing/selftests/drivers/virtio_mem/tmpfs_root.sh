@@ -36,7 +36,8 @@ in_tmpfs_root() {
     local script=$1 root=/run/vmr-root dir bin lib chroot
     shift
     [ -n "${VMR_IN_TMPFS_ROOT:-}" ] && return 0
-    chroot=$(PATH=$PATH:/usr/sbin:/sbin command -v chroot) || { echo "# tmpfs root: no chroot" >&2; exit 1; }
+    chroot=$(PATH=$PATH:/usr/sbin:/sbin command -v chroot) || \
+        { echo "# tmpfs root: no chroot" >&2; exit 1; }
     dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     mkdir -p $root && mount -t tmpfs -o size=512M vmr-root $root || exit 1
     mkdir -p $root/{bin,lib,lib64,tests,ko,proc,sys,dev,tmp,run,usr}
@@ -44,7 +45,8 @@ in_tmpfs_root() {
     ln -s ../bin $root/sbin
     ln -s ../lib $root/usr/lib
     for bin in "${TMPFS_ROOT_CMDS[@]}" "$VMCTL" "$VMEM_STATUS"; do
-        bin=$(PATH=$PATH:/usr/sbin:/sbin command -v "$bin") || { echo "# tmpfs root: no $bin" >&2; continue; }
+        bin=$(PATH=$PATH:/usr/sbin:/sbin command -v "$bin") || \
+            { echo "# tmpfs root: no $bin" >&2; continue; }
         cp -L "$bin" $root/bin/
         # ldd prints "name => /path (addr)" and "/lib64/ld-linux... (addr)".
         ldd "$bin" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do

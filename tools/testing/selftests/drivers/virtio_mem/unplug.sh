@@ -40,7 +40,8 @@ for step in "${steps[@]}"; do
     size=$(vmctl wait vm0 "$expect" --wait-timeout-s 300 2>&1 | tail -n1)
     ktap_eq "$step: device plugged size" "$expect" "$size"
     # The device's size comes first: the driver removes emptied blocks after the UNPLUG.
-    ktap_check "$step: vmem-status wait says reached" quiet vmem_status wait "$vdev" --size "$step" --timeout 60
+    ktap_check "$step: vmem-status wait says reached" \
+        quiet vmem_status wait "$vdev" --size "$step" --timeout 60
     kb=$(wait_memtotal_kb $((base_kb + expect / 1024)) 120)
     ktap_eq "$step: MemTotal follows (kB)" $((expect / 1024)) $((kb - base_kb))
     ktap_eq "$step: System RAM (virtio_mem) covers it in whole blocks" \

@@ -23,7 +23,8 @@ vmctl set-size vm0 130M >/dev/null
 size=$(vmctl wait vm0 130M --wait-timeout-s 120 2>&1 | tail -n1)
 # The device's size comes first: the driver adds the blocks after the PLUG.
 quiet vmem_status wait "$vdev" --size 130M --timeout 60
-ktap_eq "130M plugged, in two blocks" "$(to_bytes 130M) $((2 * block))" "$size $(virtio_mem_ram_bytes)"
+ktap_eq "130M plugged, in two blocks" "$(to_bytes 130M) $((2 * block))" \
+    "$size $(virtio_mem_ram_bytes)"
 ktap_check "unload with both blocks offline" rmmod virtio_mem_rust
 ktap_eq "no memory of the region is left added" "" "$(grep "System RAM (virtio_mem)" /proc/iomem)"
 ktap_eq "the device has nothing plugged" 0 "$(qmp_info vm0 size)"

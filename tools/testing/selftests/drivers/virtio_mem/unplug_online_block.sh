@@ -28,32 +28,39 @@ vdev=$(virtio_mem_devices)
 ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
 vmctl set-size vm0 256M >/dev/null
 size=$(vmctl wait vm0 256M --wait-timeout-s 120 2>&1 | tail -n1)
-ktap_eq "256M plugged and online" "$(to_bytes 256M) $((base_kb + 256 * 1024))" "$size $(wait_memtotal_kb $((base_kb + 256 * 1024)) 30)"
+ktap_eq "256M plugged and online" "$(to_bytes 256M) $((base_kb + 256 * 1024))" \
+    "$size $(wait_memtotal_kb $((base_kb + 256 * 1024)) 30)"
 vmctl set-size vm0 200M >/dev/null
 size=$(vmctl wait vm0 200M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "200M plugged: 56M of the upper block unplugged" "$(to_bytes 200M)" "$size"
-ktap_eq "MemTotal shrank by 56M (kB)" $((200 * 1024)) $(( $(wait_memtotal_kb $((base_kb + 200 * 1024)) 30) - base_kb ))
+ktap_eq "MemTotal shrank by 56M (kB)" $((200 * 1024)) \
+    $(( $(wait_memtotal_kb $((base_kb + 200 * 1024)) 30) - base_kb ))
 ktap_eq "those 56M are PageOffline" $((56 * MIB / page)) "$(page_offline_count $b1 $block)"
 quiet vmem_status wait "$vdev" --size 200M --timeout 60
 check_sizes "200M" "$vdev" vm0 "$base_kb"
 ktap_check "user space offlines the partly unplugged block" set_block_state $n1 offline
-ktap_eq "MemTotal lost its 72M (kB)" $((128 * 1024)) $(( $(wait_memtotal_kb $((base_kb + 128 * 1024)) 30) - base_kb ))
+ktap_eq "MemTotal lost its 72M (kB)" $((128 * 1024)) \
+    $(( $(wait_memtotal_kb $((base_kb + 128 * 1024)) 30) - base_kb ))
 check_sizes "offlined" "$vdev" vm0 "$base_kb"
 ktap_check "and onlines it again, to a kernel zone" set_block_state $n1 online_kernel
-ktap_eq "its 72M are back (kB)" $((200 * 1024)) $(( $(wait_memtotal_kb $((base_kb + 200 * 1024)) 30) - base_kb ))
-ktap_eq "its unplugged 56M are still PageOffline" $((56 * MIB / page)) "$(page_offline_count $b1 $block)"
+ktap_eq "its 72M are back (kB)" $((200 * 1024)) \
+    $(( $(wait_memtotal_kb $((base_kb + 200 * 1024)) 30) - base_kb ))
+ktap_eq "its unplugged 56M are still PageOffline" $((56 * MIB / page)) \
+    "$(page_offline_count $b1 $block)"
 check_sizes "onlined again" "$vdev" vm0 "$base_kb"
 vmctl set-size vm0 256M >/dev/null
 size=$(vmctl wait vm0 256M --wait-timeout-s 120 2>&1 | tail -n1)
 # The device's size comes first: the driver hands the pages over after the PLUG.
 quiet vmem_status wait "$vdev" --size 256M --timeout 60
-ktap_eq "256M again: the 56M are plugged and in use" "$(to_bytes 256M) 0" "$size $(page_offline_count $b1 $block)"
+ktap_eq "256M again: the 56M are plugged and in use" "$(to_bytes 256M) 0" \
+    "$size $(page_offline_count $b1 $block)"
 check_sizes "256M again" "$vdev" vm0 "$base_kb"
 vmctl set-size vm0 128M >/dev/null
 size=$(vmctl wait vm0 128M --wait-timeout-s 120 2>&1 | tail -n1)
 # The device's size comes first: the driver removes the block after the UNPLUG.
 quiet vmem_status wait "$vdev" --size 128M --timeout 60
-ktap_eq "128M: the lower (movable) block is unplugged and removed" "$(to_bytes 128M) $block" "$size $(virtio_mem_ram_bytes)"
+ktap_eq "128M: the lower (movable) block is unplugged and removed" "$(to_bytes 128M) $block" \
+    "$size $(virtio_mem_ram_bytes)"
 ktap_eq "the upper one stays online" "online" "$(block_state $n1)"
 check_sizes "128M" "$vdev" vm0 "$base_kb"
 ktap_finish
