@@ -24,6 +24,7 @@
 # 4. make rustfmtcheck: rustfmt has nothing to change in the tree.
 source "$(dirname "$0")/common.sh"
 source "$REPO/scripts/toolchain.sh"
+source "$REPO/scripts/ktap.sh"
 # Every step's status is a result, not a reason to stop.
 set +e
 
@@ -33,13 +34,6 @@ work=$VMR_CACHE/test-results/kernel-checks
 rm -rf "$work"; mkdir -p "$work"
 make_k() { make -C "$KSRC" O="$KUNIT_BUILD" ARCH=x86_64 -j"$(nproc)" "$@"; }
 
-passed=0 failed=0 n=0
-result() { # 0|1 DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then passed=$((passed + 1)); echo "ok $n - $2"
-    else failed=$((failed + 1)); echo "not ok $n - $2"; fi
-}
-diag() { sed 's/^/# /'; }
 # The overlay's .rs files, relative to the source tree.
 ours=$(overlay_files | grep '\.rs$')
 # warnings_in_ours LOG...: the warnings of the logs whose location is a file
@@ -120,5 +114,4 @@ rc=0
 make_k rustfmtcheck >"$work/rustfmt.log" 2>&1 || { rc=1; grep '^Diff in' "$work/rustfmt.log" | sort -u | diag; }
 result $rc "make rustfmtcheck: nothing to reformat"
 
-echo "kernel-checks: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+ktap_summary kernel-checks

@@ -23,6 +23,7 @@
 #    Python's ply and git modules: Debian's python3-ply and python3-git for
 #    /usr/bin/python3, which is put first in checkpatch's PATH.
 source "$(dirname "$0")/common.sh"
+source "$REPO/scripts/ktap.sh"
 
 SERIES_DIR=$VMR_CACHE/series
 BASE_REPO=$SERIES_DIR/pristine
@@ -30,18 +31,10 @@ OUT=$SERIES_DIR/out
 work=$SERIES_DIR/check
 IDENT=(-c "user.name=virtio-mem-rust developers" -c "user.email=virtio-mem-rust@invalid")
 
-passed=0 failed=0 n=0
-result() { # 0|1 DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then passed=$((passed + 1)); echo "ok $n - $2"
-    else failed=$((failed + 1)); echo "not ok $n - $2"; fi
-}
 finish() {
-    echo "series: $passed passed, $failed failed"
-    [ "$failed" = 0 ]
+    ktap_summary series
     exit
 }
-diag() { sed 's/^/# /'; }
 # The pristine checkout back at its base commit, as series.sh expects it.
 restore_base() {
     [ -d "$BASE_REPO/.git" ] || return 0

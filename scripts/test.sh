@@ -77,38 +77,33 @@ cargo_tests vmctl
 cargo_tests vmem-status
 phase_done "host cargo tests" "$t"
 
+# host_script NAME SCRIPT LINES: runs scripts/SCRIPT, its output to NAME.log, and counts the
+# "NAME: N passed, N failed" line it ends with (one failure if it printed none); shows its
+# failures and diagnostics, at most LINES (not checkpatch's "0 errors, 0 warnings, 0 checks").
+host_script() {
+    local name=$1 log=$results/$1.log r
+    "$REPO/scripts/$2" >"$log" 2>&1 || true
+    r=$(sed -n "s/^$name: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$log")
+    if [ -z "$r" ]; then tail -n 20 "$log"; r="0 1"; fi
+    grep -E '^(not ok|# )' "$log" | grep -v ': 0 errors, 0 warnings, 0 checks$' | head -n "$3" || true
+    # shellcheck disable=SC2086
+    count "$name" $r
+}
+
 # --- the abstractions' compile_fail examples, built against this kernel -------
 log "compile_fail examples"
-cf_log=$results/compile-fail.log
-"$REPO/scripts/compile-fail.sh" >"$cf_log" 2>&1 || true
-cf=$(sed -n 's/^compile-fail: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$cf_log")
-if [ -z "$cf" ]; then tail -n 20 "$cf_log"; cf="0 1"; fi
-grep -E '^(not ok|# )' "$cf_log" | head -n 20 || true
-# shellcheck disable=SC2086
-count compile-fail $cf
+host_script compile-fail compile-fail.sh 20
 
 # --- the patch series (make series): git am, the overlay's tree, checkpatch ----
 log "patch series checks"
 t=$(date +%s)
-se_log=$results/series.log
-"$REPO/scripts/series-check.sh" >"$se_log" 2>&1 || true
-se=$(sed -n 's/^series: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$se_log")
-if [ -z "$se" ]; then tail -n 20 "$se_log"; se="0 1"; fi
-grep -E '^(not ok|# )' "$se_log" | grep -v ': 0 errors, 0 warnings, 0 checks$' | head -n 30 || true
-# shellcheck disable=SC2086
-count series $se
+host_script series series-check.sh 30
 phase_done "patch series checks" "$t"
 
 # --- the kernel's own entry points: kunit.py, CLIPPY=1, rustdoc, rustfmtcheck ----
 log "kernel checks (kunit.py, clippy, rustdoc, rustfmtcheck)"
 t=$(date +%s)
-kc_log=$results/kernel-checks.log
-"$REPO/scripts/kernel-checks.sh" >"$kc_log" 2>&1 || true
-kc=$(sed -n 's/^kernel-checks: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$kc_log")
-if [ -z "$kc" ]; then tail -n 20 "$kc_log"; kc="0 1"; fi
-grep -E '^(not ok|# )' "$kc_log" | head -n 30 || true
-# shellcheck disable=SC2086
-count kernel-checks $kc
+host_script kernel-checks kernel-checks.sh 30
 phase_done "kernel checks (kunit.py)" "$t"
 
 # --- guest tests ---------------------------------------------------------------
