@@ -84,9 +84,9 @@ timeline_bench() {
         grep -q "^workload,$drv," <<<"$out" || die "timeline of $drv did not finish: $(tail -n 20 <<<"$out")"
         sed -n 's/^sample,//p' <<<"$out" >>"$out_dir/timeline.csv"
         sed -n 's/^phase,//p' <<<"$out" >>"$out_dir/timeline-phases.csv"
-        paste -d, <(sed -n "s/^oom-kills,$drv,//p" <<<"$out") <(sed -n "s/^workload,$drv,//p" <<<"$out") |
-            sed "s/^/$drv,/" >>"$out_dir/timeline-summary.csv"
-        IFS=, read -r _ oom workload < <(grep "^$drv," "$out_dir/timeline-summary.csv")
+        oom=$(sed -n "s/^oom-kills,$drv,//p" <<<"$out")
+        workload=$(sed -n "s/^workload,$drv,//p" <<<"$out")
+        echo "$drv,$oom,$workload" >>"$out_dir/timeline-summary.csv"
         printf 'timeline %-16s %5s samples, %s OOM kills, workload %s\n' "$drv" \
             "$(grep -c "^sample,$drv," <<<"$out")" "$oom" "$workload"
     done
