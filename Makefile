@@ -1,7 +1,10 @@
 # virtio-mem, written in Rust for Linux: entry points.
 #
 #   make run     boot a guest with virtio_mem_rust and a virtio-mem device
-#   make check   install, build and run every test; ends with "N passed, N failed"
+#   make check   install, build and run the tests (the debug and arm64 lanes run what
+#                only they find); ends with "N passed, N failed, N skipped"
+#   make check-all  the same with every guest test on every lane, and kunit.py run on
+#                a kernel of its own
 #   make bench   the C driver and ours in one run: plug and unplug times with the
 #                ratio, and a timeline drawn to bench-results/timeline.svg
 #   make build   fetch, overlay, configure and build the kernel (+ modules)
@@ -9,7 +12,7 @@
 #   make vmctl   build the tools: vmctl (QMP control) and vmem-status (guest)
 #   make series  export the work as a patch series against 7.3 (git format-patch)
 
-.PHONY: run check bench build setup vmctl overlay series clean-build
+.PHONY: run check check-all bench build setup vmctl overlay series clean-build
 
 run: setup build vmctl
 	scripts/demo.sh
@@ -19,6 +22,9 @@ bench:
 
 check:
 	scripts/test.sh
+
+check-all:
+	VMR_DEPTH=all scripts/test.sh
 
 build: setup
 	scripts/build.sh

@@ -28,6 +28,9 @@
 #                    neither virtio_mem nor virtio_mem_rust is autoloaded, so
 #                    the test or the person picks one with insmod)
 #   --verbose        show the guest's kernel console
+#   --console-log F  write the guest's kernel console (messages of warning level
+#                    and above, from the first line of boot to power-off) to the
+#                    host file F, for scripts/test.sh's scan for splats
 #   --lane LANE      boot the kernel of lane LANE: normal (default, or
 #                    $VMR_LANE), debug (lockdep, DEBUG_VM, KFENCE, ...;
 #                    build it with scripts/build.sh --lane debug) or arm64
@@ -38,6 +41,7 @@
 source "$(dirname "$0")/common.sh"
 
 mem=2G maxmem= cpus=2 nodes=1 append=() vmems=() qmp= timeout= verbose=() autoload=0 physbits= shares=()
+console_log=
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -52,6 +56,7 @@ while [ $# -gt 0 ]; do
         --qmp) qmp=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
         --verbose|-v) verbose=(--verbose); shift ;;
+        --console-log) console_log=$2; shift 2 ;;
         --autoload) autoload=1; shift ;;
         --lane) use_lane "$2"; shift 2 ;;
         --) shift; break ;;
@@ -149,6 +154,25 @@ opts+=(-chardev "socket,id=qmpsrv,path=$qmp,server=on,wait=off"
        -device virtio-serial-pci,id=vmr-serial
        -device "virtserialport,bus=vmr-serial.0,chardev=qmpcli,name=org.qemu.qmp0")
 
+# The kernel console to a host file: a virtio console (hvc0) on our serial bus, the same on
+# every architecture. In script mode virtme-ng sends its own console to /dev/null and sets
+# loglevel=0; ours is a second console with loglevel=6 (our --append comes after virtme-ng's
+# arguments, and the last one counts), so it gets every message at KERN_NOTICE or above:
+# WARN, BUG, lockdep, KFENCE, oopses, panics, the OOM killer and their stack traces (printed
+# at the default level), and none of the info chatter that would slow the guest. It starts
+# when virtio_console binds its port (what the kernel printed before that, about the first
+# second of boot, is dropped by hvc, not replayed) and ends when the port goes at power-off;
+# the guest's own dmesg check (lib.sh) covers the boot, and its log buffer is 8M so that it
+# never wraps. The command run in the guest first writes "vmr: guest command starts" there,
+# which shows that the console was captured.
+if [ -n "$console_log" ]; then
+    : >"$console_log"
+    opts+=(-chardev "file,id=vmrcon,path=$console_log"
+           -device "virtconsole,bus=vmr-serial.0,chardev=vmrcon")
+    append+=("console=hvc0" "loglevel=6" "printk.time=1")
+fi
+append+=("log_buf_len=8M")
+
 numa=()
 if [ "$nodes" -gt 1 ]; then
     [ $((cpus % nodes)) = 0 ] || die "--cpus must be a multiple of --nodes"
@@ -182,7 +206,11 @@ cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" "${arch_opts[@]}" --disab
 [ "$LANE_ARCH" = x86_64 ] && append+=("tsc=reliable")
 for a in "${append[@]}"; do cmd+=(--append "$a"); done
 if [ $# -gt 0 ]; then
-    cmd+=(--exec "$*")
+    if [ -n "$console_log" ]; then
+        cmd+=(--exec "echo '<5>vmr: guest command starts' >/dev/kmsg; $*")
+    else
+        cmd+=(--exec "$*")
+    fi
 fi
 
 echo "QMP socket: $qmp" >&2

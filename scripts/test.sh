@@ -2,20 +2,43 @@
 # The test suite: everything it needs is installed and built first. Runs
 # the tools' own tests (vmctl, vmem-status; cargo fmt --check and clippy
 # -D warnings count as one result each), the patch series' checks
-# (series-check.sh), the kernel's own entry points on a kernel of their own
-# (kernel-checks.sh: kunit.py, CLIPPY=1, make rustdoc, make rustfmtcheck),
-# then boots guests with real QEMU virtio-mem-pci devices and runs the
-# kselftests in tools/testing/selftests/drivers/virtio_mem/ there. Every KTAP result is
-# counted; the last line is "N passed, N failed".
+# (series-check.sh), then boots guests with real QEMU virtio-mem-pci devices
+# and runs the kselftests in tools/testing/selftests/drivers/virtio_mem/
+# there, then the kernel's own entry points (kernel-checks.sh: kunit.py over
+# the normal lane's boot, CLIPPY=1, make rustdoc, make rustfmtcheck). Every
+# KTAP result is counted; a "# SKIP" result as skipped, not passed. The last
+# line is "N passed, N failed, N skipped".
 #
-# The guest tests run three times: on the normal kernel, on the debug lane's
+# Two depths, one suite (VMR_DEPTH):
+#   check  (make check, .ci/run): the normal lane runs every guest test; the
+#          debug and arm64 lanes run what only they find (DEBUG_TESTS and
+#          ARM64_TESTS below, with the reasons); kernel-checks.sh parses the
+#          normal lane's KUnit output. Its budget: 40 minutes warm, 60 cold.
+#   all    (make check-all): every guest test on every lane (arm64: all but
+#          the three that need what only x86_64 has), and kunit.py run on a
+#          kernel of its own as well (KUnit's defaults: no SMP, no NUMA, no
+#          modules, a configuration no lane builds).
+#
+# The guest tests run on three kernels: the normal one, the debug lane's
 # (lockdep, DEBUG_VM, KFENCE, DEBUG_PAGEALLOC, Rust debug assertions and
-# overflow checks), and on the arm64 lane's (the same tree cross-built for
-# arm64, booted under qemu-system-aarch64 -M virt, a subset of the tests:
-# ARM64_TESTS below). Each lane's results go to test-results/LANE/ (the
-# normal lane's to test-results/) and its totals get a line of their own.
-# Every phase's time is printed when it ends and again at the end.
+# overflow checks) and the arm64 lane's (the same tree cross-built for arm64,
+# booted under qemu-system-aarch64 -M virt). Each lane's results go to
+# test-results/LANE/ (the normal lane's to test-results/) and its totals get a
+# line of their own. Besides each script's own check of the kernel log (lib.sh),
+# every guest's whole kernel console is scanned on the host (console_check).
+# Every phase's time is printed when it ends and again at the end, with the
+# whole run's time against the budget.
 source "$(dirname "$0")/common.sh"
+
+DEPTH=${VMR_DEPTH:-check}
+case $DEPTH in check|all) ;; *) die "VMR_DEPTH must be check or all, not '$DEPTH'" ;; esac
+run_start=$(date +%s)
+# A run is warm when every lane's kernel was built before (its build directory and the
+# ccache are there), cold otherwise; the budget differs.
+warmth=warm
+for l in normal debug arm64; do
+    (use_lane "$l"; [ -f "$KBUILD/init/main.o" ]) || warmth=cold
+done
 
 times=()
 phase_done() { # NAME START (date +%s)
@@ -38,14 +61,16 @@ t=$(date +%s)
   "$REPO/scripts/build-tools.sh" --lane arm64; } || arm64_built=0
 phase_done "build (arm64 kernel, root)" "$t"
 
-passed=0 failed=0 lane_passed=0 lane_failed=0
+passed=0 failed=0 skipped=0 lane_passed=0 lane_failed=0 lane_skipped=0
 results=$VMR_CACHE/test-results
 rm -rf "$results"; mkdir -p "$results/debug" "$results/arm64"
 
-count() { # NAME PASSED FAILED
-    passed=$((passed + $2)); failed=$((failed + $3))
+count() { # NAME PASSED FAILED [SKIPPED]
+    local s=${4:-0}
+    passed=$((passed + $2)); failed=$((failed + $3)); skipped=$((skipped + s))
     lane_passed=$((lane_passed + $2)); lane_failed=$((lane_failed + $3))
-    printf '== %s: %d passed, %d failed\n' "$1" "$2" "$3"
+    lane_skipped=$((lane_skipped + s))
+    printf '== %s: %d passed, %d failed, %d skipped\n' "$1" "$2" "$3" "$s"
 }
 
 # --- the tools: vmctl (QMP, host or guest) and vmem-status (guest) ----------
@@ -57,92 +82,152 @@ tool_check() {
     echo "$name: cargo $* failed:"; head -n 60 "$log"; return 1
 }
 cargo_tests() { # NAME: builds tools/NAME, runs its tests, checks it with rustfmt and clippy
-    local name=$1 log=$results/$1.log p f
+    local name=$1 log=$results/$1.log p f i
     log "$name: cargo test, fmt, clippy"
     if (cd "$REPO/tools/$name" && cargo build --release --quiet && cargo test --release --quiet) \
             >"$log" 2>&1; then :; fi
-    p=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\1/p' "$log" | paste -sd+ | bc)
-    f=$(sed -n 's/^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed.*/\2/p' "$log" | paste -sd+ | bc)
-    if [ -z "$p" ]; then tail -n 30 "$log"; p=0 f=1; fi
+    # "test result: ok. N passed; N failed; N ignored; ...": an ignored test is a skipped one.
+    local re='^test result: .* \([0-9]\+\) passed; \([0-9]\+\) failed; \([0-9]\+\) ignored.*'
+    p=$(sed -n "s/$re/\\1/p" "$log" | paste -sd+ | bc)
+    f=$(sed -n "s/$re/\\2/p" "$log" | paste -sd+ | bc)
+    i=$(sed -n "s/$re/\\3/p" "$log" | paste -sd+ | bc)
+    if [ -z "$p" ]; then tail -n 30 "$log"; p=0 f=1 i=0; fi
     [ "$f" = 0 ] || grep -E '^(test .* FAILED|failures:|---- )' "$log" | head -n 20
     # Formatting and lints: one result each.
     if tool_check "$name" "$results/$name-fmt.log" fmt --check; then
         p=$((p + 1)); else f=$((f + 1)); fi
     if tool_check "$name" "$results/$name-clippy.log" clippy --release --all-targets --quiet -- -D warnings; then
         p=$((p + 1)); else f=$((f + 1)); fi
-    count "$name" "$p" "$f"
+    count "$name" "$p" "$f" "$i"
 }
 t=$(date +%s)
 cargo_tests vmctl
 cargo_tests vmem-status
 phase_done "host cargo tests" "$t"
 
-# host_script NAME SCRIPT LINES: runs scripts/SCRIPT, its output to NAME.log, and counts the
-# "NAME: N passed, N failed" line it ends with (one failure if it printed none); shows its
-# failures and diagnostics, at most LINES (not checkpatch's "0 errors, 0 warnings, 0 checks").
+# host_script NAME LINES SCRIPT [ARGS...]: runs scripts/SCRIPT, its output to NAME.log, and
+# counts the "NAME: N passed, N failed" line it ends with (one failure if it printed none);
+# shows its failures and diagnostics, at most LINES (not checkpatch's "0 errors, 0 warnings,
+# 0 checks").
 host_script() {
-    local name=$1 log=$results/$1.log r
-    "$REPO/scripts/$2" >"$log" 2>&1 || true
+    local name=$1 lines=$2 script=$3 log=$results/$1.log r; shift 3
+    "$REPO/scripts/$script" "$@" >"$log" 2>&1 || true
     r=$(sed -n "s/^$name: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$log")
     if [ -z "$r" ]; then tail -n 20 "$log"; r="0 1"; fi
-    grep -E '^(not ok|# )' "$log" | grep -v ': 0 errors, 0 warnings, 0 checks$' | head -n "$3" || true
+    grep -E '^(not ok|# )' "$log" | grep -v ': 0 errors, 0 warnings, 0 checks$' | head -n "$lines" || true
     # shellcheck disable=SC2086
     count "$name" $r
 }
 
 # --- the abstractions' compile_fail examples, built against this kernel -------
 log "compile_fail examples"
-host_script compile-fail compile-fail.sh 20
+host_script compile-fail 20 compile-fail.sh
 
 # --- the patch series (make series): git am, the overlay's tree, checkpatch ----
 log "patch series checks"
 t=$(date +%s)
-host_script series series-check.sh 30
+host_script series 30 series-check.sh
 phase_done "patch series checks" "$t"
-
-# --- the kernel's own entry points: kunit.py, CLIPPY=1, rustdoc, rustfmtcheck ----
-log "kernel checks (kunit.py, clippy, rustdoc, rustfmtcheck)"
-t=$(date +%s)
-host_script kernel-checks kernel-checks.sh 30
-phase_done "kernel checks (kunit.py)" "$t"
 
 # --- guest tests ---------------------------------------------------------------
 tests=$REPO/tools/testing/selftests/drivers/virtio_mem
 
-# The tests the arm64 lane runs: everything that does not need what only the
-# x86_64 guest has, but for tests that take a path another one here takes too.
-# Left out: numa (nodes from ACPI SRAT; arm64's virt machine describes nodes
-# in its device tree, where the device's node id means nothing), bad-config
-# (x86's phys-bits) and suspend (ACPI S3; the tests' sleeps and wake-ups go
-# through the 8250's ttyS1); repeats: backing, host-limit, unplug-offline,
-# lost-answer-bbm, bbm-unmovable, request-moves, big-staged.
-ARM64_TESTS=" probe no-device in-use plug offline bbm partial unplug-all unplug unplug-online-block pressure rebind rebind-bbm lost-answer online-race flap stopped kdump-rust kdump-c big-memmap "
+# What each lane runs. The normal lane runs every guest test at both depths. make check's
+# debug and arm64 lanes run what they find that the normal lane cannot (make check-all runs
+# every test there too):
+#
+# The debug lane (lockdep, DEBUG_VM, KFENCE, DEBUG_PAGEALLOC, Rust debug assertions and
+# overflow checks) finds lock order and page-state bugs: the tests whose paths take the
+# hotplug locks against user space or against the kernel's own onlining and offlining, touch
+# pages of online memory, or change the machine's life. no-device: the KUnit suites with
+# Rust's debug assertions and overflow checks; probe: bind, unbind and bind again of both
+# modes (the region, its notifiers and the online-page callback registered and released under
+# the hotplug locks) and the C driver after ours; unplug-online-block: alloc_contig_range,
+# PageOffline and offlining of a partly plugged block, with user space offlining and onlining
+# it; pressure: unplug of online memory while a workload holds it (migration, the margin);
+# rebind: unbind with memory in use, the parked region, take-over; lost-answer and
+# lost-answer-bbm: the resync and the pages kept after an answer that never came; online-race
+# and flap: user space onlining and offlining against the driver; bbm-unmovable:
+# offline_and_remove_memory around a pinned page; stopped: a stopped device unbound, its
+# parked region guarding onlining; suspend: the PM notifier, freeze and restore; kdump-rust:
+# the vmcore callback in a capture kernel. Left to make check-all: the plug paths and sizes
+# (in-use, plug, offline, bbm, numa, partial, unplug-all, unplug, unplug-offline, host-limit,
+# request-moves, big-*), backing checks (backing), the config refusal (bad-config), the C
+# driver's kdump (kdump-c) and big-block rebind (rebind-bbm): the same locks and page paths
+# as the tests above, at more sizes.
+DEBUG_TESTS=" no-device probe unplug-online-block pressure rebind lost-answer lost-answer-bbm online-race flap bbm-unmovable stopped suspend kdump-rust "
+#
+# The arm64 lane finds what differs on another architecture (see README, "The arm64 lane"):
+# a device tree machine whose node comes from the region's address (probe, which compares
+# features and node with the C driver), the usable region 1G ahead (plug, with a partly
+# plugged block), page migration and PageOffline of online memory (unplug-online-block), the
+# vmcore list made at load without CRASH_HOTPLUG (kdump-rust) and the KUnit suites there
+# (no-device). make check-all runs ARM64_ALL: everything but numa (nodes from ACPI SRAT;
+# arm64's virt machine describes nodes in its device tree, where the device's node id means
+# nothing), bad-config (x86's phys-bits) and suspend (ACPI S3; the tests' sleeps and wake-ups
+# go through the 8250's ttyS1), which cannot run there.
+ARM64_TESTS=" probe no-device plug unplug-online-block kdump-rust "
+ARM64_ALL=" probe no-device kselftest in-use plug offline bbm backing partial unplug-all unplug unplug-offline unplug-online-block pressure host-limit rebind rebind-bbm lost-answer lost-answer-bbm online-race flap bbm-unmovable stopped kdump-rust kdump-c request-moves big-memmap big-staged "
 
-# What the debug lane leaves out, to keep the whole run inside CI's 90 minutes with the arm64
-# lane: kdump-c (the C driver's kdump; ours runs), backing (the host's backing checked as
-# unplug.sh checks it, with the same driver paths) and rebind-bbm (the hand-over that
-# rebind.sh runs in sub-block mode; lost-answer-bbm and bbm-unmovable take big-block mode's
-# paths on this kernel). Together about 7 of its 42 minutes.
-DEBUG_SKIP=" kdump-c backing rebind-bbm "
+in_list() { [[ "$1" == *" $2 "* ]]; }
+
+# console_check FILE CRASH: one result. The guest's kernel console (run-guest.sh
+# --console-log: every message at KERN_NOTICE or above, from the first second of boot to
+# power-off) has no splat: lib.sh's KERNEL_SPLAT_RE, with the lockdep report lib.sh accepts
+# handled as in the guest (kernel_log_filter). It sees what a script's own check cannot:
+# what is printed after its last result (module unload, power-off) or in a capture kernel.
+# With CRASH=1 (the kdump guests) the crash the test triggers is expected: what the kernel
+# prints from "sysrq: Trigger a crash" to the capture kernel's start of the guest command
+# is left out. A console without the guest command's start was not captured, and fails.
+console_check() {
+    local file=$1 crash=$2 start='vmr: guest command starts'
+    (
+        source "$tests/lib.sh"
+        log=$(tr -d '\r' <"$file" | awk -v crash="$crash" -v start="$start" '
+            crash == 1 && /sysrq: Trigger a crash/ { skip = 1 }
+            skip && index($0, start) { skip = 0 }
+            !skip' | kernel_log_filter)
+        if ! grep -qF "$start" "$file"; then
+            echo "# console: no \"$start\" in $file: the console was not captured"
+            exit 1
+        fi
+        grep -a 'vmr: accepted lockdep report' <<<"$log" | sed 's/^/# console: /' || true
+        splats=$(grep -aE "$KERNEL_SPLAT_RE" <<<"$log") || exit 0
+        sed 's/^/# console: /' <<<"$splats" | head -n 20
+        echo "# console: from the first of them ($file):"
+        grep -a -m1 -A40 -F -x -e "$(head -n1 <<<"$splats")" <<<"$log" | sed 's/^/# console:   /'
+        exit 1
+    )
+}
 
 # guest NAME NSCRIPTS "run-guest options" "guest command"
 # NSCRIPTS: how many KTAP test scripts the command runs (a script that never
 # printed its header counts as one failure). Runs on the kernel of $LANE
-# (guest_tests below); its guest gets $LANE_TIME_FACTOR times the time.
+# (guest_tests below); its guest gets $LANE_TIME_FACTOR times the time. Counts
+# the top-level KTAP results ("# SKIP" ones as skipped) and one more: the
+# host's scan of the guest's console (console_check). Set for one call:
+#   expect_crash=1          the guest crashes on purpose (kdump)
+#   required="A.sh B.sh"    (the kselftest guest) these scripts must run, not skip
 guest() {
     local name=$1 nscripts=$2 opts=$3 gcmd=$4 out=$results/$1.log
-    [ "$LANE" != arm64 ] || [[ "$ARM64_TESTS" == *" $name "* ]] || return 0
-    [ "$LANE" != debug ] || [[ "$DEBUG_SKIP" != *" $name "* ]] || return 0
+    case $LANE in
+        arm64) in_list "$ARM64_ALL" "$name" || return 0
+               [ "$DEPTH" = all ] || in_list "$ARM64_TESTS" "$name" || return 0 ;;
+        debug) [ "$DEPTH" = all ] || in_list "$DEBUG_TESTS" "$name" || return 0 ;;
+    esac
     [ "$LANE" = normal ] || { out=$results/$LANE/$1.log; name=$LANE/$1; }
     log "guest test: $name"
-    local rc=0
+    local rc=0 t0=$SECONDS
     # shellcheck disable=SC2086
     "$REPO/scripts/run-guest.sh" --lane "$LANE" --timeout $((600 * LANE_TIME_FACTOR)) $opts \
+        --console-log "${out%.log}.console" \
         -- "cd $REPO && export $genv && $gcmd" </dev/null >"$out" 2>&1 || rc=$?
+    guest_times+=("$(printf '%-28s %4ds' "$name" $((SECONDS - t0)))")
     # Top-level KTAP lines only (subtests are indented).
-    local plan ok notok
+    local plan ok notok skip
     plan=$( (grep -aE '^1\.\.[0-9]+$' "$out" || true) | sed 's/^1\.\.//' | paste -sd+ | bc)
     ok=$(grep -acE '^ok [0-9]+' "$out" || true)
+    skip=$(grep -acE '^ok [0-9]+ .*# SKIP' "$out" || true)
     notok=$(grep -acE '^not ok [0-9]+' "$out" || true)
     plan=${plan:-0}
     grep -aE '^(not ok|# )' "$out" | head -n 40 || true
@@ -161,7 +246,17 @@ guest() {
     elif [ "$rc" != 0 ] && [ "$notok" = 0 ]; then
         echo "$name: guest exited with $rc"; tail -n 25 "$out"; notok=1
     fi
-    count "$name" "$ok" "$notok"
+    # A script the guest was booted for must run: a skipped one is a failure here.
+    local r
+    for r in ${required:-}; do
+        if ! grep -aqE "^ok [0-9]+ .*: $r\$" "$out"; then
+            echo "$name: $r did not run here (skipped or failed), but this guest is made for it"
+            notok=$((notok + 1))
+        fi
+    done
+    if console_check "${out%.log}.console" "${expect_crash:-0}"; then ok=$((ok + 1))
+    else notok=$((notok + 1)); fi
+    count "$name" $((ok - skip)) "$notok" "$skip"
 }
 
 # Every guest test, on the kernel of the current lane (lane_tests below). The
@@ -169,14 +264,19 @@ guest() {
 guest_tests() {
 guest probe 1 "--nodes 2 --vmem size=16G,block=2M,node=0,id=vm0 --vmem size=4G,block=1G,node=1,id=vm1" \
     "VMR_DEVICES='vm0 vm1' $tests/probe.sh"
-guest no-device 2 "" "$tests/no_device.sh; $tests/kunit.sh"
+# With kunit.autorun=1 the kernel runs the KUnit suites as kunit.py's own kernels do: the
+# built-in ones at boot, the module's at its load. Its log after no_device.sh (which loads the
+# module) is printed with a "kunit-kmsg| " prefix for kernel-checks.sh, which gives it to
+# kunit.py parse: the suites through the kernel's own entry point, on this lane's kernel.
+guest no-device 2 "--append kunit.autorun=1" \
+    "$tests/no_device.sh; dmesg >/tmp/kmsg; $tests/kunit.sh; rc=\$?; sed 's/^/kunit-kmsg| /' /tmp/kmsg; exit \$rc"
 # The same scripts through the kernel's own entry point (kselftest's install and its
 # run_kselftest.sh, which prints the plan that `make run_tests` does not), in one guest
 # that has what a few of them need (kunit.sh, in_use.sh); the others skip themselves
 # (lib.sh: requires), and the runner's KTAP counts each script as one result. Its output is
 # kept in the guest until the end: the runner and its output filter write to the console at
 # once, and their lines came out cut into each other.
-guest kselftest 1 "--vmem size=4G,block=2M,id=vm0" \
+required="kunit.sh in_use.sh" guest kselftest 1 "--vmem size=4G,block=2M,id=vm0" \
     "make -s --no-print-directory -C $KSRC/tools/testing/selftests TARGETS=drivers/virtio_mem INSTALL_PATH=/tmp/ksft install >/dev/null && /tmp/ksft/run_kselftest.sh >/tmp/ktap 2>&1; rc=\$?; cat /tmp/ktap; exit \$rc"
 guest in-use 1 "--vmem size=4G,id=vm0" "$tests/in_use.sh"
 guest plug 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,requested=1G,id=vm0" \
@@ -248,7 +348,7 @@ guest suspend 1 "--append memhp_default_state=online_movable --vmem size=4G,bloc
     "$tests/suspend.sh"
 for drv in rust c; do
     rm -f "$backing"
-    guest kdump-$drv 2 "--append crashkernel=384M --append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing,prealloc=on" \
+    expect_crash=1 guest kdump-$drv 2 "--append crashkernel=384M --append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing,prealloc=on" \
         "VMR_DRIVER=$drv VMR_BACKING=/mnt/${backing##*/} $tests/kdump.sh"
 done
 rm -f "$backing"
@@ -261,30 +361,52 @@ guest big-staged 1 "--mem 1G --append memhp_default_state=online_movable --vmem 
 }
 
 declare -A lane_totals
+guest_times=()
 lane_tests() { # LANE
     use_lane "$1"
     genv=$(guest_env)
-    lane_passed=0 lane_failed=0
+    lane_passed=0 lane_failed=0 lane_skipped=0
     local t; t=$(date +%s)
     guest_tests
     phase_done "guest tests ($1 lane)" "$t"
-    lane_totals[$1]="$lane_passed passed, $lane_failed failed"
+    lane_totals[$1]="$lane_passed passed, $lane_failed failed, $lane_skipped skipped"
     echo "$1 lane: ${lane_totals[$1]}"
 }
 lane_tests normal
+
+# --- the kernel's own entry points: kunit.py, CLIPPY=1, rustdoc, rustfmtcheck ----
+# After the normal lane: kunit.py parses the KUnit output of its no-device guest. make
+# check-all also has kunit.py build and run a kernel of its own (KUnit's defaults).
+log "kernel checks (kunit.py, clippy, rustdoc, rustfmtcheck)"
+t=$(date +%s)
+kc_args=(--kunit-log "$results/no-device.log")
+[ "$DEPTH" = check ] || kc_args+=(--kunit-run)
+host_script kernel-checks 30 kernel-checks.sh "${kc_args[@]}"
+phase_done "kernel checks (kunit.py)" "$t"
+
 for lane in debug arm64; do
     built=${lane}_built
     if [ "${!built}" = 1 ]; then
         lane_tests $lane
     else
-        lane_passed=0 lane_failed=0
+        lane_passed=0 lane_failed=0 lane_skipped=0
         count "$lane lane: kernel build" 0 1
-        lane_totals[$lane]="$lane_passed passed, $lane_failed failed"
+        lane_totals[$lane]="$lane_passed passed, $lane_failed failed, $lane_skipped skipped"
     fi
 done
 
 echo "test logs: $results (debug lane: $results/debug, arm64 lane: $results/arm64)"
+printf 'guest: %s\n' "${guest_times[@]}"
 printf 'time: %s\n' "${times[@]}"
+# The whole run against its budget (make check only: check-all has none).
+total=$(( $(date +%s) - run_start ))
+line=$(printf 'whole run (%s, %s) %dm%02ds' "$DEPTH" "$warmth" $((total / 60)) $((total % 60)))
+if [ "$DEPTH" = check ]; then
+    budget=40; [ "$warmth" = warm ] || budget=60
+    if [ "$total" -le $((budget * 60)) ]; then line+=" of a ${budget}m budget: within it"
+    else line+=" of a ${budget}m budget: OVER by $(( (total - budget * 60 + 59) / 60 ))m"; fi
+fi
+echo "time: $line"
 for lane in normal debug arm64; do echo "$lane lane: ${lane_totals[$lane]}"; done
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
