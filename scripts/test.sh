@@ -49,6 +49,7 @@ phase_done() { # NAME START (date +%s)
 
 t=$(date +%s); "$REPO/scripts/setup-host.sh"; phase_done setup "$t"
 t=$(date +%s); "$REPO/scripts/build.sh"; phase_done "build (normal kernel)" "$t"
+normal_built=1
 # A debug kernel that does not build fails the debug lane only: the normal
 # lane still runs and reports.
 debug_built=1
@@ -286,8 +287,8 @@ guest bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M
 guest numa 1 "--nodes 2 --append memhp_default_state=online_movable --vmem size=4G,block=2M,requested=1G,node=0,id=vm0 --vmem size=4G,block=1G,requested=2G,node=1,id=vm1" \
     "$tests/numa.sh"
 # The region of this one is backed by a file on the host's tmpfs.
-backing=/dev/shm/vmr-backing-$$
-limit=$VMR_CACHE/run/limit-$$
+backing=/dev/shm/vmr-backing-$$-$LANE
+limit=$VMR_CACHE/run/limit-$$-$LANE
 # Runs on exit, under set -e: every step must succeed whatever is left.
 cleanup() {
     rm -f "$backing"
@@ -362,37 +363,57 @@ guest big-staged 1 "--mem 1G --append memhp_default_state=online_movable --vmem 
 
 declare -A lane_totals
 guest_times=()
+# The guest tests of one lane, in a subshell of their own: its output, phase times, guest
+# times and totals ("P F S") go to files in $results (lane-LANE.*), which the run adds up.
 lane_tests() { # LANE
-    use_lane "$1"
-    genv=$(guest_env)
-    lane_passed=0 lane_failed=0 lane_skipped=0
-    local t; t=$(date +%s)
-    guest_tests
-    phase_done "guest tests ($1 lane)" "$t"
-    lane_totals[$1]="$lane_passed passed, $lane_failed failed, $lane_skipped skipped"
-    echo "$1 lane: ${lane_totals[$1]}"
+    (
+        use_lane "$1"
+        lane_passed=0 lane_failed=0 lane_skipped=0 times=() guest_times=()
+        built=${1}_built
+        if [ "${!built}" = 1 ]; then
+            genv=$(guest_env)
+            local t; t=$(date +%s)
+            guest_tests
+            phase_done "guest tests ($1 lane)" "$t"
+        else
+            count "$1 lane: kernel build" 0 1
+        fi
+        echo "$1 lane: $lane_passed passed, $lane_failed failed, $lane_skipped skipped"
+        printf '%s\n' "${times[@]}" >"$results/lane-$1.times"
+        printf '%s\n' "${guest_times[@]}" >"$results/lane-$1.guests"
+        echo "$lane_passed $lane_failed $lane_skipped" >"$results/lane-$1.totals"
+    )
 }
+# kernel_checks: kunit.py parses the KUnit output of the normal lane's no-device guest (so
+# it runs after that lane); make check-all also has kunit.py build and run a kernel of its own.
+kernel_checks() {
+    log "kernel checks (kunit.py, clippy, rustdoc, rustfmtcheck)"
+    local t; t=$(date +%s)
+    local args=(--kunit-log "$results/no-device.log")
+    [ "$DEPTH" = check ] || args+=(--kunit-run)
+    host_script kernel-checks 30 kernel-checks.sh "${args[@]}"
+    phase_done "kernel checks (kunit.py)" "$t"
+}
+
+# Two streams at once: the normal lane, the kernel checks and the arm64 lane in one, the debug
+# lane in the other. A guest under TCG keeps about one of the machine's two cores busy (the
+# driver's worker, onlining and most of the tests are one thread), so two guests at a time take
+# about the time of one. The debug stream's output is kept in a file and shown when it ends.
+debug_out=$results/lane-debug.out
+lane_tests debug >"$debug_out" 2>&1 &
+debug_pid=$!
 lane_tests normal
-
-# --- the kernel's own entry points: kunit.py, CLIPPY=1, rustdoc, rustfmtcheck ----
-# After the normal lane: kunit.py parses the KUnit output of its no-device guest. make
-# check-all also has kunit.py build and run a kernel of its own (KUnit's defaults).
-log "kernel checks (kunit.py, clippy, rustdoc, rustfmtcheck)"
-t=$(date +%s)
-kc_args=(--kunit-log "$results/no-device.log")
-[ "$DEPTH" = check ] || kc_args+=(--kunit-run)
-host_script kernel-checks 30 kernel-checks.sh "${kc_args[@]}"
-phase_done "kernel checks (kunit.py)" "$t"
-
-for lane in debug arm64; do
-    built=${lane}_built
-    if [ "${!built}" = 1 ]; then
-        lane_tests $lane
-    else
-        lane_passed=0 lane_failed=0 lane_skipped=0
-        count "$lane lane: kernel build" 0 1
-        lane_totals[$lane]="$lane_passed passed, $lane_failed failed, $lane_skipped skipped"
-    fi
+kernel_checks
+lane_tests arm64
+wait "$debug_pid" || true
+log "the debug lane's output:"
+cat "$debug_out"
+for lane in normal debug arm64; do
+    read -r p f sk <"$results/lane-$lane.totals" || { p=0 f=1 sk=0; }
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + sk))
+    lane_totals[$lane]="$p passed, $f failed, $sk skipped"
+    mapfile -t -O "${#times[@]}" times <"$results/lane-$lane.times"
+    mapfile -t -O "${#guest_times[@]}" guest_times <"$results/lane-$lane.guests"
 done
 
 echo "test logs: $results (debug lane: $results/debug, arm64 lane: $results/arm64)"
