@@ -19,7 +19,7 @@ arch=${1:?usage: rootfs.sh ARCH}
 suite=bookworm
 include=busybox-static,python3-minimal,kmod,procps,udev,bc,kexec-tools
 root=$VMR_CACHE/rootfs-$arch
-want="$suite $arch $include v3"
+want="$suite $arch $include v4"
 if [ "$(cat "$root/.vmr-rootfs" 2>/dev/null)" = "$want" ]; then
     echo "$root"
     exit 0
@@ -56,6 +56,10 @@ done
 cp "$root.tmp/usr/share/base-passwd/passwd.master" "$root.tmp/etc/passwd"
 cp "$root.tmp/usr/share/base-passwd/group.master" "$root.tmp/etc/group"
 echo "vmr-$arch" >"$root.tmp/etc/hostname"
+# virtme-ng's init ends a guest with `poweroff -f`, which minbase does not have (systemd is
+# not in it); without it init exited and the kernel panicked at the end of every guest
+# ("Attempted to kill init!", found by test.sh's console scan). busybox's powers off.
+[ -e "$root.tmp/usr/sbin/poweroff" ] || ln -s /bin/busybox "$root.tmp/usr/sbin/poweroff"
 # The first stage links /proc to the host's; the guest mounts its own there.
 rm -f "$root.tmp/proc"; mkdir -p "$root.tmp/proc"
 # debootstrap keeps its downloaded packages and its own scripts in the root.

@@ -169,7 +169,12 @@ if [ -n "$console_log" ]; then
     : >"$console_log"
     opts+=(-chardev "file,id=vmrcon,path=$console_log"
            -device "virtconsole,bus=vmr-serial.0,chardev=vmrcon")
-    append+=("console=hvc0" "loglevel=6" "printk.time=1")
+    # The UART virtme-ng names stays the preferred console (/dev/console, named last): hvc0
+    # appears only when virtio_console has set up its port, from a work item, which can be
+    # after the kernel opens /dev/console for init; an arm64 guest whose init found no
+    # console there exited at once (the kernel panicked 1.3 s into boot).
+    uart=ttyS0; [ "$LANE_ARCH" = arm64 ] && uart=ttyAMA0
+    append+=("console=hvc0" "console=$uart" "loglevel=6" "printk.time=1")
 fi
 append+=("log_buf_len=8M")
 
