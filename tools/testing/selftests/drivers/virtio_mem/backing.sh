@@ -14,7 +14,7 @@ margin=$((64 << 20))
 
 ktap_header 5
 ktap_check "the backing file is visible" test -f "$VMR_BACKING"
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vmctl set-size vm0 4G+130M >/dev/null
 size=$(vmctl wait vm0 4G+130M --wait-timeout-s 300 2>&1 | tail -n1)
 ktap_eq "plugged 4G+130M of the 16G region (a block with one 2M sub-block)" \

@@ -13,7 +13,7 @@ requires vm0:1G
 ktap_header 6
 vdev=$(virtio_mem_devices)
 ktap_check "a virtio-mem device is present" test -n "$vdev"
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust, binding nothing" load_unbound "$VMR_KO_RUST"
 msg=$(dmesg | grep "virtio_mem_rust $vdev: refusing device" || true)
 ktap_diag "$msg"
 ktap_check "probe refused the device with a message" test -n "$msg"
@@ -21,6 +21,6 @@ ktap_check "the message names the fields and the pluggable range" \
     grep -q "addr/region_size: region \[0x500000000000-.*outside the pluggable physical range" \
     <<<"$msg"
 ktap_eq "the device is not bound" "" "$(bound_driver "$vdev")"
-ktap_check "unload and load again" \
-    eval 'rmmod virtio_mem_rust && insmod "$VMR_KO_RUST" && rmmod virtio_mem_rust'
+ktap_check "unload and load again, binding nothing" \
+    eval 'rmmod virtio_mem_rust && load_unbound "$VMR_KO_RUST" && rmmod virtio_mem_rust'
 ktap_finish

@@ -35,7 +35,7 @@ bb_added() {
 
 ktap_header 16
 base_kb=$(memtotal_kb)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 3G >/dev/null
 ktap_check "3G plugged" quiet vmem_status wait "$vdev" --size 3G --timeout 300
@@ -63,7 +63,7 @@ ktap_check "with the page let go, 0 is reached" \
 # unplug_online=0: an online top big block, an offline one below it.
 rmmod virtio_mem_rust
 echo offline >/sys/devices/system/memory/auto_online_blocks
-ktap_check "load virtio_mem_rust unplug_online=0" insmod "$VMR_KO_RUST" unplug_online=0
+ktap_check "load virtio_mem_rust unplug_online=0" load_bound "$VMR_KO_RUST" unplug_online=0
 vmctl set-size vm0 2G >/dev/null
 ktap_check "2G plugged, offline" quiet vmem_status wait "$vdev" --size 2G --timeout 300
 for ((n = (addr + GIB) / block; n < (addr + 2 * GIB) / block; n++)); do

@@ -24,7 +24,7 @@ stop=/tmp/flap.stop flaps=/tmp/flap.count
 
 ktap_header 8
 base_kb=$(memtotal_kb)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 200M >/dev/null
 ktap_check "200M: one block and a partly plugged one" \

@@ -30,7 +30,7 @@ vdev=$(virtio_mem_devices)
 ktap_check "the filler file is there" test -f "$filler"
 free=$(( VMR_HOST_LIMIT - $(stat -c %s "$filler") ))
 ktap_diag "the host can back $free bytes of the $(to_bytes $request) requested"
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 
 udevadm monitor --kernel --property --subsystem-match=virtio >/tmp/vmr-uevents 2>&1 &
 monitor=$!

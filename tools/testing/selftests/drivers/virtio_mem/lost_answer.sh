@@ -32,7 +32,7 @@ vdev=$(virtio_mem_devices)
 knob=/sys/kernel/debug/virtio_mem_rust-$vdev/lose_answers
 timeout_reason="device did not answer in time"
 
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vmctl set-size vm0 1G >/dev/null
 ktap_check "1G plugged" quiet vmem_status wait "$vdev" --size 1G --timeout 300
 ktap_eq "lose_answers is 0" 0 "$(cat "$knob")"

@@ -8,7 +8,7 @@ requires nodevice
 
 ktap_header 4
 ktap_eq "no virtio-mem device present" "" "$(virtio_mem_devices)"
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust, binding nothing" load_unbound "$VMR_KO_RUST"
 ktap_check "driver registered on the virtio bus" test -d /sys/bus/virtio/drivers/virtio_mem_rust
 ktap_check "unload virtio_mem_rust" rmmod virtio_mem_rust
 ktap_finish

@@ -13,7 +13,7 @@ node_kb() { sed -n "s/^Node $1 MemTotal: *\([0-9]*\) kB/\1/p" \
 
 ktap_header 6
 n0=$(node_kb 0) n1=$(node_kb 1)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 for qid in vm0 vm1; do
     want=$(qmp_info "$qid" requested-size)
     ktap_eq "$qid: plugged the requested size" "$want" \

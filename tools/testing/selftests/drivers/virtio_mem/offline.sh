@@ -38,7 +38,7 @@ online_pass() {
 
 ktap_header 5
 base_kb=$(memtotal_kb)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vmctl set-size vm0 4G >/dev/null
 want=$(to_bytes 4G)
 deadline=$((SECONDS + 300))

@@ -27,7 +27,7 @@ stop=/tmp/online_race.stop refused=/tmp/online_race.refused samples=/tmp/online_
 ktap_header 12
 base_kb=$(memtotal_kb)
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 echo 300 >"/sys/kernel/debug/virtio_mem_rust-$vdev/remove_delay_ms"
 dump=/sys/kernel/debug/virtio_mem_rust-$vdev/blocks

@@ -7,7 +7,8 @@
 # block hands exactly those pages to the kernel, and the host never backs more
 # than the plugged size plus a small margin (the region is a file on the
 # host's tmpfs, visible read-only at $VMR_BACKING).
-# Unbind then removes the offline block and keeps the online one.
+# Unbind then removes the offline block, gives back the free memory of the
+# online one and leaves what the kernel holds there added, plugged and parked.
 #
 # Expects vm0: a 4G region with 2M blocks, nothing requested at boot.
 set -u
@@ -20,13 +21,21 @@ addr=$(qmp_info vm0 memaddr)
 n0=$((addr / block)) n1=$((addr / block + 1))
 page=$(getconf PAGESIZE)
 
+# Pages in [$1, $1 + $2) that are slab or page tables (KPF_SLAB, KPF_PGTABLE
+# in /proc/kpageflags): in use by the kernel, which cannot move them.
+kernel_pages() {
+    dd if=/proc/kpageflags bs=8 skip=$(($1 / page)) count=$(($2 / page)) status=none |
+        od -An -v -tu8 -w8 | awk '{ if (int($1 / 2^7) % 2 || int($1 / 2^26) % 2) n++ }
+            END { print n + 0 }'
+}
+
 # Expected PageOffline pages of block n1 when $1 bytes of it are plugged.
 unplugged_pages() { echo $(((block - $1) / page)); }
 b1=$((addr + block))
 
-ktap_header 19
+ktap_header 21
 base_kb=$(memtotal_kb)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 130M >/dev/null
 size=$(vmctl wait vm0 130M --wait-timeout-s 120 2>&1 | tail -n1)
@@ -71,21 +80,29 @@ ktap_diag "allocated on the host: ${a:-unknown} bytes (plugged $size, margin $ma
 ktap_check "the host backs at most the plugged size plus $((margin >> 20))M" \
     test -n "$a" -a "${a:-0}" -le $((size + margin))
 
-# Unbind with the full block offline and the partly plugged one online (in a
-# kernel zone, where offlining may fail): the offline block is removed and
-# unplugged; the online one is given back if its pages can be moved, and
-# otherwise stays added (and plugged), parked for the next binding, which the
-# driver says. Either way nothing plugged is left unused.
+# Unbind with the full block offline and the partly plugged one online in a
+# kernel zone. That block is in the guest's only ZONE_NORMAL, where the kernel
+# allocates first: it soon holds slab pages and page tables, which cannot move
+# (offlining it, with caches dropped, kept failing for 30 s, even with only 2M
+# of it online). So the outcome is the README's unbind rule for memory in use:
+# the offline block is removed and unplugged; of the online one the free
+# sub-blocks are taken and unplugged, and the rest stays added and plugged,
+# parked, which the driver says with the sizes. (README's partial.sh line has
+# all blocks offline at unbind, which this guest cannot reach with a block in
+# a kernel zone.) The test first checks that the block does hold such pages.
 set_block_state $n0 offline
+kpages=$(kernel_pages $b1 $block)
+ktap_check "the online block holds pages that cannot move (slab, page tables: $kpages)" \
+    test "$kpages" -gt 0
 ktap_check "unload" rmmod virtio_mem_rust
 added=$(virtio_mem_ram_bytes) plugged=$(qmp_info vm0 size)
 ktap_diag "after unbind: added $added, plugged $plugged"
-ktap_check "at most the online block stays added" test "$added" -le "$block"
-ktap_check "everything still plugged is added" test "$plugged" -le "$added"
-if [ "$added" -gt 0 ]; then
-    ktap_check "the driver says what stays added" \
-        eval "dmesg | grep -q 'virtio_mem_rust $vdev: 0x8000000 bytes stay added'"
-else
-    ktap_check "the region is released" eval "! grep -q ' : $vdev\$' /proc/iomem"
-fi
+ktap_eq "the offline block is removed, the online one stays added" "$block" "$added"
+ktap_eq "the driver says what stays added and plugged" "$(printf '%#x %#x' "$block" "$plugged")" \
+    "$(dmesg | sed -n "s/.*virtio_mem_rust $vdev: \(0x[0-9a-f]*\) bytes stay added to the \
+system (\(0x[0-9a-f]*\) plugged).*/\1 \2/p" | tail -n1)"
+ktap_check "what stays plugged is some of the online block's 72M" \
+    test "$plugged" -gt 0 -a "$plugged" -le $((72 * MIB))
+ktap_eq "the rest of that block is PageOffline: the kernel keeps exactly what is plugged" \
+    $(((block - plugged) / page)) "$(page_offline_count $b1 $block)"
 ktap_finish

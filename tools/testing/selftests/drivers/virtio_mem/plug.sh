@@ -23,7 +23,7 @@ block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 ktap_header $(( 1 + ${#steps[@]} * 8 + 1 + 8 ))
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 
 first=1
 for step in "${steps[@]}"; do
@@ -70,7 +70,7 @@ ktap_check "unload with memory plugged" rmmod virtio_mem_rust
 ktap_eq "unbinding gave all memory back" 0 "$(qmp_info vm0 size)"
 ktap_eq "nothing stays added" 0 "$(virtio_mem_ram_bytes)"
 ktap_check "the region is released" eval "! grep -q ' : $vdev\$' /proc/iomem"
-ktap_check "load again" insmod "$VMR_KO_RUST"
+ktap_check "load again" load_bound "$VMR_KO_RUST"
 ktap_check "the requested size is plugged again" \
     quiet vmem_status wait "$vdev" --size 16G --timeout 300
 check_sizes "loaded again" "$vdev" vm0 "$base_kb"

@@ -17,7 +17,7 @@ c_per_dev=7
 ktap_header $(( 3 + ${#qids[@]} * per_dev + 5 + 1 + ${#qids[@]} * c_per_dev ))
 
 ktap_check "QMP reachable from the guest" quiet vmctl list
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 
 mapfile -t vdevs < <(virtio_mem_devices)
 ktap_eq "one virtio device per virtio-mem-pci device" "${#qids[@]}" "${#vdevs[@]}"
@@ -65,7 +65,7 @@ ktap_check "unload virtio_mem_rust" rmmod virtio_mem_rust
 left=0
 for v in "${vdevs[@]}"; do [ -n "$(bound_driver "$v")" ] && left=$((left + 1)); done
 ktap_eq "no device bound after unload" 0 "$left"
-ktap_check "load virtio_mem_rust again" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust again" load_bound "$VMR_KO_RUST"
 bound=0
 for v in "${vdevs[@]}"; do \
     [ "$(bound_driver "$v")" = virtio_mem_rust ] && bound=$((bound + 1)); done
@@ -76,7 +76,7 @@ ktap_eq "every device bound again after reload" "${#vdevs[@]}" "$bound"
 declare -A features
 for v in "${vdevs[@]}"; do features[$v]=$(cat "/sys/bus/virtio/devices/$v/features"); done
 ktap_check "unload virtio_mem_rust before loading the C driver" rmmod virtio_mem_rust
-ktap_check "load the C driver virtio_mem" insmod "$VMR_KO_C"
+ktap_check "load the C driver virtio_mem" load_bound "$VMR_KO_C"
 for v in "${vdevs[@]}"; do
     ktap_eq "$v: bound to the C driver" virtio_mem "$(bound_driver "$v")"
     for label in "start address" "region size" "device block size" "nid" "memory block size"; do

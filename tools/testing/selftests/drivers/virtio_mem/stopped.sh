@@ -21,7 +21,7 @@ n0=$((addr / block)) n1=$((addr / block + 1)) b1=$((addr + block))
 ktap_header 11
 base_kb=$(memtotal_kb)
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 130M >/dev/null
 ktap_check "130M plugged" quiet vmem_status wait "$vdev" --size 130M --timeout 120
@@ -39,7 +39,7 @@ ktap_eq "user space onlines them: MemTotal grows by the 130M plugged (kB)" $((13
     $((kb - base_kb))
 ktap_eq "the 126M unplugged stay PageOffline" $((126 * MIB / page)) \
     "$(page_offline_count $b1 $block)"
-ktap_check "the next binding takes over" insmod "$VMR_KO_RUST"
+ktap_check "the next binding takes over" load_bound "$VMR_KO_RUST"
 vmctl set-size vm0 0 >/dev/null
 ktap_check "and gets to 0" quiet vmem_status wait "$vdev" --size 0 --timeout 300
 ktap_eq "MemTotal is back (kB)" "$base_kb" "$(memtotal_kb)"

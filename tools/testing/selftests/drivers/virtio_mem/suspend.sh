@@ -59,7 +59,7 @@ for drv in $drivers; do
         c) ko=$VMR_KO_C mod=virtio_mem ;;
     esac
     since=$(dmesg | wc -l)
-    ktap_check "$drv: load $mod" insmod "$ko"
+    ktap_check "$drv: load $mod" load_bound "$ko"
     vdev=$(virtio_mem_devices)
     vmctl set-size vm0 512M >/dev/null
     sizes_agree "before sleeping" 512M "$drv"

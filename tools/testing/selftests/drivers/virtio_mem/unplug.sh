@@ -24,7 +24,7 @@ steps=(16G 4G 4G+130M 0)
 ktap_header $(( 1 + ${#steps[@]} * 8 + 1 + 1 ))
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 for step in "${steps[@]}"; do
     expect=$(to_bytes "$step")
     poller=

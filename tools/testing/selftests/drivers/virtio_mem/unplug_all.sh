@@ -17,7 +17,7 @@ requires vm0:4G
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 
 ktap_header 11
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 130M >/dev/null
 size=$(vmctl wait vm0 130M --wait-timeout-s 120 2>&1 | tail -n1)
@@ -30,12 +30,12 @@ ktap_eq "no memory of the region is left added" "" "$(grep "System RAM (virtio_m
 ktap_eq "the device has nothing plugged" 0 "$(qmp_info vm0 size)"
 
 vmctl set-size vm0 100M >/dev/null
-insmod "$VMR_KO_C"
+load_bound "$VMR_KO_C"
 vmctl wait vm0 100M --wait-timeout-s 120 >/dev/null 2>&1
 rmmod virtio_mem
 ktap_eq "the C driver left 100M plugged and nothing added" "$(to_bytes 100M) " \
     "$(qmp_info vm0 size) $(grep "System RAM (virtio_mem)" /proc/iomem)"
-ktap_check "load virtio_mem_rust again" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust again" load_bound "$VMR_KO_RUST"
 ktap_check "it sees the memory plugged from before" \
     eval "dmesg | grep -q 'virtio_mem_rust $vdev: unplugging all memory is required'"
 size=$(vmctl wait vm0 100M --wait-timeout-s 120 2>&1 | tail -n1)

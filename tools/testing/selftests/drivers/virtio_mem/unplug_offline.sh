@@ -14,7 +14,7 @@ block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 n0=$(( $(qmp_info vm0 memaddr) / block ))
 
 ktap_header 6
-ktap_check "load virtio_mem_rust unplug_online=0" insmod "$VMR_KO_RUST" unplug_online=0
+ktap_check "load virtio_mem_rust unplug_online=0" load_bound "$VMR_KO_RUST" unplug_online=0
 vmctl set-size vm0 1G >/dev/null
 size=$(vmctl wait vm0 1G --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "1G plugged" "$(to_bytes 1G)" "$size"

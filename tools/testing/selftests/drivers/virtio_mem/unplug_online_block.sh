@@ -25,7 +25,7 @@ n1=$((addr / block + 1)) b1=$((addr + block))
 ktap_header 23
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
-ktap_check "load virtio_mem_rust" insmod "$VMR_KO_RUST"
+ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vmctl set-size vm0 256M >/dev/null
 size=$(vmctl wait vm0 256M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "256M plugged and online" "$(to_bytes 256M) $((base_kb + 256 * 1024))" \

@@ -8,7 +8,14 @@ dump tool copies it, and reports on a physical range [START, END):
   markers=N       occurrences of MARKER there
   zero_pages=N    4K pages there that read as zeroes
 
-Usage: vmcore_scan.py MARKER START END [VMCORE]
+and, given a second range [HOLE_START, HOLE_END) (memory that must not be
+touched), the same for it:
+
+  hole_bytes=N        bytes of segments inside it: the dump lists them, so a
+                      dump tool reads them
+  hole_zero_pages=N   4K pages there that read as zeroes
+
+Usage: vmcore_scan.py MARKER START END [HOLE_START HOLE_END [VMCORE]]
 """
 import struct
 import sys
@@ -17,12 +24,22 @@ PT_LOAD = 1
 CHUNK = 1 << 20
 
 
+def scan(data, addr, start, end, marker=None):
+    """(bytes, markers, zero pages) of data, read at addr, inside [start, end)."""
+    if not (addr < end and addr + len(data) > start):
+        return 0, 0, 0
+    part = data[max(start - addr, 0):min(end - addr, len(data))]
+    zero = bytes(4096)
+    zeroes = sum(1 for i in range(0, len(part), 4096) if part[i:i + 4096] == zero)
+    return len(part), part.count(marker) if marker else 0, zeroes
+
+
 def main():
     marker = sys.argv[1].encode()
     start, end = int(sys.argv[2], 0), int(sys.argv[3], 0)
-    path = sys.argv[4] if len(sys.argv) > 4 else "/proc/vmcore"
-    total = in_range = markers = zero_pages = 0
-    zero = bytes(4096)
+    hole = (int(sys.argv[4], 0), int(sys.argv[5], 0)) if len(sys.argv) > 5 else None
+    path = sys.argv[6] if len(sys.argv) > 6 else "/proc/vmcore"
+    total = in_range = markers = zero_pages = hole_bytes = hole_zero_pages = 0
     with open(path, "rb", buffering=0) as f:
         ehdr = f.read(64)
         if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:
@@ -41,19 +58,21 @@ def main():
                 if not data:
                     sys.exit("short read at %#x" % (paddr + done))
                 addr = paddr + done
-                if addr < end and addr + len(data) > start:
-                    lo = max(start - addr, 0)
-                    hi = min(end - addr, len(data))
-                    part = data[lo:hi]
-                    in_range += len(part)
-                    markers += part.count(marker)
-                    for i in range(0, len(part), 4096):
-                        if part[i:i + 4096] == zero:
-                            zero_pages += 1
+                n, m, z = scan(data, addr, start, end, marker)
+                in_range += n
+                markers += m
+                zero_pages += z
+                if hole:
+                    n, _, z = scan(data, addr, hole[0], hole[1])
+                    hole_bytes += n
+                    hole_zero_pages += z
                 done += len(data)
                 total += len(data)
-    print("bytes=%d range_bytes=%d markers=%d zero_pages=%d"
-          % (total, in_range, markers, zero_pages))
+    report = "bytes=%d range_bytes=%d markers=%d zero_pages=%d" % (
+        total, in_range, markers, zero_pages)
+    if hole:
+        report += " hole_bytes=%d hole_zero_pages=%d" % (hole_bytes, hole_zero_pages)
+    print(report)
 
 
 if __name__ == "__main__":
