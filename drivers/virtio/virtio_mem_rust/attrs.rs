@@ -2,7 +2,8 @@
 
 //! The device's state for operators: read-only sysfs attributes in
 //! `/sys/bus/virtio/devices/virtioN/virtio_mem/`, and in debugfs a file with every block's state
-//! and a fault-injection knob for tests (`lose_answers`).
+//! and the fault-injection knobs for tests (`lose_answers`, `garble_answers`, `inject`,
+//! `retry_now`).
 //!
 //! Sizes are in bytes, in decimal. `activity` can be polled: the driver wakes pollers
 //! (`POLLPRI`) whenever the activity or the reason changes, and also sends a `KOBJ_CHANGE`
@@ -29,7 +30,10 @@ use kernel::{
         RawFormatter, //
     },
     sync::{
-        atomic::Relaxed,
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
         Arc, //
     },
     sysfs::{
@@ -157,6 +161,32 @@ fn store_garble_answers(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
     w.device.garble_answers.read_from_slice(r)
 }
 
+/// Shows the armed faults of `inject`, one `TARGET FAULT COUNT` line each.
+fn show_inject(w: &Arc<Runtime>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    w.device.faults.write(f)
+}
+
+/// Arms a fault: `TARGET FAULT [COUNT]`, or `clear` (see [`crate::fault`]).
+fn store_inject(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
+    w.device.faults.store(r)
+}
+
+/// Nothing to show: `retry_now` is written to.
+fn show_retry_now(_: &Arc<Runtime>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "write 1 to run a step now")
+}
+
+/// Runs a step now instead of at the end of the back-off (what a config change does), so that
+/// tests of failed requests need not wait for it.
+fn store_retry_now(w: &Arc<Runtime>, r: &mut UserSliceReader) -> Result {
+    let go = Atomic::<u32>::new(0);
+    go.read_from_slice(r)?;
+    if go.load(Relaxed) != 0 {
+        w.kick_if_running();
+    }
+    Ok(())
+}
+
 /// Shows how long the driver waits before removing a memory block it emptied, in ms.
 fn show_remove_delay(w: &Arc<Runtime>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "{}", w.remove_delay_ms.load(Relaxed))
@@ -181,7 +211,9 @@ fn store_hide_persistent_suspend(w: &Arc<Runtime>, r: &mut UserSliceReader) -> R
 /// (write N: the next N answers of the device are dropped as if they had not come in time, so
 /// that tests can exercise the recovery from a timeout after the device acted);
 /// `garble_answers` (write N: the next N answers become a value the protocol does not define,
-/// which stops the device); and `remove_delay_ms` (a wait between unplugging the last
+/// which stops the device); `inject` (write `TARGET FAULT [COUNT]`: arms a fault for a request
+/// kind, see [`crate::fault`]); `retry_now` (write 1: the next step runs now, not at the end of
+/// the back-off); and `remove_delay_ms` (a wait between unplugging the last
 /// sub-block of a memory block and removing it, so that tests can try to online the block in
 /// that window); and `hide_persistent_suspend` (write 1: suspend to RAM is decided as if the
 /// device did not offer to keep plugged memory across suspend).
@@ -189,6 +221,8 @@ pub(crate) struct Debugfs {
     _blocks: Pin<KBox<debugfs::File<BlockDump>>>,
     _lose_answers: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _garble_answers: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
+    _inject: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
+    _retry_now: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _remove_delay: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _hide_persistent_suspend: Pin<KBox<debugfs::File<Arc<Runtime>>>>,
     _dir: debugfs::Dir,
@@ -223,6 +257,19 @@ impl Debugfs {
             ),
             GFP_KERNEL,
         )?;
+        let inject = KBox::pin_init(
+            dir.read_write_callback_file(c"inject", rt.clone(), &show_inject, &store_inject),
+            GFP_KERNEL,
+        )?;
+        let retry_now = KBox::pin_init(
+            dir.read_write_callback_file(
+                c"retry_now",
+                rt.clone(),
+                &show_retry_now,
+                &store_retry_now,
+            ),
+            GFP_KERNEL,
+        )?;
         let remove_delay = KBox::pin_init(
             dir.read_write_callback_file(
                 c"remove_delay_ms",
@@ -245,6 +292,8 @@ impl Debugfs {
             _blocks: blocks,
             _lose_answers: lose_answers,
             _garble_answers: garble_answers,
+            _inject: inject,
+            _retry_now: retry_now,
             _remove_delay: remove_delay,
             _hide_persistent_suspend: hide_persistent_suspend,
             _dir: dir,

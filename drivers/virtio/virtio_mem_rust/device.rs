@@ -13,6 +13,11 @@ use crate::{
         Failed,
         StepError, //
     },
+    fault::{
+        self,
+        Fault,
+        Injector, //
+    },
     mode::Mode,
     plug::Geometry,
     protocol::{
@@ -88,6 +93,8 @@ pub(crate) struct DeviceClient {
     /// Fault injection (debugfs `garble_answers`): this many more answers of the device are
     /// replaced by a value the protocol does not define, which halts the device.
     pub(crate) garble_answers: Atomic<u32>,
+    /// Fault injection (debugfs `inject`): faults armed per request kind.
+    pub(crate) faults: Injector,
 }
 
 impl DeviceClient {
@@ -121,6 +128,7 @@ impl DeviceClient {
             counters: Counters::new(),
             lose_answers: Atomic::new(0),
             garble_answers: Atomic::new(0),
+            faults: Injector::new(),
         }
     }
 
@@ -147,9 +155,39 @@ impl DeviceClient {
         self.vq.read_config(|c: &Raw| &c.plugged_size)
     }
 
+    /// Sends `req` and waits (bounded) for the answer, with the fault `inject` armed for it.
+    fn exchange(&self, req: &Request) -> Result<Option<BlockState>, SendError> {
+        if self.faults.waiting_for_late_answer() {
+            // What the virtqueue answers while the buffer of a request is still out.
+            return Err(SendError::Transport(EBUSY));
+        }
+        let fault = self.faults.take(req);
+        if let Some(f) = fault {
+            dev_info!(self.dev(), "injecting {:?} for {} (debugfs inject)\n", f, req);
+            if !f.reaches_device() {
+                return match f.answer() {
+                    Some(a) => protocol::answer_of(req, &a),
+                    None => Err(SendError::Transport(ETIMEDOUT)),
+                };
+            }
+        }
+        let (mut answer, mut len) = protocol::exchange(&self.vq, req)?;
+        match fault {
+            Some(Fault::Undefined) => answer[0..2].copy_from_slice(&fault::UNDEFINED.to_le_bytes()),
+            Some(Fault::Short) => len = len.min(1),
+            Some(Fault::Lost) => return Err(SendError::Transport(ETIMEDOUT)),
+            Some(Fault::Late) => {
+                self.faults.answer_late();
+                return Err(SendError::Transport(ETIMEDOUT));
+            }
+            _ => {}
+        }
+        protocol::answer_of(req, &answer[..len])
+    }
+
     /// Sends `req`, waiting a bounded time for the answer, and counts it. The failure says why.
     pub(crate) fn send(&self, req: &Request) -> Result<Option<BlockState>, Failed> {
-        let mut res = protocol::send(&self.vq, req);
+        let mut res = self.exchange(req);
         if res.is_ok() && take_one(&self.lose_answers) {
             dev_info!(
                 self.dev(),

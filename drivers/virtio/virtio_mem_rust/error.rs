@@ -23,9 +23,18 @@ pub(crate) struct Failed {
 }
 
 impl Failed {
-    /// Whether the device may have acted on the request although we got no answer.
+    /// Whether the device got no answer in time.
     pub(crate) fn timed_out(&self) -> bool {
         self.reason == Reason::Timeout
+    }
+
+    /// Whether the device may have done what was asked although it did not say so: no answer
+    /// in time, or one the protocol does not define (or too short to hold a type). Only `ACK`,
+    /// `NACK`, `BUSY` and `ERROR` say what the device did; a request that failed before it was
+    /// sent (the virtqueue busy or gone) did not reach the device. So an `UNPLUG` with such an
+    /// answer leaves its pages unusable for good, as if unplugged, until a `STATE` says more.
+    pub(crate) fn may_have_acted(&self) -> bool {
+        matches!(self.reason, Reason::Timeout | Reason::Nonsense(_))
     }
 }
 
@@ -110,5 +119,16 @@ mod tests {
         assert_eq!(StepError::internal().reason(), Some(Reason::Internal));
         assert!(failed(Reason::Timeout).timed_out());
         assert!(!failed(Reason::DeviceError).timed_out());
+        for r in [Reason::Timeout, Reason::Nonsense(7), Reason::Nonsense(u16::MAX)] {
+            assert!(failed(r).may_have_acted());
+        }
+        for r in [
+            Reason::DeviceError,
+            Reason::DeviceBusy,
+            Reason::DeviceRefused,
+            Reason::ExchangeFailed,
+        ] {
+            assert!(!failed(r).may_have_acted());
+        }
     }
 }

@@ -141,13 +141,17 @@ impl Runtime {
         }
     }
 
-    /// At unbind: gives back what is not in use. If nothing stays added, everything is
-    /// unplugged (`UNPLUG_ALL`).
+    /// At unbind: gives back what is not in use. If nothing stays added and something is
+    /// plugged, by our records or by the device's (a request it may have done without saying
+    /// so), everything is unplugged (`UNPLUG_ALL`).
     fn give_back(self: &Arc<Self>, st: &mut RunState) {
         if let Err(e) = self.mode.give_back(self, st) {
             self.gave_back_short(st, e);
         }
-        if st.hotplug.is_none() || st.added() > 0 || self.plugged() == 0 {
+        if st.hotplug.is_none() || st.added() > 0 {
+            return;
+        }
+        if self.plugged() == 0 && self.device.read_plugged().is_ok_and(|size| size == 0) {
             return;
         }
         match self.device.send(&Request::UnplugAll) {

@@ -153,16 +153,26 @@ impl From<SendError> for Error {
     }
 }
 
-/// Sends `req` over `vq` and waits (bounded) for the answer.
-pub(crate) fn send(vq: &virtio::Virtqueue, req: &Request) -> Result<Option<BlockState>, SendError> {
+/// Sends `req` over `vq` and waits (bounded) for the answer: the answer's bytes and how many
+/// the device wrote.
+pub(crate) fn exchange(
+    vq: &virtio::Virtqueue,
+    req: &Request,
+) -> Result<([u8; RESP_SIZE], usize), SendError> {
     let mut answer = [0u8; RESP_SIZE];
     let len = vq
         .transact(&req.encode(), &mut answer, ANSWER_TIMEOUT)
         .map_err(SendError::Transport)?;
-    if len < 2 {
+    Ok((answer, len.min(RESP_SIZE)))
+}
+
+/// What the answer `answer` (the bytes the device wrote) says about `req`. One too short to
+/// hold a type is as undefined as a type the protocol does not define.
+pub(crate) fn answer_of(req: &Request, answer: &[u8]) -> Result<Option<BlockState>, SendError> {
+    if answer.len() < 2 {
         return Err(SendError::Refused(Refusal::Nonsense(u16::MAX)));
     }
-    decode(req, &answer[..len]).map_err(SendError::Refused)
+    decode(req, answer).map_err(SendError::Refused)
 }
 
 #[kunit_tests(virtio_mem_rust_protocol)]

@@ -9,6 +9,8 @@
 //! - [`protocol`]: the requests on the virtqueue and the device's answers.
 //! - [`device`]: the request client: what probe found out, config reads, requests with their
 //!   counters and fault injection, `STATE` queries that resynchronize.
+//! - [`fault`]: the faults tests arm per request kind (debugfs `inject`): definite refusals,
+//!   and answers that are undefined, short, lost or late.
 //! - [`mode`]: sub-block or big-block mode, picked at probe, and the trait both implement.
 //! - [`sbm`]: sub-block mode: block states and bitmaps, plugging and unplugging sub-blocks.
 //! - [`bbm`]: big-block mode: big block states, plugging and unplugging big blocks.
@@ -48,6 +50,7 @@ mod device;
 mod error;
 mod events;
 mod handover;
+mod fault;
 mod hotplug;
 #[cfg(CONFIG_PROC_VMCORE)]
 mod kdump;

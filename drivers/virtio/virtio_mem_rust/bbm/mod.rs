@@ -221,16 +221,18 @@ impl BigBlockMode {
             self.bigs.lock().set(i, 1, BbState::Unused);
             return Ok(());
         };
-        if f.timed_out() {
-            // The device may have unplugged it: it stays removed, and the resync makes the
-            // device agree that it is unplugged.
+        if f.may_have_acted() {
+            // The device may have unplugged it: it stays removed for good, and a resync (after
+            // a timeout, or at the next binding after an answer the protocol does not define)
+            // makes the device agree that it is unplugged.
             if usage != Usage::NotAdded {
                 dev_warn!(
                     rt.device.dev(),
-                    "no answer to the UNPLUG of the big block [{:#x}-{:#x}]: taking it as \
-                     unplugged\n",
+                    "no definite answer to the UNPLUG of the big block [{:#x}-{:#x}] ({}): \
+                     taking it as unplugged\n",
                     addr,
-                    addr + self.unit - 1
+                    addr + self.unit - 1,
+                    f.reason
                 );
             }
             self.bigs.lock().set(i, 1, BbState::Unused);

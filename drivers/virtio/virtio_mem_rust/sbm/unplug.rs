@@ -207,7 +207,7 @@ impl SubBlockMode {
         if !p.added {
             // Plugged sub-blocks of a removed block (its memmap): nothing of it is in use.
             if let Err(f) = rt.device.send(&req) {
-                if f.timed_out() {
+                if f.may_have_acted() {
                     unplugged();
                 }
                 return Err(f.into());
@@ -216,9 +216,11 @@ impl SubBlockMode {
             return Ok(Outcome::Unplugged);
         }
         let region = &mut st.hotplug()?.region;
+        // Only a definite refusal gives the pages back: after any other answer the device may
+        // have unplugged them.
         let res = region.take_pages(p.addr, p.size, || match rt.device.send(&req) {
             Ok(_) => Ok(()),
-            Err(f) if f.timed_out() => Err(Undo::Keep(f)),
+            Err(f) if f.may_have_acted() => Err(Undo::Keep(f)),
             Err(f) => Err(Undo::GiveBack(f)),
         });
         match res {
@@ -227,14 +229,17 @@ impl SubBlockMode {
                 Ok(Outcome::Unplugged)
             }
             Err(PagesError::Step(f)) => {
-                if f.timed_out() {
-                    // The device may have unplugged it: the pages stay offline until the
-                    // resync has made the device agree that it is unplugged.
+                if f.may_have_acted() {
+                    // The device may have unplugged it: the pages stay offline for good, and a
+                    // resync (after a timeout, or at the next binding after an answer the
+                    // protocol does not define) makes the device agree that it is unplugged.
                     dev_warn!(
                         rt.device.dev(),
-                        "no answer to the UNPLUG of [{:#x}-{:#x}]: taking it as unplugged\n",
+                        "no definite answer to the UNPLUG of [{:#x}-{:#x}] ({}): taking it as \
+                         unplugged\n",
                         p.addr,
-                        p.addr + p.size - 1
+                        p.addr + p.size - 1,
+                        f.reason
                     );
                     unplugged();
                 }
@@ -303,7 +308,7 @@ impl SubBlockMode {
             };
             let req = rt.device.request(false, addr, count as u64 * sb_size)?;
             let res = rt.device.send(&req);
-            if res.is_ok() || matches!(&res, Err(f) if f.timed_out()) {
+            if res.is_ok() || matches!(&res, Err(f) if f.may_have_acted()) {
                 self.blocks.lock().set_plugged(mb, sb, count, false);
             }
             res?;

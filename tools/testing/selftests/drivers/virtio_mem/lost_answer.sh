@@ -59,7 +59,7 @@ echo 1 >"$knob"
 vmctl set-size vm0 1G >/dev/null
 ktap_check "1G: the driver stops short" quiet vmem_status wait "$vdev" --until settled --timeout 300
 ktap_check "1G: it takes the memory as unplugged" \
-    eval "dmesg | grep -q 'virtio_mem_rust $vdev: no answer to the UNPLUG of .*: taking it as unplugged'"
+    eval "dmesg | grep -q 'virtio_mem_rust $vdev: no definite answer to the UNPLUG of .*: taking it as unplugged'"
 check_sizes "1G, no answer" "$vdev" vm0 "$base_kb"
 ktap_check "1G: the retry gets there" quiet vmem_status wait "$vdev" --size 1G --timeout 300
 check_sizes "1G" "$vdev" vm0 "$base_kb"
