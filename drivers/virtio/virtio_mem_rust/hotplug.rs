@@ -103,7 +103,7 @@ impl OfflineMemory {
         Self {
             bytes: Atomic::new(0),
             waiting: Atomic::new(false),
-            limit: (2 * unit).max(OFFLINE_LIMIT_MIN),
+            limit: unit.saturating_mul(2).max(OFFLINE_LIMIT_MIN),
         }
     }
 

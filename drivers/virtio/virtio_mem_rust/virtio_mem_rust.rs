@@ -321,6 +321,20 @@ fn probe_device(dev: &virtio::Device<Core<'_>>) -> Result<Probed> {
     if let Some(why) = ignored {
         dev_warn!(dev, "{}\n", why);
     }
+    // A big block the region cannot hold (bbm_block_size up to 1 << 63 is a power of two)
+    // would leave nothing to plug, and the sizes derived from it would overflow.
+    if let Mode::BigBlock { bb_size } = mode {
+        if bb_size > config.region_size {
+            dev_err!(
+                dev,
+                "refusing device: big blocks of {:#x} bytes (bbm_block_size) do not fit in its \
+                 region of {:#x} bytes\n",
+                bb_size,
+                config.region_size
+            );
+            return Err(EINVAL);
+        }
+    }
     dev_info!(dev, "start address: {:#x}\n", config.addr);
     dev_info!(dev, "region size: {:#x}\n", config.region_size);
     dev_info!(

@@ -14,7 +14,7 @@ requires vm0:16G:2M:0
 read -ra qids <<<"${VMR_DEVICES:-vm0}"
 per_dev=8
 c_per_dev=7
-ktap_header $(( 3 + ${#qids[@]} * per_dev + 5 + 1 + ${#qids[@]} * c_per_dev ))
+ktap_header $(( 3 + ${#qids[@]} * per_dev + 5 + 1 + ${#qids[@]} * c_per_dev + 3 ))
 
 ktap_check "QMP reachable from the guest" quiet vmctl list
 ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
@@ -86,5 +86,15 @@ for v in "${vdevs[@]}"; do
     ktap_eq "$v: C driver negotiates the same features" "${features[$v]}" \
         "$(cat "/sys/bus/virtio/devices/$v/features")"
 done
+
+# A big block no region can hold (bbm_block_size=2^63, a power of two) is refused at probe with
+# a message, not taken (2 * 2^63 overflows: a panic with overflow checks, the debug lane's).
+mark=$(dmesg_mark)
+ktap_check "unload the C driver" rmmod virtio_mem
+ktap_check "load with force_bbm=1 bbm_block_size=2^63: every device refused" \
+    load_unbound "$VMR_KO_RUST" force_bbm=1 bbm_block_size=9223372036854775808
+refused=$(dmesg_since "$mark" | grep -c "virtio_mem_rust .*: refusing device: big blocks of 0x8000000000000000 bytes (bbm_block_size) do not fit in its region")
+ktap_eq "each with a message" "${#vdevs[@]}" "$refused"
+rmmod virtio_mem_rust
 
 ktap_finish
