@@ -16,7 +16,13 @@ use crate::bindings;
 #[cfg(CONFIG_PROC_VMCORE)]
 use crate::{
     prelude::*,
-    sync::Arc,
+    sync::{
+        atomic::{
+            Atomic,
+            Full, //
+        },
+        Arc, //
+    },
     types::Opaque, //
 };
 
@@ -38,14 +44,19 @@ pub trait VmcoreHandler: Send + Sync {
 }
 
 /// A registered vmcore callback: `/proc/vmcore` asks the handler about every page it reads
-/// until the callback is dropped, which waits for running calls to finish.
+/// until the callback is unregistered ([`VmcoreCallback::unregister`], or dropped), which waits
+/// for running calls to finish.
 ///
 /// Register it before user space opens `/proc/vmcore`, typically at probe: pages read before
-/// were read without asking (the kernel warns once about a late registration).
+/// were read without asking (the kernel warns once about a late registration). Unregister it
+/// before what the handler asks goes away (a driver: at the start of unbind, before its device
+/// is reset), not from the handler itself, whose call the unregistration would wait for.
 #[cfg(CONFIG_PROC_VMCORE)]
 #[pin_data(PinnedDrop)]
 pub struct VmcoreCallback<H: VmcoreHandler> {
     handler: Arc<H>,
+    /// Whether `cb` is still registered: unregistered once, by `unregister` or the drop.
+    registered: Atomic<bool>,
     #[pin]
     cb: Opaque<bindings::vmcore_cb>,
 }
@@ -64,6 +75,7 @@ impl<H: VmcoreHandler + 'static> VmcoreCallback<H> {
     pub fn new(handler: Arc<H>) -> impl PinInit<Self> {
         pin_init!(Self {
             handler,
+            registered: Atomic::new(true),
             cb <- Opaque::ffi_init(|slot: *mut bindings::vmcore_cb| {
                 // SAFETY: `slot` is valid for writes and pinned; the handler is initialized
                 // already (fields are initialized in order), so a call may come at once.
@@ -77,6 +89,18 @@ impl<H: VmcoreHandler + 'static> VmcoreCallback<H> {
                 }
             }),
         })
+    }
+
+    /// Unregisters the callback now, waiting for running calls to finish: `/proc/vmcore` asks
+    /// the handler nothing more. Dropping it later does nothing more. Calls after the first do
+    /// nothing.
+    pub fn unregister(self: Pin<&Self>) {
+        if self.registered.xchg(false, Full) {
+            // SAFETY: `cb` was registered in `new` and, by the flag just taken, not unregistered
+            // since; unregistering removes it from the list and waits (`synchronize_srcu`) for
+            // the calls that still see it. `cb` stays pinned and untouched until the drop.
+            unsafe { bindings::unregister_vmcore_cb(self.cb.get()) };
+        }
     }
 
     extern "C" fn pfn_is_ram_callback(cb: *mut bindings::vmcore_cb, pfn: c_ulong) -> bool {
@@ -93,8 +117,11 @@ impl<H: VmcoreHandler + 'static> VmcoreCallback<H> {
 #[pinned_drop]
 impl<H: VmcoreHandler> PinnedDrop for VmcoreCallback<H> {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: `cb` was registered in `new`; unregistering removes it from the list and waits
-        // (`synchronize_srcu`) for the calls that still see it.
-        unsafe { bindings::unregister_vmcore_cb(self.cb.get()) };
+        if self.registered.xchg(false, Full) {
+            // SAFETY: `cb` was registered in `new` and not unregistered since (`unregister`
+            // takes the flag first); unregistering removes it from the list and waits
+            // (`synchronize_srcu`) for the calls that still see it.
+            unsafe { bindings::unregister_vmcore_cb(self.cb.get()) };
+        }
     }
 }

@@ -34,6 +34,7 @@ mod region;
 
 pub use region::{
     BlockState,
+    DeviceMemory,
     PagesError,
     SystemRamRegion,
     Undo, //

@@ -2,8 +2,11 @@
 
 //! Read-only sysfs attributes of a device, `poll()` on them, and uevents.
 //!
-//! A [`DeviceAttributes`] puts a named group of read-only attributes into a device's sysfs
-//! directory (as the subdirectory `<device>/<group>/`) and removes it when dropped. Reading an
+//! A [`DeviceAttributes`] puts a named group of read-only attributes into a bound device's sysfs
+//! directory (as the subdirectory `<device>/<group>/`) and removes it when dropped, or when the
+//! driver is unbound, whichever comes first: it exists only inside a [`Devres`], so that it
+//! cannot outlive the device's registration (removing a group from a device that `device_del()`
+//! took out of sysfs dereferences its NULL directory). Reading an
 //! attribute calls [`AttributeSource::show`] on the data the group was created with. A driver
 //! tells pollers that a value changed with [`notify`] (`sysfs_notify()`:
 //! `poll()` on the file reports `POLLPRI | POLLERR`), and user space at large with
@@ -14,7 +17,11 @@
 
 use crate::{
     bindings,
-    device::Device,
+    device::{
+        Bound,
+        Device, //
+    },
+    devres::Devres,
     error::to_result,
     fmt,
     page::PAGE_SIZE,
@@ -51,7 +58,37 @@ struct Inner<T: AttributeSource> {
     _pin: PhantomPinned,
 }
 
-/// A group of read-only attributes in a device's sysfs directory, removed when dropped.
+/// A group of read-only attributes in a device's sysfs directory, removed when dropped: made
+/// only by [`DeviceAttributes::new`], inside a [`Devres`] that drops it at unbind at the latest.
+///
+/// Only a bound device gets attributes:
+///
+/// ```ignore,compile_fail,E0308
+/// # use kernel::{device::Device, str::RawFormatter, sync::Arc};
+/// # use kernel::sysfs::{AttributeSource, DeviceAttributes};
+/// # struct S;
+/// # impl AttributeSource for S {
+/// #     fn show(&self, _: usize, _: &mut RawFormatter) -> kernel::fmt::Result { Ok(()) }
+/// # }
+/// fn attrs(dev: &Device, s: Arc<S>) -> Result {
+///     let _attrs = DeviceAttributes::new(dev, c"group", &[c"value"], s)?;
+///     Ok(())
+/// }
+/// ```
+///
+/// and only inside a [`Devres`], which removes them before the device leaves sysfs:
+///
+/// ```ignore,compile_fail,E0624
+/// # use kernel::{device::{Bound, Device}, str::RawFormatter, sync::Arc};
+/// # use kernel::sysfs::{AttributeSource, DeviceAttributes};
+/// # struct S;
+/// # impl AttributeSource for S {
+/// #     fn show(&self, _: usize, _: &mut RawFormatter) -> kernel::fmt::Result { Ok(()) }
+/// # }
+/// fn attrs(dev: &Device<Bound>, s: Arc<S>) -> Result<DeviceAttributes<S>> {
+///     DeviceAttributes::create(dev, c"group", &[c"value"], s)
+/// }
+/// ```
 ///
 /// # Invariants
 ///
@@ -70,8 +107,20 @@ unsafe impl<T: AttributeSource> Sync for DeviceAttributes<T> {}
 
 impl<T: AttributeSource> DeviceAttributes<T> {
     /// Creates the group `group` with one read-only attribute per name in `names` in `dev`'s
-    /// sysfs directory. Reading attribute `i` calls `data.show(i, ..)`.
+    /// sysfs directory, for as long as the returned [`Devres`] lives and `dev` stays bound to
+    /// the driver. Reading attribute `i` calls `data.show(i, ..)`.
     pub fn new(
+        dev: &Device<Bound>,
+        group: &'static CStr,
+        names: &'static [&'static CStr],
+        data: Arc<T>,
+    ) -> Result<Devres<Self>> {
+        let attrs = Self::create(dev, group, names, data)?;
+        Devres::new(dev, attrs)
+    }
+
+    /// The group, outside a `Devres`: only [`Self::new`] may call it.
+    fn create(
         dev: &Device,
         group: &'static CStr,
         names: &'static [&'static CStr],
@@ -143,8 +192,10 @@ impl<T: AttributeSource> DeviceAttributes<T> {
 
 impl<T: AttributeSource> Drop for DeviceAttributes<T> {
     fn drop(&mut self) {
-        // SAFETY: The group was registered with this device's kobject (invariant). Removal
-        // waits until no `show` runs any more, so `inner` may be freed afterwards.
+        // SAFETY: The group was registered with this device's kobject (invariant), which is
+        // still in sysfs: the `Devres` the group lives in drops it at unbind at the latest, and
+        // `device_del()` unbinds before it removes the device's directory. Removal waits until
+        // no `show` runs any more, so `inner` may be freed afterwards.
         unsafe {
             bindings::sysfs_remove_group(&raw mut (*self.dev.as_raw()).kobj, self.inner.group.get())
         };

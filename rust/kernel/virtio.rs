@@ -567,6 +567,20 @@ impl Device<device::Bound> {
     }
 }
 
+#[cfg(CONFIG_RUST_MEMORY_HOTPLUG_ABSTRACTIONS)]
+impl Device<device::Bound> {
+    /// The memory a virtio-mem device provides: its region, `[addr, addr + region_size)` of its
+    /// configuration. `EINVAL` for a device of another type.
+    pub fn device_memory(&self) -> Result<crate::memory_hotplug::DeviceMemory> {
+        let start = self.read_config(|c: &bindings::virtio_mem_config| &c.addr)?;
+        let size = self.read_config(|c: &bindings::virtio_mem_config| &c.region_size)?;
+        // SAFETY: `read_config` checked that this is a virtio-mem device, which provides its
+        // region as memory: what it reports plugged is RAM it backs (virtio 1.2, 5.15), at
+        // addresses it was given outside the machine's other RAM and devices.
+        Ok(unsafe { crate::memory_hotplug::DeviceMemory::new(start, size) })
+    }
+}
+
 /// Reads a little-endian config field of type `F` at `offset`.
 ///
 /// # Safety

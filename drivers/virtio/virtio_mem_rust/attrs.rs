@@ -23,6 +23,7 @@ use kernel::{
         self,
         Reader, //
     },
+    devres::Devres,
     fmt,
     prelude::*,
     str::{
@@ -66,11 +67,11 @@ const NAMES: &[&CStr] = &[
     c"device_plugged_size",
 ];
 
-/// Creates the attributes of the device driven by `rt`.
+/// Creates the attributes of the device driven by `rt`, for as long as it is bound.
 pub(crate) fn create(
     dev: &virtio::Device<kernel::device::Bound>,
     rt: &Arc<Runtime>,
-) -> Result<DeviceAttributes<Runtime>> {
+) -> Result<Devres<DeviceAttributes<Runtime>>> {
     DeviceAttributes::new(dev.as_ref(), ATTR_GROUP, NAMES, rt.clone())
 }
 

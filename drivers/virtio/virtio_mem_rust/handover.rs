@@ -48,8 +48,18 @@ pub(crate) fn claim(
     let config = &probed.config;
     let name = CString::try_from_fmt(fmt!("{}", dev.as_ref().name()))?;
     let ram_name = c_str!("System RAM (virtio_mem)");
-    let e = match SystemRamRegion::request(config.addr, config.region_size, granule, name, ram_name)
-    {
+    // The region as the device provides it, which must be the one its config was checked with.
+    let range = dev.device_memory()?;
+    if (range.start(), range.size()) != (config.addr, config.region_size) {
+        dev_err!(
+            dev,
+            "refusing device: its region moved to [{:#x}, +{:#x}) since probe read it\n",
+            range.start(),
+            range.size()
+        );
+        return Err(EINVAL);
+    }
+    let e = match SystemRamRegion::request(range, granule, name, ram_name) {
         Ok(region) => {
             let unit_pages = usize::try_from(unit / PAGE_SIZE as u64)?;
             let group = MemoryGroup::register_dynamic(probed.nid, unit_pages)?;

@@ -20,8 +20,13 @@ use crate::{
         DeviceClient,
         Probed, //
     },
-    protocol::BlockState,
+    error::StepError,
+    protocol::{
+        BlockState,
+        ANSWER_TIMEOUT, //
+    },
     publish::ATTR_GROUP,
+    status::Reason,
 };
 use core::fmt::Write;
 use kernel::{
@@ -29,12 +34,17 @@ use kernel::{
         VmcoreCallback,
         VmcoreHandler, //
     },
+    debugfs,
     device::Core,
+    devres::Devres,
     fmt,
     new_mutex,
     page::PAGE_SHIFT,
     prelude::*,
-    str::RawFormatter,
+    str::{
+        CString,
+        RawFormatter, //
+    },
     sync::{
         Arc,
         Mutex, //
@@ -43,6 +53,13 @@ use kernel::{
         AttributeSource,
         DeviceAttributes, //
     },
+    time::{
+        delay::fsleep,
+        Delta,
+        Instant,
+        Monotonic, //
+    },
+    uaccess::UserSliceReader,
     virtio, //
 };
 
@@ -82,15 +99,37 @@ impl Dump {
                 return known == PLUGGED;
             }
         }
-        // On any failure, the page is not read: unplugged memory must not be touched.
-        let plugged = matches!(
-            self.device.query(block, block_size.get()),
-            Ok(BlockState::Plugged)
-        );
-        if let Some(known) = states.get_mut(index) {
-            *known = if plugged { PLUGGED } else { UNPLUGGED };
+        // Without a definite answer the page is not read (unplugged memory must not be
+        // touched, as the C driver: "On any kind of error, we're going to signal !ram"), and
+        // nothing is kept: the next page of the block asks again.
+        let known = match self.ask(block, block_size.get()) {
+            Some(BlockState::Plugged) => PLUGGED,
+            Some(BlockState::Unplugged) => UNPLUGGED,
+            Some(BlockState::Mixed) | None => return false,
+        };
+        if let Some(k) = states.get_mut(index) {
+            *k = known;
         }
-        plugged
+        known == PLUGGED
+    }
+
+    /// The device's answer to a `STATE` of `[block, block + size)`, asked again while there was
+    /// no answer in time or the virtqueue still waits for a late answer to an earlier request,
+    /// for as long as one answer may take; `None` without a definite answer.
+    fn ask(&self, block: u64, size: u64) -> Option<BlockState> {
+        let start = Instant::<Monotonic>::now();
+        loop {
+            match self.device.query(block, size) {
+                Ok(state) => return Some(state),
+                Err(StepError::Device(f))
+                    if matches!(f.reason, Reason::Timeout | Reason::ExchangeFailed)
+                        && start.elapsed().as_millis() < ANSWER_TIMEOUT.as_millis() =>
+                {
+                    fsleep(Delta::from_millis(10));
+                }
+                Err(_) => return None,
+            }
+        }
     }
 }
 
@@ -141,13 +180,47 @@ impl AttributeSource for Dump {
     }
 }
 
+/// Shows the armed faults of `inject` (see [`crate::fault`]).
+fn show_inject(d: &Arc<Dump>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    d.device.faults.write(f)
+}
+
+/// Arms a fault: `TARGET FAULT [COUNT]`, or `clear`.
+fn store_inject(d: &Arc<Dump>, r: &mut UserSliceReader) -> Result {
+    d.device.faults.store(r)
+}
+
+/// The kdump binding's debugfs directory, `virtio_mem_rust-<device>/`: `inject`, the faults
+/// tests arm for the `STATE` requests the dump's reads cause. Files go before the directory.
+struct KdumpDebugfs {
+    _inject: Pin<KBox<debugfs::File<Arc<Dump>>>>,
+    _dir: debugfs::Dir,
+}
+
+impl KdumpDebugfs {
+    fn create(dev: &virtio::Device<Core<'_>>, dump: &Arc<Dump>) -> Result<Self> {
+        let name = CString::try_from_fmt(fmt!("virtio_mem_rust-{}", dev.as_ref().name()))?;
+        let dir = debugfs::Dir::new(&name);
+        let inject = KBox::pin_init(
+            dir.read_write_callback_file(c"inject", dump.clone(), &show_inject, &store_inject),
+            GFP_KERNEL,
+        )?;
+        Ok(Self {
+            _inject: inject,
+            _dir: dir,
+        })
+    }
+}
+
 /// A device bound in kdump mode.
 ///
-/// Drop order (the fields' order): the attributes, then the vmcore callback (unregistering
-/// waits for calls in progress), then the driver's reference to the device's state.
+/// Drop order (the fields' order): the attributes and debugfs files, then the vmcore callback
+/// (unregistering waits for calls in progress; [`KdumpDevice::stop`] did it already at unbind),
+/// then the driver's reference to the device's state.
 pub(crate) struct KdumpDevice {
-    _attrs: Option<DeviceAttributes<Dump>>,
-    _vmcore: Pin<KBox<VmcoreCallback<Dump>>>,
+    _attrs: Option<Devres<DeviceAttributes<Dump>>>,
+    _debugfs: Option<KdumpDebugfs>,
+    vmcore: Pin<KBox<VmcoreCallback<Dump>>>,
     _dump: Arc<Dump>,
 }
 
@@ -186,10 +259,20 @@ impl KdumpDevice {
         let attrs = DeviceAttributes::new(dev.as_ref(), ATTR_GROUP, NAMES, dump.clone())
             .inspect_err(|e| dev_warn!(dev, "no sysfs attributes: {:?}\n", e))
             .ok();
+        let debugfs = KdumpDebugfs::create(dev, &dump)
+            .inspect_err(|e| dev_warn!(dev, "no debugfs files: {:?}\n", e))
+            .ok();
         Ok(Self {
             _attrs: attrs,
-            _vmcore: vmcore,
+            _debugfs: debugfs,
+            vmcore,
             _dump: dump,
         })
+    }
+
+    /// At unbind, before the device is reset and its virtqueue deleted: `/proc/vmcore` stops
+    /// asking (waiting for a question in progress), as the C driver unregisters first.
+    pub(crate) fn stop(&self) {
+        self.vmcore.as_ref().unregister();
     }
 }

@@ -111,11 +111,9 @@ kernel::module_virtio_driver! {
 /// capture kernel, only keeps `/proc/vmcore` away from unplugged memory.
 enum VirtioMem {
     Hotplug(Hotplugged),
-    /// Kept for its drop, which unregisters the vmcore callback.
+    /// Stopped at unbind, which unregisters the vmcore callback.
     #[cfg(CONFIG_PROC_VMCORE)]
-    Kdump {
-        _dump: kdump::KdumpDevice,
-    },
+    Kdump { dump: kdump::KdumpDevice },
 }
 
 impl VirtioMem {
@@ -142,7 +140,7 @@ struct Hotplugged {
     /// Refuses hibernation while the device is bound.
     _pm: Option<Pin<KBox<PmNotifier<Runtime>>>>,
     /// The sysfs attributes (the unbind's progress shows in them until the data is dropped).
-    _attrs: Option<kernel::sysfs::DeviceAttributes<Runtime>>,
+    _attrs: Option<kernel::devres::Devres<kernel::sysfs::DeviceAttributes<Runtime>>>,
     /// The debugfs directory.
     _debugfs: Option<attrs::Debugfs>,
     /// The device runtime, which owns the virtqueue, the region and the memory group.
@@ -232,7 +230,11 @@ impl virtio::Driver for VirtioMemDriver {
 
     fn unbind<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let Some(this) = this.hotplugged() else {
-            // kdump mode: dropping the data unregisters the vmcore callback.
+            // kdump mode: `/proc/vmcore` stops asking before the device is reset.
+            #[cfg(CONFIG_PROC_VMCORE)]
+            if let VirtioMem::Kdump { dump } = this.get_ref() {
+                dump.stop();
+            }
             return;
         };
         // The attributes stay until the data is dropped: they show the unbind's progress.
@@ -287,7 +289,7 @@ impl virtio::Driver for VirtioMemDriver {
 #[cfg(CONFIG_PROC_VMCORE)]
 fn probe_kdump(dev: &virtio::Device<Core<'_>>, probed: Probed) -> Result<VirtioMem> {
     Ok(VirtioMem::Kdump {
-        _dump: kdump::KdumpDevice::new(dev, probed)?,
+        dump: kdump::KdumpDevice::new(dev, probed)?,
     })
 }
 
