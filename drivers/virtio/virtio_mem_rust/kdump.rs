@@ -77,7 +77,7 @@ pub(crate) struct Dump {
     /// The state of each device block of the region, as far as the device was asked; empty if
     /// the region has too many blocks to keep (then every question is a request).
     #[pin]
-    states: Mutex<KVec<u8>>,
+    states: Mutex<KVVec<u8>>,
 }
 
 impl Dump {
@@ -232,13 +232,15 @@ impl KdumpDevice {
         // The geometry's block size is not zero: no division can panic.
         let blocks = device.probed.config.region_size / device.geometry.block_size;
         let blocks = usize::try_from(blocks).unwrap_or(0);
-        let states = KVec::from_elem(UNKNOWN, blocks, GFP_KERNEL).unwrap_or_else(|_| {
+        // One byte per device block of the region, however big (8 MiB for 16 TiB of 2 MiB
+        // blocks): kvmalloc, as kmalloc of more than 4 MiB warns.
+        let states = KVVec::from_elem(UNKNOWN, blocks, GFP_KERNEL).unwrap_or_else(|_| {
             dev_warn!(
                 dev,
                 "no room to keep the state of {} device blocks\n",
                 blocks
             );
-            KVec::new()
+            KVVec::new()
         });
         let dump = Arc::pin_init(
             try_pin_init!(Dump {

@@ -290,7 +290,9 @@ impl Block {
 
 /// The region's record of its blocks and their inaccessible pages; see [`RegionInner`].
 pub(super) struct Record {
-    blocks: KVec<Block>,
+    /// Up to the last added block of a region of any size: kvmalloc, as kmalloc of more than
+    /// 4 MiB warns.
+    blocks: KVVec<Block>,
     /// Number of added blocks.
     nr_added: usize,
     /// Number of inaccessible granules in added blocks.
@@ -306,7 +308,7 @@ pub(super) struct Record {
 impl Record {
     fn new() -> Self {
         Self {
-            blocks: KVec::new(),
+            blocks: KVVec::new(),
             nr_added: 0,
             nr_off: 0,
             blocked: false,

@@ -48,7 +48,9 @@ pub(crate) enum Usage {
 pub(crate) struct BigBlocks {
     first: u64,
     bb_size: NonZeroU64,
-    states: KVec<BbState>,
+    /// One byte per big block of the region, however big: kvmalloc, as kmalloc of more than
+    /// 4 MiB warns.
+    states: KVVec<BbState>,
 }
 
 impl BigBlocks {
@@ -59,7 +61,7 @@ impl BigBlocks {
         Ok(Self {
             first,
             bb_size,
-            states: KVec::from_elem(BbState::Unused, n, GFP_KERNEL)?,
+            states: KVVec::from_elem(BbState::Unused, n, GFP_KERNEL)?,
         })
     }
 

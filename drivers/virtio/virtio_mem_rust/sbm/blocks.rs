@@ -120,7 +120,9 @@ pub(crate) struct SubBlocks {
     mb_size: NonZeroU64,
     sb_size: NonZeroU64,
     sbs_per_mb: NonZeroUsize,
-    blocks: KVec<Block>,
+    /// Grown with the usable region, which may reach a region of any size: kvmalloc, as kmalloc
+    /// of more than 4 MiB warns.
+    blocks: KVVec<Block>,
     /// Number of plugged sub-blocks in all blocks.
     nr_plugged: u64,
     /// Sub-blocks at the start of each added block that hold its memmap.
@@ -145,7 +147,7 @@ impl SubBlocks {
             sb_size,
             sbs_per_mb: NonZeroUsize::new((mb_size.get() / sb_size) as usize)
                 .unwrap_or(NonZeroUsize::MIN),
-            blocks: KVec::new(),
+            blocks: KVVec::new(),
             nr_plugged: 0,
             memmap_sbs,
         }

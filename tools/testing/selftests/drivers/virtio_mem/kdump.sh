@@ -26,15 +26,22 @@
 # driver: that touches the unplugged memory (the host allocates it), which is
 # what the drivers prevent.
 #
-# Expects vm0: a 4G region with 2M blocks backed by VMR_BACKING, with
+# VMR_REGION (default 4G) is the region's size: with 16T (QEMU reserve=off,
+# the guest booted with 46 physical address bits) the driver's tables sized by
+# the region (the capture kernel's one byte per device block: 8 MiB) must come
+# from kvmalloc, with no warning; the dump is scanned in the region's first 4G,
+# where the memory is plugged.
+#
+# Expects vm0: a 4G (VMR_REGION) region with 2M blocks backed by VMR_BACKING, with
 # prealloc=on (QEMU allocates what it plugs, so reading plugged memory never
 # makes the host allocate), boot parameters crashkernel=384M and
 # memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
 # The capture kernel has no crash kernel memory of its own.
-if [ -e /proc/vmcore ]; then requires env:VMR_KERNEL env:VMR_BACKING vm0:4G:2M:400M:400M; \
-    else requires crashkernel movable env:VMR_KERNEL env:VMR_BACKING vm0:4G; fi
+region=${VMR_REGION:-4G}
+if [ -e /proc/vmcore ]; then requires env:VMR_KERNEL env:VMR_BACKING vm0:$region:2M:400M:400M; \
+    else requires crashkernel movable env:VMR_KERNEL env:VMR_BACKING vm0:$region; fi
 
 drv=${VMR_DRIVER:-rust}
 case $drv in
