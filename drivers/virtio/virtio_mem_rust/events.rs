@@ -41,7 +41,14 @@ impl MemoryNotifierHandler for Runtime {
                     this.kick_if_running();
                 }
             }
-            MemoryEvent::Offline => this.offline.offlined(size),
+            MemoryEvent::Offline => {
+                this.offline.offlined(size);
+                // With unplug_online=0, memory user space just offlined may be what an unplug
+                // waits for: try now, not at the end of the back-off (as the C driver).
+                if !crate::module_parameters::unplug_online.value() {
+                    this.kick_if_running();
+                }
+            }
             _ => {}
         }
         // A step waited for a block being onlined or offlined: that is over.
