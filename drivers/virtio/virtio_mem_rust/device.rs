@@ -163,7 +163,12 @@ impl DeviceClient {
         }
         let fault = self.faults.take(req);
         if let Some(f) = fault {
-            dev_info!(self.dev(), "injecting {:?} for {} (debugfs inject)\n", f, req);
+            dev_info!(
+                self.dev(),
+                "injecting {:?} for {} (debugfs inject)\n",
+                f,
+                req
+            );
             if !f.reaches_device() {
                 return match f.answer() {
                     Some(a) => protocol::answer_of(req, &a),

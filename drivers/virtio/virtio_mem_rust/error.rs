@@ -119,7 +119,11 @@ mod tests {
         assert_eq!(StepError::internal().reason(), Some(Reason::Internal));
         assert!(failed(Reason::Timeout).timed_out());
         assert!(!failed(Reason::DeviceError).timed_out());
-        for r in [Reason::Timeout, Reason::Nonsense(7), Reason::Nonsense(u16::MAX)] {
+        for r in [
+            Reason::Timeout,
+            Reason::Nonsense(7),
+            Reason::Nonsense(u16::MAX),
+        ] {
             assert!(failed(r).may_have_acted());
         }
         for r in [

@@ -23,8 +23,7 @@ use crate::protocol::{
     RESP_SIZE, //
 };
 use kernel::{
-    bindings,
-    fmt,
+    bindings, fmt,
     prelude::*,
     sync::atomic::{
         Atomic,
@@ -251,7 +250,13 @@ impl Injector {
     pub(crate) fn write(&self, f: &mut impl fmt::Write) -> fmt::Result {
         for s in &self.slots {
             if let Some((target, fault, count)) = unpack(s.load(Relaxed)) {
-                writeln!(f, "{} {} {}", name(&TARGETS, target), name(&FAULTS, fault), count)?;
+                writeln!(
+                    f,
+                    "{} {} {}",
+                    name(&TARGETS, target),
+                    name(&FAULTS, fault),
+                    count
+                )?;
             }
         }
         if self.waiting_for_late_answer() {
@@ -290,7 +295,14 @@ mod tests {
     #[test]
     fn bad_lines_are_refused() {
         let inj = Injector::new();
-        for bad in ["", "plug", "plug nope", "nope nack", "plug nack 0", "plug nack 1 2"] {
+        for bad in [
+            "",
+            "plug",
+            "plug nope",
+            "nope nack",
+            "plug nack 0",
+            "plug nack 1 2",
+        ] {
             assert_eq!(inj.arm(bad), Err(EINVAL));
         }
         for _ in 0..SLOTS {
