@@ -6,7 +6,7 @@
 # Usage: kernel-checks.sh [--kunit-log LOG] [--kunit-run]   (at least one)
 #
 # 1. KUnit, one result per KUnit suite of the overlay (every `kunit_tests(NAME)`
-#    in rust/ and drivers/): it ran, and passed.
+#    in rust/, drivers/ and patches/): it ran, and passed.
 #    --kunit-log LOG: kunit.py parse over a normal lane guest's kernel log
 #      (scripts/test.sh's no-device guest prints it with a "kunit-kmsg| "
 #      prefix: the built-in suites' KTAP from boot, the module's from its load).
@@ -71,7 +71,7 @@ warnings_in_ours() {
 
 echo "TAP version 13"
 "$REPO/scripts/overlay.sh" >/dev/null
-suites=$(cd "$REPO" && grep -rhoE 'kunit_tests\([a-z0-9_]+\)' rust drivers | sed 's/.*(\(.*\))/\1/' | sort -u)
+suites=$(cd "$REPO" && grep -rhoE 'kunit_tests\([a-z0-9_]+\)' rust drivers patches | sed 's/.*(\(.*\))/\1/' | sort -u)
 nsuites=$(wc -l <<<"$suites")
 echo "1..$(( (kunit_run + (${#kunit_log} > 0)) * nsuites + 3 ))"
 
