@@ -152,11 +152,11 @@ tests=$REPO/tools/testing/selftests/drivers/virtio_mem
 # offline_and_remove_memory around a pinned page; stopped: a stopped device unbound, its
 # parked region guarding onlining; suspend: the PM notifier, freeze and restore; kdump-rust:
 # the vmcore callback in a capture kernel. Left to make check-all: the plug paths and sizes
-# (in-use, plug, offline, bbm, numa, partial, unplug-all, unplug, unplug-offline, host-limit,
+# (plug, offline, bbm, numa, partial, unplug-all, unplug, unplug-offline, host-limit,
 # request-moves, big-*), backing checks (backing), the config refusal (bad-config), the C
 # driver's kdump (kdump-c) and big-block rebind (rebind-bbm): the same locks and page paths
 # as the tests above, at more sizes.
-DEBUG_TESTS=" no-device probe unplug-online-block pressure rebind lost-answer lost-answer-bbm online-race flap bbm-unmovable stopped suspend kdump-rust "
+DEBUG_TESTS=" no-device probe unplug-online-block pressure rebind lost-answer lost-answer-bbm online-race flap bbm-unmovable stopped fault-matrix fault-matrix-bbm suspend kdump-rust "
 #
 # The arm64 lane finds what differs on another architecture (see README, "The arm64 lane"):
 # a device tree machine whose node comes from the region's address (probe, which compares
@@ -168,7 +168,12 @@ DEBUG_TESTS=" no-device probe unplug-online-block pressure rebind lost-answer lo
 # nothing), bad-config (x86's phys-bits) and suspend (ACPI S3; the tests' sleeps and wake-ups
 # go through the 8250's ttyS1), which cannot run there.
 ARM64_TESTS=" probe no-device plug unplug-online-block kdump-rust "
-ARM64_ALL=" probe no-device kselftest in-use plug offline bbm backing partial unplug-all unplug unplug-offline unplug-online-block pressure host-limit rebind rebind-bbm lost-answer lost-answer-bbm online-race flap bbm-unmovable stopped kdump-rust kdump-c request-moves big-memmap big-staged "
+ARM64_ALL=" probe no-device kselftest plug offline bbm backing partial unplug-all unplug unplug-offline unplug-online-block pressure host-limit rebind rebind-bbm lost-answer lost-answer-bbm online-race flap bbm-unmovable stopped fault-matrix fault-matrix-bbm kdump-rust kdump-c request-moves big-memmap big-staged "
+
+# The normal lane runs in two parts, one in each stream (see the end), so that both take about
+# as long: NORMAL_B (the machine's life: sleep and crash dumps) runs beside the debug and arm64
+# lanes, the rest before the kernel checks.
+NORMAL_B=" suspend kdump-c kdump-16t "
 
 in_list() { [[ "$1" == *" $2 "* ]]; }
 
@@ -215,6 +220,10 @@ guest() {
         arm64) in_list "$ARM64_ALL" "$name" || return 0
                [ "$DEPTH" = all ] || in_list "$ARM64_TESTS" "$name" || return 0 ;;
         debug) [ "$DEPTH" = all ] || in_list "$DEBUG_TESTS" "$name" || return 0 ;;
+        normal) case ${PART:-} in
+                    a) ! in_list "$NORMAL_B" "$name" || return 0 ;;
+                    b) in_list "$NORMAL_B" "$name" || return 0 ;;
+                esac ;;
     esac
     [ "$LANE" = normal ] || { out=$results/$LANE/$1.log; name=$LANE/$1; }
     log "guest test: $name"
@@ -273,13 +282,13 @@ guest no-device 2 "--append kunit.autorun=1" \
     "$tests/no_device.sh; dmesg >/tmp/kmsg; $tests/kunit.sh; rc=\$?; sed 's/^/kunit-kmsg| /' /tmp/kmsg; exit \$rc"
 # The same scripts through the kernel's own entry point (kselftest's install and its
 # run_kselftest.sh, which prints the plan that `make run_tests` does not), in one guest
-# that has what a few of them need (kunit.sh, in_use.sh); the others skip themselves
+# that has what a few of them need (kunit.sh, in_use.sh: the one guest in_use.sh runs in,
+# which is why it must not skip here); the others skip themselves
 # (lib.sh: requires), and the runner's KTAP counts each script as one result. Its output is
 # kept in the guest until the end: the runner and its output filter write to the console at
 # once, and their lines came out cut into each other.
 required="kunit.sh in_use.sh" guest kselftest 1 "--vmem size=4G,block=2M,id=vm0" \
     "make -s --no-print-directory -C $KSRC/tools/testing/selftests TARGETS=drivers/virtio_mem INSTALL_PATH=/tmp/ksft install >/dev/null && /tmp/ksft/run_kselftest.sh >/tmp/ktap 2>&1; rc=\$?; cat /tmp/ktap; exit \$rc"
-guest in-use 1 "--vmem size=4G,id=vm0" "$tests/in_use.sh"
 guest plug 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,requested=1G,id=vm0" \
     "$tests/plug.sh"
 guest offline 1 "--vmem size=8G,block=2M,id=vm0" "$tests/offline.sh"
@@ -287,8 +296,8 @@ guest bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M
 guest numa 1 "--nodes 2 --append memhp_default_state=online_movable --vmem size=4G,block=2M,requested=1G,node=0,id=vm0 --vmem size=4G,block=1G,requested=2G,node=1,id=vm1" \
     "$tests/numa.sh"
 # The region of this one is backed by a file on the host's tmpfs.
-backing=/dev/shm/vmr-backing-$$-$LANE
-limit=$VMR_CACHE/run/limit-$$-$LANE
+backing=/dev/shm/vmr-backing-$$-$LANE${PART:-}
+limit=$VMR_CACHE/run/limit-$$-$LANE${PART:-}
 # Runs on exit, under set -e: every step must succeed whatever is left.
 cleanup() {
     rm -f "$backing"
@@ -310,7 +319,11 @@ rm -f "$backing"
 guest unplug-offline 1 "--vmem size=4G,block=2M,id=vm0" "$tests/unplug_offline.sh"
 guest unplug-online-block 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" \
     "$tests/unplug_online_block.sh"
-guest pressure 1 "--append memhp_default_state=online_movable --vmem size=12G,block=2M,id=vm0" "$tests/pressure.sh"
+# The debug lane's pressure guest is half the size (pressure.sh: VMR_PRESSURE_GB): its
+# migration is several times slower, and the paths are the same.
+pgb=12; [ "$LANE" != debug ] || pgb=6
+guest pressure 1 "--append memhp_default_state=online_movable --vmem size=${pgb}G,block=2M,id=vm0" \
+    "VMR_PRESSURE_GB=$pgb $tests/pressure.sh"
 guest bad-config 1 "--phys-bits 52 --maxmem 90T --vmem size=1G,memaddr=$((80 << 40)),id=vm0" \
     "$tests/bad_config.sh"
 
@@ -341,17 +354,40 @@ guest flap 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2
 guest bbm-unmovable 1 "--append memhp_default_state=online_movable --vmem size=4G,block=1G,id=vm0" \
     "$tests/bbm_unmovable.sh"
 guest stopped 1 "--vmem size=4G,block=2M,id=vm0" "$tests/stopped.sh"
+# A device that lies (issue 22): one fault per case, every request kind and answer, both modes
+# (big-block mode with big blocks of 128M: the same paths as 1G ones, cheaper per case), the
+# region a host tmpfs file whose allocation is checked against what the device has plugged.
+# make check's debug lane runs the faults whose paths differ most (an ERROR and its resync, an
+# undefined answer that stops the device and the next binding's take-over, a late answer that
+# keeps the virtqueue busy); the normal lane and make check-all run all eight.
+mfaults=""; [ "$LANE" != debug ] || [ "$DEPTH" = all ] || mfaults="error undefined late"
+rm -f "$backing"
+guest fault-matrix 1 "--append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=2G,block=2M,id=vm0,backend=file:$backing" \
+    "VMR_FAULTS='$mfaults' VMR_BACKING=/mnt/${backing##*/} $tests/fault_matrix.sh"
+rm -f "$backing"
+guest fault-matrix-bbm 1 "--append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=2G,block=128M,id=vm0,backend=file:$backing" \
+    "VMR_FAULTS='$mfaults' VMR_BACKING=/mnt/${backing##*/} $tests/fault_matrix.sh"
+rm -f "$backing"
 # The machine's life around the driver (issue 13): suspend-to-idle, S3 and hibernation for
 # both drivers in one guest (which runs from a root on tmpfs: 9p and virtio-serial do not
 # survive a sleep); kdump with each driver, the region backed by a host tmpfs file that must
 # not grow while the dump is read.
+# The debug lane sleeps with our driver only: the C driver's side is the normal lane's
+# reference, and on the debug kernel it doubled the lane's longest guest.
+sdrv="rust c"; [ "$LANE" != debug ] || sdrv=rust
 guest suspend 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" \
-    "$tests/suspend.sh"
+    "VMR_DRIVERS='$sdrv' $tests/suspend.sh"
 for drv in rust c; do
     rm -f "$backing"
     expect_crash=1 guest kdump-$drv 2 "--append crashkernel=384M --append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing,prealloc=on" \
         "VMR_DRIVER=$drv VMR_BACKING=/mnt/${backing##*/} $tests/kdump.sh"
 done
+# A 16 TiB region (QEMU reserve=off, 46 physical address bits): the tables sized by the region
+# come from kvmalloc (kmalloc of more than 4 MiB warns), in sub-block mode and in the capture
+# kernel, where one byte per device block is 8 MiB.
+rm -f "$backing"
+expect_crash=1 guest kdump-16t 2 "--phys-bits 46 --append crashkernel=384M --append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=16T,block=2M,id=vm0,backend=file:$backing,prealloc=on" \
+    "VMR_DRIVER=rust VMR_REGION=16T VMR_BACKING=/mnt/${backing##*/} $tests/kdump.sh"
 rm -f "$backing"
 guest request-moves 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,id=vm0" \
     "$tests/request_moves.sh"
@@ -365,28 +401,31 @@ declare -A lane_totals
 guest_times=()
 # The guest tests of one lane, in a subshell of their own: its output, phase times, guest
 # times and totals ("P F S") go to files in $results (lane-LANE.*), which the run adds up.
-lane_tests() { # LANE
+lane_tests() { # LANE [PART]: PART a or b of the normal lane (NORMAL_B)
     (
         use_lane "$1"
+        PART=${2:-}
+        local tag=$1${PART:+-$PART}
         lane_passed=0 lane_failed=0 lane_skipped=0 times=() guest_times=()
         built=${1}_built
         if [ "${!built}" = 1 ]; then
             # The guest's environment from a file next to the lane's modules (which every
             # guest sees, the arm64 ones through a share): in the command it took a quarter
             # of the kernel command line, whose 2048 bytes the command travels in, and the
-            # no-device and kdump guests' commands no longer fitted on arm64.
-            genv_file=$KMODS/vmr-guest-env
+            # no-device and kdump guests' commands no longer fitted on arm64. One per part:
+            # the other part's guests may read theirs meanwhile.
+            genv_file=$KMODS/vmr-guest-env${PART:+-$PART}
             echo "export $(guest_env)" >"$genv_file"
             local t; t=$(date +%s)
             guest_tests
-            phase_done "guest tests ($1 lane)" "$t"
+            phase_done "guest tests ($tag)" "$t"
         else
-            count "$1 lane: kernel build" 0 1
+            count "$tag: kernel build" 0 1
         fi
-        echo "$1 lane: $lane_passed passed, $lane_failed failed, $lane_skipped skipped"
-        printf '%s\n' "${times[@]}" >"$results/lane-$1.times"
-        printf '%s\n' "${guest_times[@]}" >"$results/lane-$1.guests"
-        echo "$lane_passed $lane_failed $lane_skipped" >"$results/lane-$1.totals"
+        echo "$tag: $lane_passed passed, $lane_failed failed, $lane_skipped skipped"
+        printf '%s\n' "${times[@]}" >"$results/lane-$tag.times"
+        printf '%s\n' "${guest_times[@]}" >"$results/lane-$tag.guests"
+        echo "$lane_passed $lane_failed $lane_skipped" >"$results/lane-$tag.totals"
     )
 }
 # kernel_checks: kunit.py parses the KUnit output of the normal lane's no-device guest (so
@@ -400,25 +439,30 @@ kernel_checks() {
     phase_done "kernel checks (kunit.py)" "$t"
 }
 
-# Two streams at once: the normal lane, the kernel checks and the arm64 lane in one, the debug
-# lane in the other. A guest under TCG keeps about one of the machine's two cores busy (the
-# driver's worker, onlining and most of the tests are one thread), so two guests at a time take
-# about the time of one. The debug stream's output is kept in a file and shown when it ends.
-debug_out=$results/lane-debug.out
-lane_tests debug >"$debug_out" 2>&1 &
-debug_pid=$!
-lane_tests normal
+# Two streams at once, of about the same length: the normal lane but NORMAL_B and the kernel
+# checks in one; the debug lane, the arm64 lane and the normal lane's NORMAL_B in the other. A
+# guest under TCG keeps about one of the machine's two cores busy (the driver's worker,
+# onlining and most of the tests are one thread), so two guests at a time take about the time
+# of one. The second stream's output is kept in a file and shown when it ends.
+second_out=$results/lanes-debug-arm64-normal-b.out
+{ lane_tests debug; lane_tests arm64; lane_tests normal b; } >"$second_out" 2>&1 &
+second_pid=$!
+lane_tests normal a
 kernel_checks
-lane_tests arm64
-wait "$debug_pid" || true
-log "the debug lane's output:"
-cat "$debug_out"
+wait "$second_pid" || true
+log "the second stream's output (debug, arm64, normal lane's NORMAL_B):"
+cat "$second_out"
 for lane in normal debug arm64; do
-    read -r p f sk <"$results/lane-$lane.totals" || { p=0 f=1 sk=0; }
-    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + sk))
-    lane_totals[$lane]="$p passed, $f failed, $sk skipped"
-    mapfile -t -O "${#times[@]}" times <"$results/lane-$lane.times"
-    mapfile -t -O "${#guest_times[@]}" guest_times <"$results/lane-$lane.guests"
+    lp=0 lf=0 ls=0
+    parts=("$lane"); [ "$lane" != normal ] || parts=(normal-a normal-b)
+    for tag in "${parts[@]}"; do
+        read -r p f sk <"$results/lane-$tag.totals" || { p=0 f=1 sk=0; }
+        lp=$((lp + p)) lf=$((lf + f)) ls=$((ls + sk))
+        mapfile -t -O "${#times[@]}" times <"$results/lane-$tag.times"
+        mapfile -t -O "${#guest_times[@]}" guest_times <"$results/lane-$tag.guests"
+    done
+    passed=$((passed + lp)); failed=$((failed + lf)); skipped=$((skipped + ls))
+    lane_totals[$lane]="$lp passed, $lf failed, $ls skipped"
 done
 
 echo "test logs: $results (debug lane: $results/debug, arm64 lane: $results/arm64)"
