@@ -683,12 +683,14 @@ impl<'a> Device<device::Core<'a>> {
     }
 
     /// Quiets the device and revokes its virtqueue: reset if the driver got as far as
-    /// `DRIVER_OK`, take back the buffers the device still has (a request that timed out), then
-    /// delete the virtqueue, so no buffer of ours is used by the device and no callback runs
-    /// afterwards.
+    /// `DRIVER_OK` or set up a virtqueue, take back the buffers the device still has (a request
+    /// that timed out), then delete the virtqueue, so no buffer of ours is used by the device
+    /// and no callback runs afterwards. Without the reset a probe that failed after `find_vq`
+    /// left the queue enabled in the device, and the next probe's `find_vq` failed (`ENOENT`
+    /// from virtio-pci's `setup_vq`): the device could not be bound again.
     fn teardown(&self) {
         let raw = self.as_raw();
-        if self.status() & STATUS_DRIVER_OK != 0 {
+        if self.status() & STATUS_DRIVER_OK != 0 || self.vq_inner().is_some() {
             // SAFETY: `raw` is a valid `struct virtio_device` in probe or remove.
             unsafe { bindings::virtio_reset_device(raw) };
         }

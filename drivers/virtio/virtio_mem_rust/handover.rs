@@ -103,6 +103,16 @@ pub(crate) fn claim(
 }
 
 impl Runtime {
+    /// A probe that failed after the region was handed to the runtime: nothing ran yet, so
+    /// nothing is given back; the region is parked for the next binding (or released if
+    /// nothing is added).
+    pub(crate) fn abandon(&self, dev: &virtio::Device<Core<'_>>) {
+        let hotplug = self.state.lock().hotplug.take();
+        if let Some(h) = hotplug {
+            h.park(dev.as_ref());
+        }
+    }
+
     /// Stops the runtime for unbind and waits until no work item runs or is queued. Then gives
     /// back what it can: offline blocks are removed, free memory is unplugged (within the
     /// safety margin) and whatever is plugged but not added is unplugged; a halted device is

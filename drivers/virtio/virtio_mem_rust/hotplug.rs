@@ -50,6 +50,12 @@ pub(crate) struct Hotplug {
 }
 
 impl Hotplug {
+    /// Parks the region for the next binding of `dev` if memory stays added (else releases it),
+    /// with the memory group.
+    pub(crate) fn park(self, dev: &kernel::device::Device) {
+        self.region.park(dev, self.group);
+    }
+
     /// Adds `[addr, addr + size)` (of which the first `accessible` bytes are plugged) to the
     /// system, counting it offline until onlined.
     pub(crate) fn add(

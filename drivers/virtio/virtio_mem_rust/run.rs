@@ -233,11 +233,12 @@ impl WorkItem<1> for Runtime {
 
 impl Runtime {
     /// Creates the runtime of a device; nothing runs until [`Runtime::kick`].
+    /// A runtime for the device; the caller hands it the claimed region (`RunState::hotplug`)
+    /// once this succeeded, so that a failure here leaves the region with the caller.
     pub(crate) fn new(
         device: DeviceClient,
         mode: Arc<dyn Manager>,
         found: Found,
-        hotplug: Hotplug,
     ) -> Result<Arc<Self>> {
         let offline = OfflineMemory::new(device.geometry.unit.get());
         let pending = Pending {
@@ -254,7 +255,7 @@ impl Runtime {
                 remove_delay_ms: Atomic::new(0),
                 hide_persistent_suspend: Atomic::new(0),
                 state <- new_mutex!(RunState {
-                    hotplug: Some(hotplug),
+                    hotplug: None,
                     requested: 0,
                     backoff: Backoff::new(),
                     plug_limit: PlugLimit::new(),

@@ -49,8 +49,8 @@ mod config;
 mod device;
 mod error;
 mod events;
-mod handover;
 mod fault;
+mod handover;
 mod hotplug;
 #[cfg(CONFIG_PROC_VMCORE)]
 mod kdump;
@@ -100,6 +100,10 @@ kernel::module_virtio_driver! {
             default: true,
             description: "Try to unplug online memory",
         },
+        fail_probe_after_claim: bool {
+            default: false,
+            description: "For tests: fail probe after claiming the device's region (which is parked again for the next binding).",
+        },
         unplug_margin_mb: u64 {
             default: 0,
             description: "Free memory (MiB) unplugging leaves at least. Default is 0 (four times the page allocator's reserves, at least 128).",
@@ -113,7 +117,9 @@ enum VirtioMem {
     Hotplug(Hotplugged),
     /// Stopped at unbind, which unregisters the vmcore callback.
     #[cfg(CONFIG_PROC_VMCORE)]
-    Kdump { dump: kdump::KdumpDevice },
+    Kdump {
+        dump: kdump::KdumpDevice,
+    },
 }
 
 impl VirtioMem {
@@ -200,14 +206,36 @@ impl virtio::Driver for VirtioMemDriver {
             Mode::SubBlock { sb_size } => sb_size,
             Mode::BigBlock { .. } => memory_hotplug::pageblock_size(),
         };
-        let (hotplug, found) = handover::claim(dev, &probed, granule, unit)?;
-        if config.plugged_size > 0 && found != run::Found::Parked {
-            dev_info!(dev, "unplugging all memory is required\n");
-        }
+        let plugged_size = config.plugged_size;
+        // Everything that can fail comes before the region is claimed, or parks it again: a
+        // region taken over from an earlier binding and then dropped would stay reserved with
+        // its memory added, and no driver could bind the device any more.
         let device = DeviceClient::connect(dev, probed)?;
         let mode = new_mode(&device.probed, &device.geometry)?;
-        let runtime = Runtime::new(device, mode, found, hotplug)?;
-        runtime.watch_memory()?;
+        let (hotplug, found) = handover::claim(dev, &device.probed, granule, unit)?;
+        if plugged_size > 0 && found != run::Found::Parked {
+            dev_info!(dev, "unplugging all memory is required\n");
+        }
+        let runtime = match Runtime::new(device, mode, found) {
+            Ok(runtime) if !module_parameters::fail_probe_after_claim.value() => runtime,
+            Ok(_) => {
+                dev_warn!(
+                    dev,
+                    "failing probe after claiming the region (fail_probe_after_claim)\n"
+                );
+                hotplug.park(dev.as_ref());
+                return Err(ENOMEM);
+            }
+            Err(e) => {
+                hotplug.park(dev.as_ref());
+                return Err(e);
+            }
+        };
+        runtime.state.lock().hotplug = Some(hotplug);
+        if let Err(e) = runtime.watch_memory() {
+            runtime.abandon(dev);
+            return Err(e);
+        }
         let attrs = attrs::create(dev, &runtime)
             .inspect_err(|e| dev_warn!(dev, "no sysfs attributes: {:?}\n", e))
             .ok();

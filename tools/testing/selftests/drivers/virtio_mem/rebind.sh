@@ -19,7 +19,7 @@ if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then \
     requires movable vm0:8G:1G; else requires movable vm0:8G; fi
 
 dir=$(mktemp -d)
-ktap_header 32
+ktap_header 34
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
 drv=/sys/bus/virtio/drivers/virtio_mem_rust
@@ -100,6 +100,11 @@ ktap_check "and back to 4G" quiet vmem_status wait "$vdev" --size 4G --timeout 3
 before_unbind
 ktap_check "unload" rmmod virtio_mem_rust
 after_unbind "unload"
+# A probe that fails after taking the parked region over parks it again: the next load still
+# takes it over (a region dropped there would stay reserved, and no driver could bind).
+ktap_check "a load whose probe fails after taking the region over binds nothing" \
+    load_unbound "$VMR_KO_RUST" fail_probe_after_claim=1
+ktap_check "and is unloaded" rmmod virtio_mem_rust
 ktap_check "load" load_bound "$VMR_KO_RUST"
 after_bind "load"
 ktap_check "the workload is alive" kill -0 $pid
