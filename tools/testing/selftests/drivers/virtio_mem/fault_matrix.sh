@@ -37,19 +37,22 @@
 # VMR_FAULTS picks the faults (default: all eight).
 # The samples are taken by fault_sampler.py, which says how.
 #
-# Expects vm0: a 2G region with 2M blocks (sub-block mode) or a 4G region with
-# 1G blocks (big-block mode), backed by a host file at $VMR_BACKING,
+# Expects vm0: a 2G region with 2M blocks (sub-block mode) or 128M blocks
+# (big-block mode), backed by a host file at $VMR_BACKING,
 # memhp_default_state=online_movable.
 set -u
 source "$(dirname "$0")/lib.sh"
-if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then
-    requires movable env:VMR_BACKING vm0:4G:1G
-    mode=bbm base=$((2 << 30)) step=$((1 << 30))
+# A device block of a whole memory block (128M) makes big-block mode, with big blocks of a
+# memory block: the same paths as 1G big blocks, at an eighth of the cost per case.
+if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((128 << 20)) ]; then
+    requires movable env:VMR_BACKING vm0:2G:128M
+    mode=bbm
 else
     requires movable env:VMR_BACKING vm0:2G
-    # A whole memory block per unplug: the fault hits one request of 128M.
-    mode=sbm base=$((512 << 20)) step=$((128 << 20))
+    mode=sbm
 fi
+# One memory block (one big block) per case: an UNPLUG of a whole block is one request.
+base=$((512 << 20)) step=$((128 << 20))
 
 faults=${VMR_FAULTS:-nack busy error timeout undefined short lost late}
 requests="plug unplug unplug_all state"
