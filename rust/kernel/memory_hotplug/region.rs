@@ -476,13 +476,22 @@ impl Record {
 
     /// Checks that block `block` may go online: added, offline, not blocked, with something
     /// accessible besides its memmap, and covered by the online-page callback if anything of
-    /// it is inaccessible.
+    /// it is inaccessible. While the owner offlines it ([`SystemRamRegion::offline_and_remove_memory`]),
+    /// only that the callback covers it: the kernel onlines it again when offlining a later
+    /// block of the range failed, and a block whose pages the owner took has nothing accessible
+    /// then (they stay offline, and the owner gives them back).
     fn may_online(&self, geo: &Geometry, block: usize) -> Result {
         let b = match self.blocks.get(block) {
             Some(b) if b.state == Some(BlockState::Offline) => b,
             _ => return Err(EBUSY),
         };
-        if self.blocked || b.nr_off + b.memmap >= geo.per_block || (b.nr_off > 0 && !self.covered) {
+        if b.nr_off > 0 && !self.covered {
+            return Err(EBUSY);
+        }
+        if self.owner_offlines(block) {
+            return Ok(());
+        }
+        if self.blocked || b.nr_off + b.memmap >= geo.per_block {
             return Err(EBUSY);
         }
         Ok(())
@@ -1042,8 +1051,10 @@ impl SystemRamRegion {
     /// as one operation that user space cannot get in between (also while
     /// [blocked](Self::block_hotplug)). Offlining migrates the pages in use away (inaccessible
     /// pages are skipped), so it fails, changing nothing, with `EBUSY` if they cannot be moved,
-    /// e.g. in a kernel zone; `ENOENT` if a block is not added; `EAGAIN` while one is being
-    /// onlined or offlined.
+    /// e.g. in a kernel zone, or a notifier refuses; `ENOENT` if a block is not added; `EAGAIN`
+    /// while one is being onlined or offlined. When it fails, the blocks it offlined already are
+    /// online again (the kernel's rollback, which the region lets through), with what was
+    /// inaccessible still inaccessible.
     ///
     /// Offlining retries migration until it succeeds or a signal arrives: take the pages with
     /// [`Self::take_pages`] first (which fails fast) when a failure must not wait.
@@ -1478,6 +1489,22 @@ mod tests {
         rec.owner_offlining = Some(1..2);
         rec.may_offline(1).unwrap();
         rec.blocks[0].state = Some(BlockState::Offline);
+        assert_eq!(rec.may_online(&geo, 0), Err(EBUSY));
+    }
+
+    #[test]
+    fn the_owners_failed_offlining_onlines_again() {
+        let geo = geometry();
+        let mut rec = Record::new();
+        // Nothing accessible (the owner took every page before offlining).
+        rec.add(&geo, 0..1, 0, 0).unwrap();
+        rec.covered = true;
+        assert_eq!(rec.may_online(&geo, 0), Err(EBUSY));
+        // The kernel's rollback of the owner's offline_and_remove_memory: let through.
+        rec.owner_offlining = Some(0..1);
+        rec.may_online(&geo, 0).unwrap();
+        // But not without the online-page callback, which keeps the taken pages offline.
+        rec.covered = false;
         assert_eq!(rec.may_online(&geo, 0), Err(EBUSY));
     }
 }

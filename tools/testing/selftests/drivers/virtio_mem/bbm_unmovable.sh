@@ -9,6 +9,9 @@
 # sysfs state keeps answering and a later resize is followed. Once the page
 # is let go, 0 is reached.
 #
+# Then a big block whose offlining fails half way (the helper refuses one of its memory
+# blocks): its memory blocks are online again, as with the C driver.
+#
 # Then, with unplug_online=0 and user space onlining memory: of 2 big blocks
 # added offline, user space onlines the top one; asked for 1G, the driver
 # unplugs the lower, offline one.
@@ -33,7 +36,7 @@ bb_added() {
     return 1
 }
 
-ktap_header 16
+ktap_header 22
 base_kb=$(memtotal_kb)
 ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
@@ -59,6 +62,26 @@ rmmod vmr_pin_page
 vmctl set-size vm0 0 >/dev/null
 ktap_check "with the page let go, 0 is reached" \
     quiet vmem_status wait "$vdev" --size 0 --timeout 300
+
+# Offlining a big block that fails after some of its memory blocks went offline: the helper
+# refuses the offlining of the fifth memory block of the upper of two big blocks. The kernel
+# onlines the first four again (its rollback, which the region must let through although the
+# driver took their pages first), the driver gives the pages back and unplugs the lower big
+# block instead. As the C driver, nothing of the big block stays offline.
+vmctl set-size vm0 2G >/dev/null
+ktap_check "2G plugged again" quiet vmem_status wait "$vdev" --size 2G --timeout 300
+upper=$((addr + GIB)) mark=$(dmesg_mark)
+insmod "$VMR_KO_PIN" && echo $((upper + 4 * block)) >/sys/module/vmr_pin_page/parameters/veto_offline
+vmctl set-size vm0 1G >/dev/null
+ktap_check "1G reached with the upper big block's offlining refused" \
+    eval "vmem_status wait $vdev --size 1G --timeout 300 >/dev/null && dmesg_since $mark | grep -q 'vmr_pin_page: refusing to offline'"
+ktap_check "the upper big block stays" bb_added $upper
+states=$(for ((n = upper / block; n < (upper + GIB) / block; n++)); do block_state $n; done | sort | uniq -c | xargs)
+ktap_eq "all 8 of its memory blocks are online again" "8 online" "$states"
+ktap_eq "MemTotal grew by the 1G plugged (kB)" $((GIB / 1024)) $(($(memtotal_kb) - base_kb))
+rmmod vmr_pin_page
+vmctl set-size vm0 0 >/dev/null
+ktap_check "with the refusal gone, 0 is reached" quiet vmem_status wait "$vdev" --size 0 --timeout 300
 
 # unplug_online=0: an online top big block, an offline one below it.
 rmmod virtio_mem_rust

@@ -6,9 +6,11 @@
  *
  * Write a physical address to /sys/module/vmr_pin_page/parameters/pin: the
  * page there is migrated away if in use (alloc_contig_range()) and then held
- * by this module. Reading the parameter lists the pinned addresses.
+ * by this module. Reading the parameter lists the pinned addresses. It can
+ * also refuse the offlining of a memory block (veto_offline, below).
  */
 #include <linux/gfp.h>
+#include <linux/memory.h>
 #include <linux/memory_hotplug.h>
 #include <linux/mm.h>
 #include <linux/module.h>
@@ -101,9 +103,65 @@ static const struct kernel_param_ops dump_ops = {
 module_param_cb(dump, &dump_ops, NULL, 0200);
 MODULE_PARM_DESC(dump, "\"ADDR SIZE\" (hex): dump pages that would stop offlining");
 
+/*
+ * Write a physical address to veto_offline: offlining the memory block that
+ * holds it is refused (this module's memory notifier answers MEM_GOING_OFFLINE
+ * with NOTIFY_BAD) until 0 is written or the module is unloaded, so that a test
+ * can stage an offline_and_remove_memory() of several blocks that fails after
+ * the first ones went offline.
+ */
+static unsigned long veto_pfn_plus_one;
+
+static int veto_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned long long phys;
+	int ret;
+
+	ret = kstrtoull(val, 0, &phys);
+	if (ret)
+		return ret;
+	WRITE_ONCE(veto_pfn_plus_one, phys ? PHYS_PFN(phys) + 1 : 0);
+	return 0;
+}
+
+static int veto_get(char *buf, const struct kernel_param *kp)
+{
+	unsigned long pfn = READ_ONCE(veto_pfn_plus_one);
+
+	return sysfs_emit(buf, "%#llx\n", pfn ? (unsigned long long)PFN_PHYS(pfn - 1) : 0ULL);
+}
+
+static const struct kernel_param_ops veto_ops = {
+	.set = veto_set,
+	.get = veto_get,
+};
+module_param_cb(veto_offline, &veto_ops, NULL, 0600);
+MODULE_PARM_DESC(veto_offline, "physical address whose memory block may not go offline (0: none)");
+
+static int veto_cb(struct notifier_block *nb, unsigned long action, void *arg)
+{
+	const struct memory_notify *mn = arg;
+	unsigned long pfn = READ_ONCE(veto_pfn_plus_one);
+
+	if (action != MEM_GOING_OFFLINE || !pfn--)
+		return NOTIFY_OK;
+	if (pfn < mn->start_pfn || pfn >= mn->start_pfn + mn->nr_pages)
+		return NOTIFY_OK;
+	pr_info("vmr_pin_page: refusing to offline [%#llx-%#llx]\n",
+		(unsigned long long)PFN_PHYS(mn->start_pfn),
+		(unsigned long long)PFN_PHYS(mn->start_pfn + mn->nr_pages) - 1);
+	return NOTIFY_BAD;
+}
+
+static struct notifier_block veto_nb = {
+	.notifier_call = veto_cb,
+};
+
 static void __exit vmr_pin_page_exit(void)
 {
 	int i;
+
+	unregister_memory_notifier(&veto_nb);
 
 	for (i = 0; i < nr_pinned; i++)
 		free_contig_range(pinned[i], 1);
@@ -111,7 +169,7 @@ static void __exit vmr_pin_page_exit(void)
 
 static int __init vmr_pin_page_init(void)
 {
-	return 0;
+	return register_memory_notifier(&veto_nb);
 }
 
 module_init(vmr_pin_page_init);
