@@ -102,7 +102,7 @@ kernel::module_virtio_driver! {
         },
         fail_probe_after_claim: bool {
             default: false,
-            description: "For tests: fail probe after claiming the device's region (which is parked again for the next binding).",
+            description: "For tests: fail probe after claiming the region (it is parked again)",
         },
         unplug_margin_mb: u64 {
             default: 0,

@@ -476,10 +476,11 @@ impl Record {
 
     /// Checks that block `block` may go online: added, offline, not blocked, with something
     /// accessible besides its memmap, and covered by the online-page callback if anything of
-    /// it is inaccessible. While the owner offlines it ([`SystemRamRegion::offline_and_remove_memory`]),
-    /// only that the callback covers it: the kernel onlines it again when offlining a later
-    /// block of the range failed, and a block whose pages the owner took has nothing accessible
-    /// then (they stay offline, and the owner gives them back).
+    /// it is inaccessible. While the owner offlines it
+    /// ([`SystemRamRegion::offline_and_remove_memory`]), only that the callback covers it: the
+    /// kernel onlines it again when offlining a later block of the range failed, and a block
+    /// whose pages the owner took has nothing accessible then (they stay offline, and the owner
+    /// gives them back).
     fn may_online(&self, geo: &Geometry, block: usize) -> Result {
         let b = match self.blocks.get(block) {
             Some(b) if b.state == Some(BlockState::Offline) => b,

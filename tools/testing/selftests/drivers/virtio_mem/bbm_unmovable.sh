@@ -71,17 +71,20 @@ ktap_check "with the page let go, 0 is reached" \
 vmctl set-size vm0 2G >/dev/null
 ktap_check "2G plugged again" quiet vmem_status wait "$vdev" --size 2G --timeout 300
 upper=$((addr + GIB)) mark=$(dmesg_mark)
-insmod "$VMR_KO_PIN" && echo $((upper + 4 * block)) >/sys/module/vmr_pin_page/parameters/veto_offline
+insmod "$VMR_KO_PIN" &&
+    echo $((upper + 4 * block)) >/sys/module/vmr_pin_page/parameters/veto_offline
 vmctl set-size vm0 1G >/dev/null
 ktap_check "1G reached with the upper big block's offlining refused" \
     eval "vmem_status wait $vdev --size 1G --timeout 300 >/dev/null && dmesg_since $mark | grep -q 'vmr_pin_page: refusing to offline'"
 ktap_check "the upper big block stays" bb_added $upper
-states=$(for ((n = upper / block; n < (upper + GIB) / block; n++)); do block_state $n; done | sort | uniq -c | xargs)
+states=$(for ((n = upper / block; n < (upper + GIB) / block; n++)); do block_state $n; done |
+    sort | uniq -c | xargs)
 ktap_eq "all 8 of its memory blocks are online again" "8 online" "$states"
 ktap_eq "MemTotal grew by the 1G plugged (kB)" $((GIB / 1024)) $(($(memtotal_kb) - base_kb))
 rmmod vmr_pin_page
 vmctl set-size vm0 0 >/dev/null
-ktap_check "with the refusal gone, 0 is reached" quiet vmem_status wait "$vdev" --size 0 --timeout 300
+ktap_check "with the refusal gone, 0 is reached" \
+    quiet vmem_status wait "$vdev" --size 0 --timeout 300
 
 # unplug_online=0: an online top big block, an offline one below it.
 rmmod virtio_mem_rust

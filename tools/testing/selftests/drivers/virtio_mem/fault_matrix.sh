@@ -87,7 +87,8 @@ fill_free() {
 }
 
 rebind() {
-    echo "$vdev" >"$drvdir/unbind" && echo "$vdev" >"$drvdir/bind" && [ "$(bound_driver "$vdev")" = virtio_mem_rust ]
+    echo "$vdev" >"$drvdir/unbind" && echo "$vdev" >"$drvdir/bind" &&
+        [ "$(bound_driver "$vdev")" = virtio_mem_rust ]
 }
 
 # converge TARGET: waits until the driver has TARGET plugged and says idle.
@@ -110,7 +111,8 @@ converge() {
         esac
         [ -d "$dbg" ] || sleep 0.5
     done
-    echo "${did}did not converge to $target (activity $(vmem_attr "$vdev" activity), plugged $(vmem_attr "$vdev" plugged_size))"
+    echo "${did}did not converge to $target (activity $(vmem_attr "$vdev" activity)," \
+        "plugged $(vmem_attr "$vdev" plugged_size))"
     return 1
 }
 
@@ -171,7 +173,8 @@ for req in $requests; do
         stopped=0; [[ "$did" == *stopped* ]] && stopped=1
         ktap_check "$c: the fault was injected, and the driver $outcome" \
             test "$injected" -ge 1 -a "$conv" = 0 -a "$stopped" = "$want_stop"
-        ktap_check "$c: (a) the host never held more than the device had plugged (most: $host_over bytes, $samples samples)" \
+        most="most: $host_over bytes, $samples samples"
+        ktap_check "$c: (a) the host never held more than the device had plugged ($most)" \
             test "$samples" -gt 0 -a "$host_over" -le 0
         ktap_check "$c: (b) MemTotal never exceeded boot plus plugged (most: $mt_over bytes)" \
             test "$samples" -gt 0 -a "$mt_over" -le 0

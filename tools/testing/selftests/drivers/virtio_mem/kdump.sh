@@ -15,7 +15,8 @@
 # In the capture kernel: the driver binds in kdump mode: no plug, unplug or
 # UNPLUG_ALL (the device keeps its 400M, over QMP), only STATE requests,
 # sysfs activity `kdump` (ours). Reading the whole dump completes (with ours,
-# although the first STATE answer comes late), the marker is in the region, and the host's backing file (tmpfs, VMR_BACKING) does not
+# although the first STATE answer comes late), the marker is in the region,
+# and the host's backing file (tmpfs, VMR_BACKING) does not
 # grow: unplugged memory is never touched. That the unplugged part of the
 # fourth block reads as zeroes proves nothing by itself (unplugged memory
 # reads as zeroes whoever reads it); what makes the backing check count is

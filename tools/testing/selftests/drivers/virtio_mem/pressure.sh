@@ -41,7 +41,8 @@ vmctl set-size vm0 $region >/dev/null
 size=$(vmctl wait vm0 $region --wait-timeout-s 300 2>&1 | tail -n1)
 ktap_eq "$region plugged" "$(to_bytes $region)" "$size"
 
-/usr/bin/python3 "$(dirname "$0")/hold_memory.py" $hold_mb "$dir/ready" "$dir/stop" >"$dir/out" 2>&1 &
+/usr/bin/python3 "$(dirname "$0")/hold_memory.py" $hold_mb "$dir/ready" "$dir/stop" \
+    >"$dir/out" 2>&1 &
 pid=$!
 for _ in $(seq 600); do \
     [ -e "$dir/ready" ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done

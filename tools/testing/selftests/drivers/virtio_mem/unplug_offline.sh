@@ -34,13 +34,17 @@ ktap_check "the driver says why it stopped" \
 # Wait until the back-off's next retry is at least 10 s away (it doubles from 5 s), so that
 # an unplug within 5 s can only come from the offlining.
 vdev=$(virtio_mem_devices)
-retry_in() { awk -v at="$(vmem_attr "$vdev" retry_at)" '{ print (at == "none") ? 999 : int(at - $1) }' /proc/uptime; }
+retry_in() {
+    awk -v at="$(vmem_attr "$vdev" retry_at)" '{ print (at == "none") ? 999 : int(at - $1) }' \
+        /proc/uptime
+}
 for _ in $(seq 120); do [ "$(retry_in)" -ge 10 ] && break; sleep 0.5; done
 left=$(retry_in)
 t0=$SECONDS
 echo offline >/sys/devices/system/memory/memory$((n0 + 3))/state
 size=$(vmctl wait vm0 384M --wait-timeout-s 5 2>&1 | tail -n1)
-ktap_diag "unplugged $((SECONDS - t0)) s after the offlining; the back-off's retry was ${left} s away"
+ktap_diag "unplugged $((SECONDS - t0)) s after the offlining;" \
+    "the back-off's retry was ${left} s away"
 ktap_check "a block user space offlines is unplugged at once, not at the back-off's retry" \
     test "$left" -ge 10 -a "$size" = "$(to_bytes 384M)"
 vmctl set-size vm0 0 >/dev/null
