@@ -170,10 +170,12 @@ DEBUG_TESTS=" no-device probe unplug-online-block pressure rebind lost-answer lo
 ARM64_TESTS=" probe no-device plug unplug-online-block kdump-rust "
 ARM64_ALL=" probe no-device kselftest plug offline bbm backing partial unplug-all unplug unplug-offline unplug-online-block pressure host-limit rebind rebind-bbm lost-answer lost-answer-bbm online-race flap bbm-unmovable stopped fault-matrix fault-matrix-bbm kdump-rust kdump-c request-moves big-memmap big-staged "
 
-# The normal lane runs in two parts, one in each stream (see the end), so that both take about
-# as long: NORMAL_B (the machine's life: sleep and crash dumps) runs beside the debug and arm64
-# lanes, the rest before the kernel checks.
-NORMAL_B=" suspend kdump-c kdump-16t "
+# The normal lane can run in two parts, one in each stream (see the end), to keep both about
+# as long: NORMAL_B runs after the debug and arm64 lanes, the rest before the kernel checks.
+# Empty now: measured on 2026-12-03 (a warm make check of 9f2d64f), the normal lane and the
+# kernel checks took 42 minutes, the debug and arm64 lanes 43.5, and moving suspend, kdump-c
+# and kdump-16t over (3 minutes) made the second stream the longer one by that much.
+NORMAL_B=" "
 
 in_list() { [[ "$1" == *" $2 "* ]]; }
 
