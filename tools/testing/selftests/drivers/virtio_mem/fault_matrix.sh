@@ -129,10 +129,12 @@ table=()
 for req in $requests; do
     for fault in $faults; do
         c="$mode $req $fault" t0=$SECONDS
-        rm -f "$dir/stop"
+        rm -f "$dir/stop" "$dir/sampling"
         python3 "$(dirname "$0")/fault_sampler.py" "$vdev" "$VMR_BACKING" "$base_kb" "$dir/stop" \
-            >"$dir/samples" &
+            "$dir/sampling" >"$dir/samples" &
         spid=$!
+        # The fault comes once the sampler samples (python's start under TCG takes seconds).
+        for _ in $(seq $((100 * VMR_TIME_FACTOR))); do [ -e "$dir/sampling" ] && break; sleep 0.1; done
         mark=$(dmesg_mark)
         case $req in
             plug) arm "plug $fault"; target=$((base + step)) ;;

@@ -14,12 +14,16 @@
 # larger one taken, so that a request completing between the reads does not
 # count. While the device is unbound there is nothing to read (nor added).
 #
-# Usage: fault_sampler.py VDEV BACKING BASE_KB STOP_FILE
+# It creates READY_FILE after its first sample (the test waits for it before
+# the fault), and takes one more sample after STOP_FILE appears.
+#
+# Usage: fault_sampler.py VDEV BACKING BASE_KB STOP_FILE READY_FILE
 import os
 import sys
 import time
 
-vdev, backing, base_kb, stop_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+vdev, backing, base_kb, stop_file, ready_file = sys.argv[1:6]
+base_kb = int(base_kb)
 attrs = f"/sys/bus/virtio/devices/{vdev}/virtio_mem"
 
 
@@ -42,7 +46,10 @@ def idle_short():
 
 host_over = mt_over = None
 short = samples = 0
-while not os.path.exists(stop_file):
+stopping = False
+while True:
+    # The last round starts after the stop file appeared: the state at the end is sampled too.
+    stopping = stopping or os.path.exists(stop_file)
     try:
         s1 = int(attr("device_plugged_size"))
         a = os.stat(backing).st_blocks * 512
@@ -54,10 +61,17 @@ while not os.path.exists(stop_file):
             if idle_short():
                 short += 1
     except (OSError, ValueError):
+        if stopping:
+            break
         time.sleep(0.05)
         continue
     samples += 1
+    if samples == 1:
+        with open(ready_file, "w") as f:
+            f.write("sampling\n")
     host_over = a - s if host_over is None else max(host_over, a - s)
     mt_over = m - base_kb * 1024 - s if mt_over is None else max(mt_over, m - base_kb * 1024 - s)
+    if stopping:
+        break
     time.sleep(0.05)
 print(host_over if host_over is not None else 0, mt_over if mt_over is not None else 0, short, samples)
