@@ -374,7 +374,11 @@ impl SubBlocks {
 
     /// A partly plugged block to plug more sub-blocks into, not in a transition: online kernel
     /// blocks first (their memory cannot be unplugged easily anyway), then online movable ones,
-    /// then offline ones, as the C driver does.
+    /// then offline ones, as the C driver does. Not an offline block with only its memmap
+    /// plugged: nothing could online it (the region vetoes a block with nothing else
+    /// accessible), and sub-blocks plugged into it would keep it offline for good, since only
+    /// adding memory onlines it by itself. The next step's tidying removes it, and it is added
+    /// again with more than its memmap.
     pub(crate) fn next_partial(&self) -> Option<usize> {
         let order = [
             BlockState::Online { movable: false },
@@ -382,7 +386,11 @@ impl SubBlocks {
             BlockState::Offline,
         ];
         order.iter().find_map(|want| {
-            (0..self.blocks.len()).find(|&mb| self.state(mb) == *want && self.is_partial(mb))
+            (0..self.blocks.len()).find(|&mb| {
+                self.state(mb) == *want
+                    && self.is_partial(mb)
+                    && !(*want == BlockState::Offline && self.nr_plugged(mb) <= self.memmap_sbs)
+            })
         })
     }
 
@@ -502,6 +510,23 @@ mod tests {
         s.set_plugged(1, 63, 1, false);
         assert_eq!(s.plugged_bytes(), 130 * MIB);
         assert!(s.is_plugged(1, 0) && !s.is_plugged(1, 1) && !s.is_plugged(1, 64));
+    }
+
+    #[test]
+    fn an_offline_block_with_only_its_memmap_is_not_plugged_into() {
+        let mb = NonZeroU64::new(128 * MIB).unwrap();
+        let sb = NonZeroU64::new(2 * MIB).unwrap();
+        let mut s = SubBlocks::new(4 * GIB, 5 * GIB, mb, sb, 1);
+        s.grow(5 * GIB).unwrap();
+        s.set_plugged(0, 0, 1, true);
+        s.set_state(0, BlockState::Offline);
+        assert_eq!(s.next_partial(), None);
+        // Online (user space onlined it after more was accessible), or more than its memmap.
+        s.set_state(0, BlockState::Online { movable: true });
+        assert_eq!(s.next_partial(), Some(0));
+        s.set_state(0, BlockState::Offline);
+        s.set_plugged(0, 1, 1, true);
+        assert_eq!(s.next_partial(), Some(0));
     }
 
     #[test]

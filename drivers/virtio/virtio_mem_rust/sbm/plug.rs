@@ -29,7 +29,8 @@ struct NewBlocks {
     /// Sub-blocks to plug from its start on.
     nr_sbs: usize,
     /// The smallest plug that still makes sense if the device refuses this one: a whole
-    /// block, or the memmap's sub-blocks of a partly plugged one.
+    /// block, or the memmap's sub-blocks and one more of a partly plugged one (only the
+    /// memmap's if no more is wanted).
     least: u64,
 }
 
@@ -99,6 +100,14 @@ impl SubBlockMode {
         if whole == 0 && want < l.memmap_sbs {
             return Ok(None);
         }
+        // A partly plugged new block gets more than its memmap whenever more is wanted, also
+        // when refusals made the plug limit smaller: with nothing else accessible the region
+        // vetoes onlining it, and adding is what onlines a block by itself.
+        let partial_least = if want > l.memmap_sbs {
+            l.memmap_sbs + 1
+        } else {
+            l.memmap_sbs
+        };
         // Keep added-but-offline memory within the limit; the notifier resumes us.
         let room = usize::try_from(rt.offline.room(unit) / unit).unwrap_or(usize::MAX);
         if room == 0 {
@@ -123,7 +132,7 @@ impl SubBlockMode {
             (whole.min(max).min(room).min(fits).min(limit), None)
         } else {
             self.hold_callback(rt, st)?;
-            (1, Some(max_sbs.max(l.memmap_sbs)))
+            (1, Some(max_sbs.max(partial_least)))
         };
         let Some((mb, count)) = self.blocks.lock().unused_run(max_blocks) else {
             // The usable region is full.
@@ -131,7 +140,7 @@ impl SubBlockMode {
         };
         let nr_sbs = nr_sbs.unwrap_or(count * l.per);
         let least = if nr_sbs < l.per {
-            l.memmap_sbs.max(1) as u64 * l.sb_size
+            partial_least.max(1) as u64 * l.sb_size
         } else {
             unit.get()
         };

@@ -22,11 +22,31 @@ set -u
 source "$(dirname "$0")/lib.sh"
 requires movable env:VMR_MEMMAP vm0:64G
 
-ktap_header 7
+ktap_header $((7 + 3 * VMR_MEMMAP))
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
 ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 ktap_eq "memmap_on_memory as the kernel says" "$VMR_MEMMAP" "$(vmem_attr "$vdev" memmap_on_memory)"
+if [ "$VMR_MEMMAP" = 1 ]; then
+    # Refusals halve the plug limit down to a partly plugged block's least: the second block
+    # must still get more than its memmap (2M) when it is added, or the region vetoes onlining
+    # it and what is plugged into it later stays offline for good.
+    mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
+    block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
+    n0=$(( $(qmp_info vm0 memaddr) / block ))
+    vmctl set-size vm0 128M >/dev/null
+    quiet vmem_status wait "$vdev" --size 128M --timeout 120
+    echo "plug busy 6" >"/sys/kernel/debug/virtio_mem_rust-$vdev/inject"
+    vmctl set-size vm0 192M >/dev/null
+    for _ in $(seq 60); do
+        vmem_status wait "$vdev" --size 192M --timeout 1 >/dev/null 2>&1 && break
+        echo 1 >"/sys/kernel/debug/virtio_mem_rust-$vdev/retry_now"
+    done
+    ktap_eq "192M plugged after six refusals" $((192 << 20)) "$(vmem_attr "$vdev" plugged_size)"
+    ktap_eq "both blocks online" "online online" "$(block_state $n0) $(block_state $((n0 + 1)))"
+    ktap_eq "online_size: all of it but the two blocks' memmap (2M each)" $((188 << 20)) \
+        "$(vmem_attr "$vdev" online_size)"
+fi
 t0=$SECONDS
 vmctl set-size vm0 64G >/dev/null
 vmem_status wait "$vdev" --until settled --size 64G --timeout 900 >/dev/null
