@@ -269,4 +269,31 @@ mod tests {
         assert_eq!(decode(&req, &ans(9)), Err(Refusal::Nonsense(9)));
         assert_eq!(decode(&req, &ans(0)[..2]), Err(Refusal::Nonsense(u16::MAX)));
     }
+
+    /// An answer too short to hold a type is undefined, for every request: the fault matrix's
+    /// `short` fault reaches the same `Failed::Nonsense` paths as `undefined` from here.
+    #[test]
+    fn short_answers_are_undefined() {
+        let requests = [
+            Request::Plug {
+                addr: 0,
+                nb_blocks: 1,
+            },
+            Request::Unplug {
+                addr: 0,
+                nb_blocks: 1,
+            },
+            Request::UnplugAll,
+            Request::State {
+                addr: 0,
+                nb_blocks: 1,
+            },
+        ];
+        let nonsense = Err(SendError::Refused(Refusal::Nonsense(u16::MAX)));
+        for req in &requests {
+            assert_eq!(answer_of(req, &[]), nonsense);
+            assert_eq!(answer_of(req, &answer(0, 0)[..1]), nonsense);
+        }
+        assert_eq!(answer_of(&requests[0], &answer(0, 0)[..2]), Ok(None));
+    }
 }

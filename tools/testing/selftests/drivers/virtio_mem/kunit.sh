@@ -10,7 +10,7 @@ requires
 
 # suite:minimum number of cases
 suites=(rust_kernel_virtio:5 rust_kernel_power:1 rust_kernel_memory_hotplug_region:4 \
-    virtio_mem_rust_config:6 virtio_mem_rust_protocol:5 virtio_mem_rust_plug:4 \
+    virtio_mem_rust_config:6 virtio_mem_rust_protocol:6 virtio_mem_rust_plug:4 \
     virtio_mem_rust_mode:2 virtio_mem_rust_sbm:8 virtio_mem_rust_bbm:2 virtio_mem_rust_status:2 \
     virtio_mem_rust_error:1 virtio_mem_rust_backoff:3 virtio_mem_rust_power:1 \
     virtio_mem_rust_fault:3 rust_kernel_workqueue_arc:2)
