@@ -23,7 +23,7 @@ use kernel::{
 impl MemoryNotifierHandler for Runtime {
     fn prepare(this: &Arc<Self>, n: &MemoryNotification) -> Result {
         if this.concerns(n) {
-            this.mode.memory_event(this, n);
+            this.mode.memory_event(&this.cx(), n);
         }
         // The region vetoes what must not happen; the driver only follows.
         Ok(())
@@ -33,7 +33,7 @@ impl MemoryNotifierHandler for Runtime {
         if !this.concerns(n) {
             return;
         }
-        this.mode.memory_event(this, n);
+        this.mode.memory_event(&this.cx(), n);
         let size = this.whole_blocks(n);
         match n.event() {
             MemoryEvent::Online => {

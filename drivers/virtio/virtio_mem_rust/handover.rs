@@ -12,9 +12,9 @@ use crate::{
     run::{
         Found, //
         Lifecycle,
-        RunState,
         Runtime,
-    }, //
+    },
+    state::RunState, //
 };
 use kernel::{
     c_str,
@@ -143,7 +143,9 @@ impl Runtime {
         if was != Lifecycle::Halted {
             self.give_back(&mut st);
         }
-        st.notifier = None;
+        // Unregistered outside its own lock (the lock order: `state`, then `notifier`).
+        let notifier = self.notifier.lock().take();
+        drop(notifier);
         let added = st.added();
         if added > 0 {
             dev_info!(
@@ -165,7 +167,7 @@ impl Runtime {
     /// plugged, by our records or by the device's (a request it may have done without saying
     /// so), everything is unplugged (`UNPLUG_ALL`).
     fn give_back(self: &Arc<Self>, st: &mut RunState) {
-        if let Err(e) = self.mode.give_back(self, st) {
+        if let Err(e) = self.mode.give_back(&self.cx(), st) {
             self.gave_back_short(st, e);
         }
         if st.hotplug.is_none() || st.added() > 0 {

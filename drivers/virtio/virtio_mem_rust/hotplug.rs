@@ -12,15 +12,7 @@
 
 use crate::{
     device::DeviceClient,
-    error::StepError,
-    run::{
-        RunState,
-        Runtime, //
-    },
-    status::{
-        Event,
-        Reason, //
-    },
+    status::Event, //
 };
 use core::num::NonZeroU64;
 use kernel::{
@@ -196,62 +188,4 @@ pub(crate) fn unplug_margin() -> u64 {
 /// Whether unplugging `size` bytes of online memory leaves at least the margin available.
 pub(crate) fn above_margin(size: u64) -> bool {
     memory_hotplug::available_memory() >= size + unplug_margin()
-}
-
-impl Runtime {
-    /// What a refusal of the region means for the step: the block is being onlined or
-    /// offlined (`EAGAIN`: wait for it), another driver holds the online-page callback
-    /// (`EPERM`), free memory ran out (`ENOMEM`). Anything else means the driver's records and
-    /// the region's disagree: a bug, logged as one.
-    pub(crate) fn region_error(&self, addr: u64, size: u64, e: Error) -> StepError {
-        StepError::Guest(if e == EAGAIN {
-            Reason::Transition
-        } else if e == EPERM {
-            Reason::NoCallback
-        } else if e == ENOMEM {
-            Reason::Margin
-        } else {
-            dev_err!(
-                self.device.dev(),
-                "internal error: the memory region refused [{:#x}-{:#x}] ({:?})\n",
-                addr,
-                addr + size - 1,
-                e
-            );
-            Reason::Internal
-        })
-    }
-
-    /// After adding `[addr, addr + plugged)`, which the device had just plugged, failed with
-    /// `e`: unplugs it again. The step stops either way.
-    pub(crate) fn unplug_after_failed_add(
-        &self,
-        st: &mut RunState,
-        addr: u64,
-        plugged: u64,
-        e: Error,
-    ) -> StepError {
-        dev_err!(
-            self.device.dev(),
-            "adding memory [{:#x}-{:#x}] failed ({:?}); unplugging it again\n",
-            addr,
-            addr + plugged - 1,
-            e
-        );
-        let req = match self.device.request(false, addr, plugged) {
-            Ok(req) => req,
-            Err(e) => return e,
-        };
-        if let Err(f) = self.device.send(&req) {
-            dev_err!(
-                self.device.dev(),
-                "unplugging [{:#x}-{:#x}] failed too; resynchronizing with the device later\n",
-                addr,
-                addr + plugged - 1,
-            );
-            st.pending.resync = true;
-            return f.into();
-        }
-        StepError::Guest(Reason::AddFailed)
-    }
 }

@@ -1,24 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Sub-block or big-block mode: which one a device gets, and what each must do.
+//! Sub-block or big-block mode: which one a device gets.
 //!
-//! The mode is picked at probe as the C driver picks it. Each mode is one implementation of
-//! [`Manager`] (as nova-core picks a HAL per chipset): [`crate::sbm::SubBlockMode`] and
-//! [`crate::bbm::BigBlockMode`]. The run loop (see [`crate::run`]) only calls the trait, so a
-//! change to one mode cannot break the other.
+//! The mode is picked at probe as the C driver picks it. What each mode does is
+//! [`crate::manager::Manager`]'s business.
 
-use crate::{
-    error::StepError,
-    run::{
-        RunState,
-        Runtime, //
-    }, //
-};
-use kernel::{
-    fmt,
-    memory_hotplug::MemoryNotification,
-    prelude::*, //
-};
+use kernel::prelude::*;
 
 /// How the device's memory is managed, decided at probe (see the C driver's SBM and BBM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,50 +83,6 @@ impl Mode {
             Mode::BigBlock { bb_size } => bb_size,
         }
     }
-}
-
-/// What a mode does with the device's memory. Every method but [`Self::memory_event`] is
-/// called by the run loop with its state lock held (`st`); the mode keeps its own records
-/// behind its own lock, which it never holds across a call of the region's methods (see
-/// [`Runtime`]'s lock order).
-pub(crate) trait Manager: Send + Sync {
-    /// Bytes plugged by this binding.
-    fn plugged(&self) -> u64;
-
-    /// Plugged bytes of online memory, and in how many memory blocks they are (`added`: what
-    /// the region has added).
-    fn online(&self, rt: &Runtime, added: u64) -> (u64, u64);
-
-    /// Takes over the memory an earlier binding left added: the parked region's record says
-    /// which units are added, their online state, and which of their pages are backed.
-    fn take_over(&self, rt: &Runtime, st: &mut RunState, usable_end: u64) -> Result<(), StepError>;
-
-    /// Makes the device's plugged state agree with the mode's records, for every unit it
-    /// tracks below `usable_end`; returns where the tracked units end.
-    fn resync(&self, rt: &Runtime, usable_end: u64) -> Result<u64, StepError>;
-
-    /// Work earlier steps left over, done before plugging or unplugging.
-    fn tidy(&self, _rt: &Runtime, _st: &mut RunState) -> Result<(), StepError> {
-        Ok(())
-    }
-
-    /// Plugs and adds toward `st.requested` below `usable_end`.
-    fn plug(&self, rt: &Runtime, st: &mut RunState, usable_end: u64) -> Result<(), StepError>;
-
-    /// Removes and unplugs toward `requested`.
-    fn unplug(&self, rt: &Runtime, st: &mut RunState, requested: u64) -> Result<(), StepError>;
-
-    /// At unbind: removes what is not in use and unplugs it.
-    fn give_back(&self, rt: &Runtime, st: &mut RunState) -> Result<(), StepError>;
-
-    /// The device unplugged everything (`UNPLUG_ALL`).
-    fn forget_plugged(&self);
-
-    /// A memory event of the region (the notifier's `prepare` and `complete` both pass theirs).
-    fn memory_event(&self, _rt: &Runtime, _n: &MemoryNotification) {}
-
-    /// One line per unit with its state (debugfs).
-    fn dump(&self, rt: &Runtime, f: &mut fmt::Formatter<'_>) -> fmt::Result;
 }
 
 #[kunit_tests(virtio_mem_rust_mode)]

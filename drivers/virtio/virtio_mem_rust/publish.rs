@@ -9,9 +9,9 @@ use crate::{
     hotplug,
     run::{
         Lifecycle,
-        RunState,
         Runtime, //
     },
+    state::RunState,
     status::{
         Activity,
         Status, //
@@ -29,7 +29,7 @@ pub(crate) const ATTR_GROUP: &CStr = c"virtio_mem";
 impl Runtime {
     /// Bytes of plugged memory the page allocator has, `added` being what the region added.
     pub(crate) fn online_bytes(&self, added: u64) -> u64 {
-        let (online, blocks) = self.mode.online(self, added);
+        let (online, blocks) = self.mode.online(&self.cx(), added);
         let probed = &self.device.probed;
         hotplug::allocator_bytes(
             probed.memmap_on_memory,

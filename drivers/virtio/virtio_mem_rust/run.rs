@@ -5,7 +5,7 @@
 //! A config change (and probe) queues a step on the freezable system workqueue. A step re-reads
 //! the requested and usable sizes, does what earlier steps left for it (take over memory an
 //! earlier binding left added, unplug all memory plugged from before, resynchronize with the
-//! device), and then lets the mode (see [`crate::mode::Manager`]) plug or unplug toward the
+//! device), and then lets the mode (see [`crate::manager::Manager`]) plug or unplug toward the
 //! request. One `PLUG` request and one memory add cover a batch of up to 8G (see
 //! [`crate::plug`]), and the request is read again between batches: a step stops early when it
 //! moved.
@@ -25,21 +25,22 @@
 //! the runtime publishes a status (see [`crate::attrs`]).
 
 use crate::{
-    backoff::{
-        Backoff,
-        PlugLimit, //
-    },
     device::DeviceClient,
     error::{
         Failed,
         StepError, //
     },
-    hotplug::{
-        Hotplug,
-        OfflineMemory, //
+    hotplug::OfflineMemory,
+    manager::{
+        Ctx,
+        Manager,
+        RunLoop, //
     },
-    mode::Manager,
     protocol::Request,
+    state::{
+        Pending,
+        RunState, //
+    },
     status::{
         Activity,
         Event,
@@ -103,62 +104,6 @@ pub(crate) enum Found {
     Parked,
 }
 
-/// What the next step does before following the request.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Pending {
-    /// Memory added by an earlier binding is to be taken over.
-    pub(crate) take_over: bool,
-    /// The device has memory plugged from before we were bound: unplug it all.
-    pub(crate) unplug_all: bool,
-    /// Our view of the plugged state and the device's may differ (after `ERROR` or a
-    /// timeout): resynchronize with `STATE` requests.
-    pub(crate) resync: bool,
-}
-
-/// The run loop's state, under [`Runtime`]'s state lock.
-pub(crate) struct RunState {
-    /// The device's region and memory group; `None` once unbound (parked or released).
-    pub(crate) hotplug: Option<Hotplug>,
-    /// The requested size this step works toward.
-    pub(crate) requested: u64,
-    pub(crate) backoff: Backoff,
-    pub(crate) plug_limit: PlugLimit,
-    pub(crate) pending: Pending,
-    /// Why this step stopped short of the request, if it did.
-    pub(crate) reason: Option<Reason>,
-    /// The reason last logged (each is logged once while it lasts).
-    logged: Option<Reason>,
-    /// Whether the message that the online-page callback is taken was logged.
-    pub(crate) told_no_callback: bool,
-    /// The memory notifier, registered while bound. It holds a reference to the runtime, so it
-    /// is dropped at unbind (before the region is parked: no event of ours after that).
-    pub(crate) notifier: Option<Pin<KBox<MemoryNotifier<Runtime>>>>,
-}
-
-impl RunState {
-    /// The device accepted a plug: back to the shortest retry delay, and more may be asked
-    /// for at once again.
-    pub(crate) fn plug_accepted(&mut self) {
-        self.backoff.reset();
-        self.plug_limit.accepted();
-    }
-
-    /// The request is met: a later stall is logged again.
-    pub(crate) fn forget_logged(&mut self) {
-        self.logged = None;
-    }
-
-    /// The region and group, which are there until unbind parks them.
-    pub(crate) fn hotplug(&mut self) -> Result<&mut Hotplug, StepError> {
-        self.hotplug.as_mut().ok_or(StepError::Unbound)
-    }
-
-    /// Bytes added to the system.
-    pub(crate) fn added(&self) -> u64 {
-        self.hotplug.as_ref().map_or(0, |h| h.added())
-    }
-}
-
 /// The per-device runtime, shared by its work items, the memory notifier, the sysfs and
 /// debugfs files and the driver's bound data.
 ///
@@ -177,6 +122,9 @@ impl RunState {
 ///   wait for the notifier, which waits for the mode's lock.
 /// - `lifecycle` is taken by the notifier when it queues a step, so that no step is queued
 ///   after unbind cancelled the work items; `status` is taken last, briefly, also by sysfs.
+/// - `notifier` holds the memory notifier's registration: taken alone at probe, and under
+///   `state` at unbind only to take the registration out, which is dropped (unregistered)
+///   once `notifier` is let go.
 /// - The region's own notifier and online-page callback take only the region's lock.
 #[pin_data]
 pub(crate) struct Runtime {
@@ -196,6 +144,10 @@ pub(crate) struct Runtime {
     pub(crate) hide_persistent_suspend: Atomic<u32>,
     #[pin]
     pub(crate) state: Mutex<RunState>,
+    /// The memory notifier, registered while bound. It holds a reference to the runtime, so it
+    /// is dropped at unbind (before the region is parked: no event of ours after that).
+    #[pin]
+    pub(crate) notifier: Mutex<Option<Pin<KBox<MemoryNotifier<Runtime>>>>>,
     #[pin]
     pub(crate) lifecycle: SpinLock<Lifecycle>,
     /// What the sysfs attributes show.
@@ -254,17 +206,8 @@ impl Runtime {
                 waiting_for_transition: Atomic::new(false),
                 remove_delay_ms: Atomic::new(0),
                 hide_persistent_suspend: Atomic::new(0),
-                state <- new_mutex!(RunState {
-                    hotplug: None,
-                    requested: 0,
-                    backoff: Backoff::new(),
-                    plug_limit: PlugLimit::new(),
-                    pending,
-                    reason: None,
-                    logged: None,
-                    told_no_callback: false,
-                    notifier: None,
-                }),
+                state <- new_mutex!(RunState::new(pending)),
+                notifier <- new_mutex!(None),
                 lifecycle <- new_spinlock!(Lifecycle::Running),
                 status <- new_spinlock!(Status::new()),
                 work <- new_work!("virtio_mem_rust::Runtime::work"),
@@ -277,7 +220,7 @@ impl Runtime {
     /// Registers the memory notifier that tracks onlining of the region's memory.
     pub(crate) fn watch_memory(self: &Arc<Self>) -> Result {
         let notifier = KBox::pin_init(MemoryNotifier::new(self.clone()), GFP_KERNEL)?;
-        self.state.lock().notifier = Some(notifier);
+        *self.notifier.lock() = Some(notifier);
         Ok(())
     }
 
@@ -292,6 +235,16 @@ impl Runtime {
         let lifecycle = self.lifecycle.lock();
         if *lifecycle != Lifecycle::Unbinding {
             self.kick();
+        }
+    }
+
+    /// What the mode gets of the runtime for a call (see [`Ctx`]).
+    pub(crate) fn cx(&self) -> Ctx<'_> {
+        Ctx {
+            device: &self.device,
+            offline: &self.offline,
+            remove_delay_ms: &self.remove_delay_ms,
+            run: self,
         }
     }
 
@@ -327,7 +280,7 @@ impl Runtime {
         self.show_request(requested, self.plugged());
         let usable_end = self.device.addr() + usable;
         if st.pending.take_over {
-            self.mode.take_over(self, st, usable_end)?;
+            self.mode.take_over(&self.cx(), st, usable_end)?;
             st.pending.take_over = false;
             self.device.count(Event::TakeOver);
             dev_info!(
@@ -356,11 +309,11 @@ impl Runtime {
             self.resync(usable_end)?;
             st.pending.resync = false;
         }
-        self.mode.tidy(self, st)?;
+        self.mode.tidy(&self.cx(), st)?;
         if requested < self.plugged() {
-            self.mode.unplug(self, st, requested)
+            self.mode.unplug(&self.cx(), st, requested)
         } else {
-            self.mode.plug(self, st, usable_end)
+            self.mode.plug(&self.cx(), st, usable_end)
         }
     }
 
@@ -395,57 +348,8 @@ impl Runtime {
     /// Makes the device's plugged state match ours everywhere below `usable_end`.
     fn resync(&self, usable_end: u64) -> Result<(), StepError> {
         self.device.count(Event::Resync);
-        let tracked_end = self.mode.resync(self, usable_end)?;
+        let tracked_end = self.mode.resync(&self.cx(), usable_end)?;
         self.device.resync_untracked(tracked_end, usable_end)
-    }
-
-    /// Whether the device's requested size moved away from what this step works toward: the
-    /// mode stops after its current batch (`Err(Moved)`), and a new step starts at once (as the
-    /// C driver aborts a run with `-EAGAIN` when the config changed). Not while unbinding.
-    pub(crate) fn check_request(&self, st: &RunState) -> Result<(), StepError> {
-        if *self.lifecycle.lock() == Lifecycle::Unbinding {
-            return Ok(());
-        }
-        match self.device.read_sizes() {
-            Ok((requested, _)) if requested != st.requested => Err(StepError::Moved),
-            _ => Ok(()),
-        }
-    }
-
-    /// After a plug of `tried` bytes failed with `f`: if the device refused it (`BUSY` or
-    /// `NACK`, e.g. the host could not allocate that much) and plugs down to `least` bytes are
-    /// possible, halves the plug limit and says to try again right away. After a timeout the
-    /// limit is halved too (a host slower than the timeout for a big plug gets smaller ones),
-    /// but the retry comes after the resync that a timeout needs.
-    pub(crate) fn smaller_plugs(
-        &self,
-        st: &mut RunState,
-        f: &Failed,
-        tried: u64,
-        least: u64,
-    ) -> bool {
-        let refused = matches!(f.reason, Reason::DeviceBusy | Reason::DeviceRefused);
-        if !(refused || f.timed_out()) {
-            return false;
-        }
-        let Some(first) = st.plug_limit.halve(tried, least) else {
-            return false;
-        };
-        if first {
-            dev_info!(
-                self.device.dev(),
-                "the device {} a plug of {:#x} bytes; trying smaller pieces\n",
-                if refused {
-                    "refused"
-                } else {
-                    "did not answer in time to"
-                },
-                tried
-            );
-        }
-        // Going on at once after a refusal (it is not why this step stops, unless a later
-        // one is); a timeout stops the step for the resync.
-        refused && !st.pending.resync
     }
 
     /// What follows from a step that stopped short: the only place that decides it. Returns
@@ -517,7 +421,7 @@ impl Runtime {
     /// or offlined or memory waiting to be onlined, with back-off otherwise.
     fn stall(self: &Arc<Self>, st: &mut RunState, why: Reason) {
         st.reason = Some(why);
-        if st.logged != Some(why) {
+        if st.first_time(why) {
             let what = if st.requested < self.plugged() {
                 "unplugging"
             } else {
@@ -529,7 +433,6 @@ impl Runtime {
                 what,
                 why
             );
-            st.logged = Some(why);
         }
         match why {
             Reason::Margin | Reason::MemmapNoRoom => self.retry_in(st, MEMORY_RETRY_SECS),
@@ -566,5 +469,55 @@ impl Runtime {
     /// Whether the notifier should queue a step because a transition a step waited for ended.
     pub(crate) fn transition_ended(&self) -> bool {
         self.waiting_for_transition.xchg(false, Full)
+    }
+}
+
+/// The run loop's side of what a mode may ask of it (see [`Ctx`]).
+impl RunLoop for Runtime {
+    /// Whether the device's requested size moved away from what this step works toward: the
+    /// mode stops after its current batch (`Err(Moved)`), and a new step starts at once (as the
+    /// C driver aborts a run with `-EAGAIN` when the config changed). Not while unbinding.
+    fn check_request(&self, st: &RunState) -> Result<(), StepError> {
+        if *self.lifecycle.lock() == Lifecycle::Unbinding {
+            return Ok(());
+        }
+        match self.device.read_sizes() {
+            Ok((requested, _)) if requested != st.requested => Err(StepError::Moved),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a plug of `tried` bytes failed with `f`: if the device refused it (`BUSY` or
+    /// `NACK`, e.g. the host could not allocate that much) and plugs down to `least` bytes are
+    /// possible, halves the plug limit and says to try again right away. After a timeout the
+    /// limit is halved too (a host slower than the timeout for a big plug gets smaller ones),
+    /// but the retry comes after the resync that a timeout needs.
+    fn smaller_plugs(&self, st: &mut RunState, f: &Failed, tried: u64, least: u64) -> bool {
+        let refused = matches!(f.reason, Reason::DeviceBusy | Reason::DeviceRefused);
+        if !(refused || f.timed_out()) {
+            return false;
+        }
+        let Some(first) = st.plug_limit.halve(tried, least) else {
+            return false;
+        };
+        if first {
+            dev_info!(
+                self.device.dev(),
+                "the device {} a plug of {:#x} bytes; trying smaller pieces\n",
+                if refused {
+                    "refused"
+                } else {
+                    "did not answer in time to"
+                },
+                tried
+            );
+        }
+        // Going on at once after a refusal (it is not why this step stops, unless a later
+        // one is); a timeout stops the step for the resync.
+        refused && !st.pending.resync
+    }
+
+    fn update_sizes(&self, st: &RunState) {
+        Runtime::update_sizes(self, st)
     }
 }

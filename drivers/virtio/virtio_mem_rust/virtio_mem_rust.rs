@@ -11,12 +11,14 @@
 //!   counters and fault injection, `STATE` queries that resynchronize.
 //! - [`fault`]: the faults tests arm per request kind (debugfs `inject`): definite refusals,
 //!   and answers that are undefined, short, lost or late.
-//! - [`mode`]: sub-block or big-block mode, picked at probe, and the trait both implement.
+//! - [`mode`]: sub-block or big-block mode, picked at probe; [`manager`]: the trait both
+//!   implement, and the narrow context ([`manager::Ctx`]) through which they see the run loop.
 //! - [`sbm`]: sub-block mode: block states and bitmaps, plugging and unplugging sub-blocks.
 //! - [`bbm`]: big-block mode: big block states, plugging and unplugging big blocks.
 //! - [`plug`]: the region's geometry and how much one request and one add carry.
 //! - [`hotplug`]: the region and memory group, adding memory, offline accounting, memmap room.
-//! - [`run`]: the device runtime: work items and one step that only sequences.
+//! - [`run`]: the device runtime: work items and one step that only sequences; [`state`]: the
+//!   run loop's state, which the modes get with every call.
 //! - [`error`]: what ends a step short of the request; [`backoff`]: when to try again.
 //! - [`events`]: the memory notifier.
 //! - [`handover`]: reserving or taking over the region at probe; giving back and parking at
@@ -54,6 +56,7 @@ mod handover;
 mod hotplug;
 #[cfg(CONFIG_PROC_VMCORE)]
 mod kdump;
+mod manager;
 mod mode;
 mod plug;
 mod power;
@@ -61,6 +64,7 @@ mod protocol;
 mod publish;
 mod run;
 mod sbm;
+mod state;
 mod status;
 
 use bbm::BigBlockMode;

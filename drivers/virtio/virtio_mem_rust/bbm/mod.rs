@@ -12,12 +12,12 @@ use crate::{
         self,
         Hotplug, //
     },
-    mode::Manager,
-    module_parameters,
-    run::{
-        RunState,
-        Runtime, //
+    manager::{
+        Ctx,
+        Manager, //
     },
+    module_parameters,
+    state::RunState,
     status::{
         Event,
         Reason, //
@@ -88,13 +88,13 @@ impl BigBlockMode {
     }
 
     /// Adds back big block `i`, which the device backs but which is not added.
-    fn add_back(&self, rt: &Runtime, st: &mut RunState, i: usize) -> Result {
+    fn add_back(&self, cx: &Ctx<'_>, st: &mut RunState, i: usize) -> Result {
         let addr = self.bigs.lock().addr(i);
         let res = st
             .hotplug
             .as_mut()
             .ok_or(ENODEV)
-            .and_then(|h| h.add(&rt.device, &rt.offline, addr, self.unit, self.unit));
+            .and_then(|h| h.add(&cx.device, &cx.offline, addr, self.unit, self.unit));
         match res {
             Ok(()) => {
                 self.bigs.lock().set(i, 1, BbState::Added);
@@ -102,7 +102,7 @@ impl BigBlockMode {
             }
             Err(e) => {
                 dev_err!(
-                    rt.device.dev(),
+                    cx.device.dev(),
                     "adding the plugged big block [{:#x}-{:#x}] failed ({:?}); it stays plugged \
                      and is tried again later\n",
                     addr,
@@ -117,25 +117,25 @@ impl BigBlockMode {
     /// Plugs big blocks `i..i + n` at the device and adds each to the system.
     fn plug_and_add(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         i: usize,
         n: usize,
     ) -> Result<(), StepError> {
         let addr = self.bigs.lock().addr(i);
-        let req = rt.device.request(true, addr, n as u64 * self.unit)?;
-        rt.device.send(&req)?;
+        let req = cx.device.request(true, addr, n as u64 * self.unit)?;
+        cx.device.send(&req)?;
         self.bigs.lock().set(i, n, BbState::Plugged);
         // One big block per add, the pieces it will be removed in.
         for k in 0..n {
             let at = addr + k as u64 * self.unit;
             let added = st
                 .hotplug()?
-                .add(&rt.device, &rt.offline, at, self.unit, self.unit);
+                .add(&cx.device, &cx.offline, at, self.unit, self.unit);
             if let Err(e) = added {
                 let rest = n - k;
                 self.bigs.lock().set(i + k, rest, BbState::Unused);
-                return Err(rt.unplug_after_failed_add(st, at, rest as u64 * self.unit, e));
+                return Err(cx.unplug_after_failed_add(st, at, rest as u64 * self.unit, e));
             }
             self.bigs.lock().set(i + k, 1, BbState::Added);
         }
@@ -148,7 +148,7 @@ impl BigBlockMode {
     /// on a page in use.
     fn remove(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         addr: u64,
         usage: Usage,
@@ -163,24 +163,24 @@ impl BigBlockMode {
                 Ok(()) => Ok(()),
                 // Onlined meanwhile: a later pass sees it online.
                 Err(e) if e == EBUSY || e == EAGAIN => Err(StepError::Guest(Reason::Unmovable)),
-                Err(e) => Err(rt.region_error(addr, unit, e)),
+                Err(e) => Err(cx.region_error(addr, unit, e)),
             };
         }
         match region.take_pages(addr, unit, || Ok::<(), Undo<()>>(())) {
             Ok(()) => {}
             Err(PagesError::Region(e)) if e == EBUSY => {
-                rt.device.count(Event::UnplugFailed);
+                cx.device.count(Event::UnplugFailed);
                 return Err(StepError::Guest(Reason::Unmovable));
             }
-            Err(PagesError::Region(e)) => return Err(rt.region_error(addr, unit, e)),
+            Err(PagesError::Region(e)) => return Err(cx.region_error(addr, unit, e)),
             Err(PagesError::Step(())) => return Err(StepError::internal()),
         }
         let Err(e) = region.offline_and_remove_memory(addr, unit) else {
             return Ok(());
         };
-        rt.device.count(Event::UnplugFailed);
+        cx.device.count(Event::UnplugFailed);
         dev_warn!(
-            rt.device.dev(),
+            cx.device.dev(),
             "offlining the big block [{:#x}-{:#x}] failed ({:?}); giving its pages back\n",
             addr,
             addr + unit - 1,
@@ -188,7 +188,7 @@ impl BigBlockMode {
         );
         if let Err(e) = region.give_pages(addr, unit, || Ok::<(), ()>(())) {
             dev_err!(
-                rt.device.dev(),
+                cx.device.dev(),
                 "giving the pages of [{:#x}-{:#x}] back failed ({:?}); they stay unused\n",
                 addr,
                 addr + unit - 1,
@@ -203,21 +203,21 @@ impl BigBlockMode {
     /// added, and is added or unplugged later.
     fn unplug_one(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         i: usize,
         usage: Usage,
     ) -> Result<(), StepError> {
         let addr = self.bigs.lock().addr(i);
-        let req = rt.device.request(false, addr, self.unit)?;
+        let req = cx.device.request(false, addr, self.unit)?;
         if usage != Usage::NotAdded {
-            self.remove(rt, st, addr, usage)?;
-            rt.device.count(Event::BlockRemoved);
+            self.remove(cx, st, addr, usage)?;
+            cx.device.count(Event::BlockRemoved);
             // Removed: it is no longer offline either (the notifier counted it offline).
-            rt.offline.removed(self.unit);
+            cx.offline.removed(self.unit);
             self.bigs.lock().set(i, 1, BbState::Plugged);
         }
-        let Err(f) = rt.device.send(&req) else {
+        let Err(f) = cx.device.send(&req) else {
             self.bigs.lock().set(i, 1, BbState::Unused);
             return Ok(());
         };
@@ -227,7 +227,7 @@ impl BigBlockMode {
             // makes the device agree that it is unplugged.
             if usage != Usage::NotAdded {
                 dev_warn!(
-                    rt.device.dev(),
+                    cx.device.dev(),
                     "no definite answer to the UNPLUG of the big block [{:#x}-{:#x}] ({}): \
                      taking it as unplugged\n",
                     addr,
@@ -238,7 +238,7 @@ impl BigBlockMode {
             self.bigs.lock().set(i, 1, BbState::Unused);
         } else if usage != Usage::NotAdded {
             // Still plugged: added back, so that nothing plugged is left unused.
-            let _ = self.add_back(rt, st, i);
+            let _ = self.add_back(cx, st, i);
         }
         Err(f.into())
     }
@@ -262,14 +262,14 @@ impl Manager for BigBlockMode {
         self.bigs.lock().plugged_bytes()
     }
 
-    fn online(&self, rt: &Runtime, added: u64) -> (u64, u64) {
-        let online = added.saturating_sub(rt.offline.bytes());
+    fn online(&self, cx: &Ctx<'_>, added: u64) -> (u64, u64) {
+        let online = added.saturating_sub(cx.offline.bytes());
         (online, online / self.memory_block_size.max(1))
     }
 
     fn take_over(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         _usable_end: u64,
     ) -> Result<(), StepError> {
@@ -284,7 +284,7 @@ impl Manager for BigBlockMode {
             let mut at = addr;
             while at < addr + self.unit {
                 if region.block_state(at) == Some(memory_hotplug::BlockState::Offline) {
-                    rt.offline.added(self.memory_block_size);
+                    cx.offline.added(self.memory_block_size);
                 }
                 at += self.memory_block_size;
             }
@@ -292,9 +292,9 @@ impl Manager for BigBlockMode {
         Ok(())
     }
 
-    fn resync(&self, rt: &Runtime, usable_end: u64) -> Result<u64, StepError> {
+    fn resync(&self, cx: &Ctx<'_>, usable_end: u64) -> Result<u64, StepError> {
         let unit = self.unit;
-        let chunk = rt.device.geometry.max_units() * unit;
+        let chunk = cx.device.geometry.max_units() * unit;
         let (first, len) = {
             let bigs = self.bigs.lock();
             (bigs.addr(0), bigs.len())
@@ -312,60 +312,60 @@ impl Manager for BigBlockMode {
             {
                 n += 1;
             }
-            rt.device
+            cx.device
                 .resync_range(first + i as u64 * unit, n as u64 * unit, p)?;
             i += n;
         }
         Ok(first + i as u64 * unit)
     }
 
-    fn plug(&self, rt: &Runtime, st: &mut RunState, usable_end: u64) -> Result<(), StepError> {
-        let unit = rt.device.geometry.unit;
+    fn plug(&self, cx: &Ctx<'_>, st: &mut RunState, usable_end: u64) -> Result<(), StepError> {
+        let unit = cx.device.geometry.unit;
         loop {
             let requested = st.requested;
             let want = (requested - requested % unit).saturating_sub(self.plugged()) / unit;
             if want == 0 {
                 return Ok(());
             }
-            rt.check_request(st)?;
+            cx.check_request(st)?;
             // Keep added-but-offline memory within the limit; the notifier resumes us.
-            let room = rt.offline.room(unit) / unit;
+            let room = cx.offline.room(unit) / unit;
             if room == 0 {
                 return Err(StepError::Guest(Reason::WaitingForOnline));
             }
-            rt.offline.go_on();
-            let memmap_on_memory = rt.device.probed.memmap_on_memory;
+            cx.offline.go_on();
+            let memmap_on_memory = cx.device.probed.memmap_on_memory;
             let fits = hotplug::memmap_room(memmap_on_memory, unit.get(), want.min(room));
             if fits == 0 {
                 return Err(StepError::Guest(Reason::MemmapNoRoom));
             }
             let not_added = self.bigs.lock().next_plugged();
             if let Some(i) = not_added {
-                self.add_back(rt, st, i)
+                self.add_back(cx, st, i)
                     .map_err(|_| StepError::Guest(Reason::AddFailed))?;
-                rt.update_sizes(st);
+                cx.update_sizes(st);
                 continue;
             }
             let max = fits
-                .min(rt.device.geometry.max_units())
+                .min(cx.device.geometry.max_units())
                 .min((st.plug_limit.get() / unit).max(1));
             let Some((i, n)) = self.bigs.lock().unused_run(usable_end, max as usize) else {
                 // The usable region is full.
                 return Ok(());
             };
             let size = n as u64 * unit.get();
-            match self.plug_and_add(rt, st, i, n) {
+            match self.plug_and_add(cx, st, i, n) {
                 Ok(()) => {
                     st.plug_accepted();
-                    rt.update_sizes(st);
+                    cx.update_sizes(st);
                 }
-                Err(StepError::Device(f)) if rt.smaller_plugs(st, &f, size, unit.get()) => {}
+                Err(StepError::Device(f)) if cx.smaller_plugs(st, &f, size, unit.get()) => {}
                 Err(e) => return Err(e),
             }
         }
     }
 
-    fn unplug(&self, rt: &Runtime, st: &mut RunState, requested: u64) -> Result<(), StepError> {
+    fn unplug(&self, cx: &Ctx<'_>, st: &mut RunState, requested: u64) -> Result<(), StepError> {
         let online_ok = module_parameters::unplug_online.value();
         // Big blocks that could not go in this pass.
         let mut skip = KVec::new();
@@ -374,17 +374,17 @@ impl Manager for BigBlockMode {
                 st.backoff.reset();
                 return Ok(());
             }
-            rt.check_request(st)?;
+            cx.check_request(st)?;
             let next = self.bigs.lock().next_unplug(online_ok, &skip, |addr| {
                 self.usage(st.hotplug.as_ref(), addr)
             });
             let Some((i, usage)) = next else {
                 return Err(Self::stuck(!skip.is_empty(), online_ok));
             };
-            match self.unplug_one(rt, st, i, usage) {
+            match self.unplug_one(cx, st, i, usage) {
                 Ok(()) => {
                     st.backoff.reset();
-                    rt.update_sizes(st);
+                    cx.update_sizes(st);
                 }
                 Err(StepError::Guest(Reason::Unmovable)) => skip
                     .push(i, GFP_KERNEL)
@@ -394,8 +394,8 @@ impl Manager for BigBlockMode {
         }
     }
 
-    fn give_back(&self, rt: &Runtime, st: &mut RunState) -> Result<(), StepError> {
-        self.unplug(rt, st, 0)
+    fn give_back(&self, cx: &Ctx<'_>, st: &mut RunState) -> Result<(), StepError> {
+        self.unplug(cx, st, 0)
     }
 
     fn forget_plugged(&self) {
@@ -404,9 +404,8 @@ impl Manager for BigBlockMode {
         bigs.set(0, n, BbState::Unused);
     }
 
-    fn dump(&self, rt: &Runtime, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn dump(&self, st: &RunState, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "# address state (big block {:#x})", self.unit)?;
-        let st = rt.state.lock();
         let bigs = self.bigs.lock();
         for i in 0..bigs.len() {
             let addr = bigs.addr(i);

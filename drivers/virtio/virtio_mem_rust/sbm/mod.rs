@@ -11,11 +11,11 @@ mod unplug;
 
 use crate::{
     error::StepError,
-    mode::Manager,
-    run::{
-        RunState,
-        Runtime, //
+    manager::{
+        Ctx,
+        Manager, //
     },
+    state::RunState,
     status::Event, //
 };
 use blocks::{
@@ -96,10 +96,10 @@ impl SubBlockMode {
     }
 
     /// Tracks every whole block below `usable_end`.
-    fn grow(&self, rt: &Runtime, usable_end: u64) -> Result<(), StepError> {
+    fn grow(&self, cx: &Ctx<'_>, usable_end: u64) -> Result<(), StepError> {
         self.blocks.lock().grow(usable_end).map_err(|e| {
             dev_err!(
-                rt.device.dev(),
+                cx.device.dev(),
                 "tracking the usable region failed: {:?}\n",
                 e
             );
@@ -110,7 +110,7 @@ impl SubBlockMode {
     /// Removes added block `mb` from the system (offlining it first if it is online) and marks
     /// it unused; its sub-blocks keep their plugged state. A failure is logged; the block stays
     /// added and a later step tries again.
-    fn remove_block(&self, rt: &Runtime, st: &mut RunState, mb: usize) -> Result {
+    fn remove_block(&self, cx: &Ctx<'_>, st: &mut RunState, mb: usize) -> Result {
         let (state, addr, mb_size) = {
             let b = self.blocks.lock();
             (b.state(mb), b.block_addr(mb), b.mb_size().get())
@@ -123,7 +123,7 @@ impl SubBlockMode {
         };
         res.inspect_err(|e| {
             dev_warn!(
-                rt.device.dev(),
+                cx.device.dev(),
                 "removing the {:?} block [{:#x}-{:#x}] failed ({:?})\n",
                 state,
                 addr,
@@ -131,33 +131,33 @@ impl SubBlockMode {
                 e
             )
         })?;
-        rt.device.count(Event::BlockRemoved);
+        cx.device.count(Event::BlockRemoved);
         // It counted as offline (an online block went offline on the way out).
-        rt.offline.removed(mb_size);
+        cx.offline.removed(mb_size);
         self.blocks.lock().set_state(mb, BlockState::Unused);
         Ok(())
     }
 
     /// Removes the blocks that are offline (at unbind). A failure is logged; the block stays
     /// added, and the region keeps its unplugged pages offline.
-    fn remove_offline_blocks(&self, rt: &Runtime, st: &mut RunState) {
+    fn remove_offline_blocks(&self, cx: &Ctx<'_>, st: &mut RunState) {
         let len = self.blocks.lock().len();
         for mb in 0..len {
             if self.blocks.lock().state(mb) == BlockState::Offline {
-                let _ = self.remove_block(rt, st, mb);
+                let _ = self.remove_block(cx, st, mb);
             }
         }
     }
 
     /// Removes added blocks with nothing plugged: offline ones, and online ones after offlining
     /// them (their pages are all inaccessible, so offlining skips them).
-    fn remove_empty_blocks(&self, rt: &Runtime, st: &mut RunState) {
+    fn remove_empty_blocks(&self, cx: &Ctx<'_>, st: &mut RunState) {
         // Each pass removes a block (it becomes unused) or stops.
         loop {
             let Some(mb) = self.blocks.lock().next_empty_added() else {
                 return;
             };
-            if self.remove_block(rt, st, mb).is_err() {
+            if self.remove_block(cx, st, mb).is_err() {
                 return;
             }
         }
@@ -166,7 +166,7 @@ impl SubBlockMode {
     /// Keeps the block states in step with a memory event. Events the states do not expect are
     /// logged, except a cancel of a change we never saw (another notifier vetoed it before ours
     /// was called).
-    fn track(&self, rt: &Runtime, n: &MemoryNotification) {
+    fn track(&self, cx: &Ctx<'_>, n: &MemoryNotification) {
         let range = n.range();
         let t = match n.event() {
             MemoryEvent::GoingOnline => Transition::GoingOnline,
@@ -191,7 +191,7 @@ impl SubBlockMode {
                     );
                     if !unseen_cancel {
                         dev_warn!(
-                            rt.device.dev(),
+                            cx.device.dev(),
                             "memory block [{:#x}-{:#x}]: {:?} in state {:?}\n",
                             addr,
                             addr + mb_size - 1,
@@ -223,7 +223,7 @@ impl Manager for SubBlockMode {
         self.blocks.lock().plugged_bytes()
     }
 
-    fn online(&self, _rt: &Runtime, _added: u64) -> (u64, u64) {
+    fn online(&self, _cx: &Ctx<'_>, _added: u64) -> (u64, u64) {
         let b = self.blocks.lock();
         let sb = b.sb_size().get();
         (0..b.len())
@@ -233,8 +233,8 @@ impl Manager for SubBlockMode {
             })
     }
 
-    fn take_over(&self, rt: &Runtime, st: &mut RunState, usable_end: u64) -> Result<(), StepError> {
-        self.grow(rt, usable_end)?;
+    fn take_over(&self, cx: &Ctx<'_>, st: &mut RunState, usable_end: u64) -> Result<(), StepError> {
+        self.grow(cx, usable_end)?;
         let region = &st.hotplug()?.region;
         let mut b = self.blocks.lock();
         let (sb_size, per, mb_size) = (b.sb_size().get(), b.sbs_per_mb().get(), b.mb_size().get());
@@ -245,7 +245,7 @@ impl Manager for SubBlockMode {
             };
             let state = block_state(state);
             if state == BlockState::Offline {
-                rt.offline.added(mb_size);
+                cx.offline.added(mb_size);
             }
             b.set_state(mb, state);
             for sb in 0..per {
@@ -257,9 +257,9 @@ impl Manager for SubBlockMode {
         Ok(())
     }
 
-    fn resync(&self, rt: &Runtime, _usable_end: u64) -> Result<u64, StepError> {
+    fn resync(&self, cx: &Ctx<'_>, _usable_end: u64) -> Result<u64, StepError> {
         let l = self.layout();
-        let mut tracked_end = rt.device.geometry.first;
+        let mut tracked_end = cx.device.geometry.first;
         let len = self.blocks.lock().len();
         for mb in 0..len {
             let (addr, nr) = {
@@ -267,11 +267,11 @@ impl Manager for SubBlockMode {
                 (b.block_addr(mb), b.nr_plugged(mb))
             };
             if nr == 0 || nr == l.per {
-                rt.device.resync_range(addr, l.mb_size, nr == l.per)?;
+                cx.device.resync_range(addr, l.mb_size, nr == l.per)?;
             } else {
                 for sb in 0..l.per {
                     let plugged = self.blocks.lock().is_plugged(mb, sb);
-                    rt.device
+                    cx.device
                         .resync_range(addr + sb as u64 * l.sb_size, l.sb_size, plugged)?;
                 }
             }
@@ -282,23 +282,23 @@ impl Manager for SubBlockMode {
 
     /// Blocks whose sub-blocks are all unplugged go first (an unplug that could not remove its
     /// block right away, or one left by a failed step), then what is plugged but not added.
-    fn tidy(&self, rt: &Runtime, st: &mut RunState) -> Result<(), StepError> {
-        self.remove_empty_blocks(rt, st);
-        self.unplug_not_added(rt)
+    fn tidy(&self, cx: &Ctx<'_>, st: &mut RunState) -> Result<(), StepError> {
+        self.remove_empty_blocks(cx, st);
+        self.unplug_not_added(cx)
     }
 
-    fn plug(&self, rt: &Runtime, st: &mut RunState, usable_end: u64) -> Result<(), StepError> {
-        self.plug_toward(rt, st, usable_end)
+    fn plug(&self, cx: &Ctx<'_>, st: &mut RunState, usable_end: u64) -> Result<(), StepError> {
+        self.plug_toward(cx, st, usable_end)
     }
 
-    fn unplug(&self, rt: &Runtime, st: &mut RunState, requested: u64) -> Result<(), StepError> {
-        self.unplug_toward(rt, st, requested)
+    fn unplug(&self, cx: &Ctx<'_>, st: &mut RunState, requested: u64) -> Result<(), StepError> {
+        self.unplug_toward(cx, st, requested)
     }
 
-    fn give_back(&self, rt: &Runtime, st: &mut RunState) -> Result<(), StepError> {
-        self.remove_offline_blocks(rt, st);
-        let unplugged = self.unplug_toward(rt, st, 0);
-        let not_added = self.unplug_not_added(rt);
+    fn give_back(&self, cx: &Ctx<'_>, st: &mut RunState) -> Result<(), StepError> {
+        self.remove_offline_blocks(cx, st);
+        let unplugged = self.unplug_toward(cx, st, 0);
+        let not_added = self.unplug_not_added(cx);
         unplugged.and(not_added)
     }
 
@@ -310,11 +310,11 @@ impl Manager for SubBlockMode {
         }
     }
 
-    fn memory_event(&self, rt: &Runtime, n: &MemoryNotification) {
-        self.track(rt, n);
+    fn memory_event(&self, cx: &Ctx<'_>, n: &MemoryNotification) {
+        self.track(cx, n);
     }
 
-    fn dump(&self, _rt: &Runtime, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn dump(&self, _st: &RunState, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.blocks.lock();
         writeln!(
             f,

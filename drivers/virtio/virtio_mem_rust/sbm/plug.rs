@@ -10,11 +10,11 @@ use super::{
 use crate::{
     error::StepError,
     hotplug,
-    mode::Manager,
-    run::{
-        RunState,
-        Runtime, //
+    manager::{
+        Ctx,
+        Manager, //
     },
+    state::RunState,
     status::Reason, //
 };
 use kernel::{
@@ -38,15 +38,15 @@ impl SubBlockMode {
     /// Plugs toward `st.requested` below `usable_end`.
     pub(super) fn plug_toward(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         usable_end: u64,
     ) -> Result<(), StepError> {
-        self.grow(rt, usable_end)?;
+        self.grow(cx, usable_end)?;
         let l = self.layout();
         // Sub-blocks one request can carry.
         let max_per_request = usize::try_from(
-            (u64::from(u16::MAX) * rt.device.geometry.block_size.get() / l.sb_size).max(1),
+            (u64::from(u16::MAX) * cx.device.geometry.block_size.get() / l.sb_size).max(1),
         )
         .unwrap_or(usize::MAX);
         loop {
@@ -55,19 +55,19 @@ impl SubBlockMode {
             if want == 0 {
                 return Ok(());
             }
-            rt.check_request(st)?;
+            cx.check_request(st)?;
             // Sub-blocks one request may ask for now.
             let limit = usize::try_from(st.plug_limit.get() / l.sb_size)
                 .unwrap_or(usize::MAX)
                 .clamp(1, max_per_request);
             let max_sbs = want.min(limit);
-            let res = match self.plug_partial(rt, st, max_sbs) {
+            let res = match self.plug_partial(cx, st, max_sbs) {
                 Ok(true) => Ok(()),
                 Ok(false) => {
-                    let Some(new) = self.plan_new_blocks(rt, st, want, max_sbs)? else {
+                    let Some(new) = self.plan_new_blocks(cx, st, want, max_sbs)? else {
                         return Ok(());
                     };
-                    self.plug_new_blocks(rt, st, new.mb, new.nr_sbs)
+                    self.plug_new_blocks(cx, st, new.mb, new.nr_sbs)
                         .map_err(|e| (e, new.nr_sbs as u64 * l.sb_size, new.least))
                 }
                 Err(e) => Err((e, max_sbs as u64 * l.sb_size, l.sb_size)),
@@ -75,10 +75,10 @@ impl SubBlockMode {
             match res {
                 Ok(()) => {
                     st.plug_accepted();
-                    rt.update_sizes(st);
+                    cx.update_sizes(st);
                 }
                 Err((StepError::Device(f), tried, least))
-                    if rt.smaller_plugs(st, &f, tried, least) => {}
+                    if cx.smaller_plugs(st, &f, tried, least) => {}
                 Err((e, _, _)) => return Err(e),
             }
         }
@@ -89,13 +89,13 @@ impl SubBlockMode {
     /// its memmap). `None` when no new block makes sense or the usable region is full.
     fn plan_new_blocks(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         want: usize,
         max_sbs: usize,
     ) -> Result<Option<NewBlocks>, StepError> {
         let l = self.layout();
-        let unit = rt.device.geometry.unit;
+        let unit = cx.device.geometry.unit;
         let whole = want / l.per;
         if whole == 0 && want < l.memmap_sbs {
             return Ok(None);
@@ -109,12 +109,12 @@ impl SubBlockMode {
             l.memmap_sbs
         };
         // Keep added-but-offline memory within the limit; the notifier resumes us.
-        let room = usize::try_from(rt.offline.room(unit) / unit).unwrap_or(usize::MAX);
+        let room = usize::try_from(cx.offline.room(unit) / unit).unwrap_or(usize::MAX);
         if room == 0 {
             return Err(StepError::Guest(Reason::WaitingForOnline));
         }
-        rt.offline.go_on();
-        let memmap_on_memory = rt.device.probed.memmap_on_memory;
+        cx.offline.go_on();
+        let memmap_on_memory = cx.device.probed.memmap_on_memory;
         let fits = usize::try_from(hotplug::memmap_room(
             memmap_on_memory,
             unit.get(),
@@ -125,13 +125,13 @@ impl SubBlockMode {
             return Err(StepError::Guest(Reason::MemmapNoRoom));
         }
         let (max_blocks, nr_sbs) = if whole > 0 {
-            let max = usize::try_from(rt.device.geometry.max_units()).unwrap_or(1);
+            let max = usize::try_from(cx.device.geometry.max_units()).unwrap_or(1);
             let limit = usize::try_from(st.plug_limit.get() / unit)
                 .unwrap_or(usize::MAX)
                 .max(1);
             (whole.min(max).min(room).min(fits).min(limit), None)
         } else {
-            self.hold_callback(rt, st)?;
+            self.hold_callback(cx, st)?;
             (1, Some(max_sbs.max(partial_least)))
         };
         let Some((mb, count)) = self.blocks.lock().unused_run(max_blocks) else {
@@ -149,7 +149,7 @@ impl SubBlockMode {
 
     /// A partly plugged block needs the kernel's online-page callback: claims it before
     /// anything is plugged for it.
-    fn hold_callback(&self, rt: &Runtime, st: &mut RunState) -> Result<(), StepError> {
+    fn hold_callback(&self, cx: &Ctx<'_>, st: &mut RunState) -> Result<(), StepError> {
         let claimed = st
             .hotplug
             .as_mut()
@@ -159,7 +159,7 @@ impl SubBlockMode {
         };
         if !st.told_no_callback {
             dev_warn!(
-                rt.device.dev(),
+                cx.device.dev(),
                 "cannot hold the online-page callback ({:?}; another driver, such as \
                  virtio_mem, holds it?): plugging whole memory blocks only\n",
                 e
@@ -174,7 +174,7 @@ impl SubBlockMode {
     /// (if the block is online) atomically with the `PLUG`.
     fn plug_partial(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         max_sbs: usize,
     ) -> Result<bool, StepError> {
@@ -193,15 +193,15 @@ impl SubBlockMode {
             let addr = b.block_addr(mb) + sb as u64 * sb_size;
             (mb, sb, count, addr, count as u64 * sb_size)
         };
-        let req = rt.device.request(true, addr, size)?;
+        let req = cx.device.request(true, addr, size)?;
         let region = &mut st.hotplug()?.region;
-        match region.give_pages(addr, size, || rt.device.send(&req).map(|_| ())) {
+        match region.give_pages(addr, size, || cx.device.send(&req).map(|_| ())) {
             Ok(()) => {
                 self.blocks.lock().set_plugged(mb, sb, count, true);
                 Ok(true)
             }
             Err(PagesError::Step(f)) => Err(f.into()),
-            Err(PagesError::Region(e)) => Err(rt.region_error(addr, size, e)),
+            Err(PagesError::Region(e)) => Err(cx.region_error(addr, size, e)),
         }
     }
 
@@ -209,7 +209,7 @@ impl SubBlockMode {
     /// blocks to the system, each with its plugged part accessible.
     fn plug_new_blocks(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         mb: usize,
         nr_sbs: usize,
@@ -217,8 +217,8 @@ impl SubBlockMode {
         let l = self.layout();
         let addr = self.blocks.lock().block_addr(mb);
         let nr_blocks = nr_sbs.div_ceil(l.per);
-        let req = rt.device.request(true, addr, nr_sbs as u64 * l.sb_size)?;
-        rt.device.send(&req)?;
+        let req = cx.device.request(true, addr, nr_sbs as u64 * l.sb_size)?;
+        cx.device.send(&req)?;
         // Mark them added before adding: onlining during the add looks them up.
         self.set_new_blocks(mb, nr_blocks, nr_sbs, true);
         // One memory block per add: memory must be removed in the pieces it was added in (a
@@ -228,12 +228,12 @@ impl SubBlockMode {
             let plugged = (nr_sbs - i * l.per).min(l.per) as u64 * l.sb_size;
             let added = st
                 .hotplug()?
-                .add(&rt.device, &rt.offline, block, l.mb_size, plugged);
+                .add(&cx.device, &cx.offline, block, l.mb_size, plugged);
             if let Err(e) = added {
                 let rest_sbs = nr_sbs - i * l.per;
                 self.set_new_blocks(mb + i, nr_blocks - i, rest_sbs, false);
                 let rest = rest_sbs as u64 * l.sb_size;
-                return Err(rt.unplug_after_failed_add(st, block, rest, e));
+                return Err(cx.unplug_after_failed_add(st, block, rest, e));
             }
         }
         Ok(())

@@ -13,11 +13,9 @@ use super::{
 use crate::{
     error::StepError,
     hotplug,
+    manager::Ctx,
     module_parameters,
-    run::{
-        RunState,
-        Runtime, //
-    },
+    state::RunState,
     status::{
         Event,
         Reason, //
@@ -62,7 +60,7 @@ impl SubBlockMode {
     /// safety margin, when the device refuses, or when the blocks left hold unmovable pages.
     pub(super) fn unplug_toward(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         requested: u64,
     ) -> Result<(), StepError> {
@@ -83,7 +81,7 @@ impl SubBlockMode {
                 st.backoff.reset();
                 return Ok(());
             }
-            rt.check_request(st)?;
+            cx.check_request(st)?;
             let next = self.blocks.lock().next_unplug(cursor, online);
             if next.is_none() && progress {
                 cursor = None;
@@ -100,14 +98,14 @@ impl SubBlockMode {
                 }));
             };
             cursor = Some((class, mb));
-            let res = self.unplug_block(rt, st, mb, want);
+            let res = self.unplug_block(cx, st, mb, want);
             progress |= self.blocks.lock().plugged_bytes() < plugged;
             match res {
                 Ok(()) => st.backoff.reset(),
                 Err(StepError::Guest(Reason::Unmovable)) => busy = true,
                 Err(e) => return Err(e),
             }
-            rt.update_sizes(st);
+            cx.update_sizes(st);
         }
     }
 
@@ -117,7 +115,7 @@ impl SubBlockMode {
     /// `want`).
     fn unplug_block(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         mb: usize,
         want: usize,
@@ -131,7 +129,7 @@ impl SubBlockMode {
             let Some(p) = self.next_piece(mb, left, below, whole_failed) else {
                 break;
             };
-            match self.unplug_piece(rt, st, mb, &p)? {
+            match self.unplug_piece(cx, st, mb, &p)? {
                 Outcome::Unplugged => left = left.saturating_sub(p.count),
                 Outcome::InUse => {
                     // Some page cannot be moved: try smaller pieces, or below it.
@@ -144,7 +142,7 @@ impl SubBlockMode {
                 }
             }
         }
-        self.remove_if_emptied(rt, st, mb, left)?;
+        self.remove_if_emptied(cx, st, mb, left)?;
         if busy && left > 0 {
             return Err(StepError::Guest(Reason::Unmovable));
         }
@@ -194,7 +192,7 @@ impl SubBlockMode {
     /// as they were.
     fn unplug_piece(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         mb: usize,
         p: &Piece,
@@ -202,11 +200,11 @@ impl SubBlockMode {
         if p.online && !hotplug::above_margin(p.size) {
             return Err(StepError::Guest(Reason::Margin));
         }
-        let req = rt.device.request(false, p.addr, p.size)?;
+        let req = cx.device.request(false, p.addr, p.size)?;
         let unplugged = || self.blocks.lock().set_plugged(mb, p.sb, p.count, false);
         if !p.added {
             // Plugged sub-blocks of a removed block (its memmap): nothing of it is in use.
-            if let Err(f) = rt.device.send(&req) {
+            if let Err(f) = cx.device.send(&req) {
                 if f.may_have_acted() {
                     unplugged();
                 }
@@ -218,7 +216,7 @@ impl SubBlockMode {
         let region = &mut st.hotplug()?.region;
         // Only a definite refusal gives the pages back: after any other answer the device may
         // have unplugged them.
-        let res = region.take_pages(p.addr, p.size, || match rt.device.send(&req) {
+        let res = region.take_pages(p.addr, p.size, || match cx.device.send(&req) {
             Ok(_) => Ok(()),
             Err(f) if f.may_have_acted() => Err(Undo::Keep(f)),
             Err(f) => Err(Undo::GiveBack(f)),
@@ -234,7 +232,7 @@ impl SubBlockMode {
                     // resync (after a timeout, or at the next binding after an answer the
                     // protocol does not define) makes the device agree that it is unplugged.
                     dev_warn!(
-                        rt.device.dev(),
+                        cx.device.dev(),
                         "no definite answer to the UNPLUG of [{:#x}-{:#x}] ({}): taking it as \
                          unplugged\n",
                         p.addr,
@@ -246,10 +244,10 @@ impl SubBlockMode {
                 Err(f.into())
             }
             Err(PagesError::Region(e)) if e == EBUSY => {
-                rt.device.count(Event::UnplugFailed);
+                cx.device.count(Event::UnplugFailed);
                 Ok(Outcome::InUse)
             }
-            Err(PagesError::Region(e)) => Err(rt.region_error(p.addr, p.size, e)),
+            Err(PagesError::Region(e)) => Err(cx.region_error(p.addr, p.size, e)),
         }
     }
 
@@ -258,7 +256,7 @@ impl SubBlockMode {
     /// of a removed block.
     fn remove_if_emptied(
         &self,
-        rt: &Runtime,
+        cx: &Ctx<'_>,
         st: &mut RunState,
         mb: usize,
         left: usize,
@@ -271,14 +269,14 @@ impl SubBlockMode {
         if !emptied || nr > memmap_sbs || left < nr {
             return Ok(());
         }
-        let delay = rt.remove_delay_ms.load(Relaxed);
+        let delay = cx.remove_delay_ms.load(Relaxed);
         if delay > 0 {
             // Test knob: user space may try to online the emptied block meanwhile; the region
             // refuses, since nothing of it is backed.
             fsleep(Delta::from_millis(delay.into()));
         }
-        if self.remove_block(rt, st, mb).is_err() {
-            rt.device.count(Event::UnplugFailed);
+        if self.remove_block(cx, st, mb).is_err() {
+            cx.device.count(Event::UnplugFailed);
             return Err(StepError::Guest(Reason::Unmovable));
         }
         Ok(())
@@ -286,7 +284,7 @@ impl SubBlockMode {
 
     /// Unplugs what is plugged in blocks that are not added (the memmap of a removed block,
     /// or blocks whose removal happened without their unplug).
-    pub(super) fn unplug_not_added(&self, rt: &Runtime) -> Result<(), StepError> {
+    pub(super) fn unplug_not_added(&self, cx: &Ctx<'_>) -> Result<(), StepError> {
         loop {
             // Not `while let`: that would hold the lock over the loop body.
             let next = {
@@ -306,8 +304,8 @@ impl SubBlockMode {
             let Some((mb, sb, count, addr, sb_size)) = next else {
                 return Ok(());
             };
-            let req = rt.device.request(false, addr, count as u64 * sb_size)?;
-            let res = rt.device.send(&req);
+            let req = cx.device.request(false, addr, count as u64 * sb_size)?;
+            let res = cx.device.send(&req);
             if res.is_ok() || matches!(&res, Err(f) if f.may_have_acted()) {
                 self.blocks.lock().set_plugged(mb, sb, count, false);
             }
