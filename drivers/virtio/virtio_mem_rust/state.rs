@@ -74,7 +74,7 @@ impl RunState {
 
     /// Whether a stall for `why` is to be logged: the first time while it lasts.
     pub(crate) fn first_time(&mut self, why: Reason) -> bool {
-        core::mem::replace(&mut self.logged, Some(why)) != Some(why)
+        self.logged.replace(why) != Some(why)
     }
 
     /// The region and group, which are there until unbind parks them.

@@ -74,8 +74,8 @@ use device::{
     DeviceClient,
     Probed, //
 };
+use manager::Manager;
 use mode::{
-    Manager,
     Mode,
     ModeInputs, //
 };

@@ -94,7 +94,7 @@ impl BigBlockMode {
             .hotplug
             .as_mut()
             .ok_or(ENODEV)
-            .and_then(|h| h.add(&cx.device, &cx.offline, addr, self.unit, self.unit));
+            .and_then(|h| h.add(cx.device, cx.offline, addr, self.unit, self.unit));
         match res {
             Ok(()) => {
                 self.bigs.lock().set(i, 1, BbState::Added);
@@ -131,7 +131,7 @@ impl BigBlockMode {
             let at = addr + k as u64 * self.unit;
             let added = st
                 .hotplug()?
-                .add(&cx.device, &cx.offline, at, self.unit, self.unit);
+                .add(cx.device, cx.offline, at, self.unit, self.unit);
             if let Err(e) = added {
                 let rest = n - k;
                 self.bigs.lock().set(i + k, rest, BbState::Unused);

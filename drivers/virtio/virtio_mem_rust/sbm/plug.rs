@@ -228,7 +228,7 @@ impl SubBlockMode {
             let plugged = (nr_sbs - i * l.per).min(l.per) as u64 * l.sb_size;
             let added = st
                 .hotplug()?
-                .add(&cx.device, &cx.offline, block, l.mb_size, plugged);
+                .add(cx.device, cx.offline, block, l.mb_size, plugged);
             if let Err(e) = added {
                 let rest_sbs = nr_sbs - i * l.per;
                 self.set_new_blocks(mb + i, nr_blocks - i, rest_sbs, false);
