@@ -138,7 +138,7 @@ pub(crate) struct BlockDump(pub(crate) Arc<Runtime>);
 
 impl fmt::Debug for BlockDump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.mode.dump(&self.0.state.lock(), f)
+        self.0.mode.dump(&self.0.state, f)
     }
 }
 

@@ -25,7 +25,10 @@ use kernel::{
     fmt,
     memory_hotplug::MemoryNotification,
     prelude::*,
-    sync::atomic::Atomic, //
+    sync::{
+        atomic::Atomic,
+        Mutex, //
+    }, //
 };
 
 /// What a mode may ask of the run loop during a step (implemented by
@@ -171,6 +174,8 @@ pub(crate) trait Manager: Send + Sync {
     /// A memory event of the region (the notifier's `prepare` and `complete` both pass theirs).
     fn memory_event(&self, _cx: &Ctx<'_>, _n: &MemoryNotification) {}
 
-    /// One line per unit with its state (debugfs), `st` being the run loop's state.
-    fn dump(&self, st: &RunState, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    /// One line per unit with its state (debugfs). `state` is the run loop's state lock, which
+    /// a step holds throughout: a mode that needs it blocks until the step ends, and sub-block
+    /// mode must not (tests watch its dump during a step, see `online_race.sh`).
+    fn dump(&self, state: &Mutex<RunState>, f: &mut fmt::Formatter<'_>) -> fmt::Result;
 }

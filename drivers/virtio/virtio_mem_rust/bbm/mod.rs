@@ -404,8 +404,9 @@ impl Manager for BigBlockMode {
         bigs.set(0, n, BbState::Unused);
     }
 
-    fn dump(&self, st: &RunState, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn dump(&self, state: &Mutex<RunState>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "# address state (big block {:#x})", self.unit)?;
+        let st = state.lock();
         let bigs = self.bigs.lock();
         for i in 0..bigs.len() {
             let addr = bigs.addr(i);

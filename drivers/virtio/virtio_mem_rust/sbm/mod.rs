@@ -314,7 +314,7 @@ impl Manager for SubBlockMode {
         self.track(cx, n);
     }
 
-    fn dump(&self, _st: &RunState, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn dump(&self, _state: &Mutex<RunState>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.blocks.lock();
         writeln!(
             f,
