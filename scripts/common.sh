@@ -52,7 +52,11 @@ use_lane() {
         # An arm64 guest under TCG on an x86_64 host runs about half as fast as an x86_64 one.
         arm64) KBUILD=$VMR_CACHE/build-arm64 KMODS=$VMR_CACHE/modules-arm64 LANE_TIME_FACTOR=2 LANE_ARCH=arm64
                 LANE_CONFIGS=("$REPO"/configs/*.config "$REPO"/configs/arm64/*.config) ;;
-        *) die "unknown lane '$1' (normal, debug or arm64)" ;;
+        # clang 19 (LLVM=-19): Rust in this kernel allows KASAN only with clang. Generic KASAN,
+        # inline, on the normal lane's options (configs/kasan/ says why not the debug lane's).
+        kasan) KBUILD=$VMR_CACHE/build-kasan KMODS=$VMR_CACHE/modules-kasan LANE_TIME_FACTOR=3 LANE_ARCH=x86_64
+                LANE_CONFIGS=("$REPO"/configs/*.config "$REPO"/configs/x86_64/*.config "$REPO"/configs/kasan/*.config) ;;
+        *) die "unknown lane '$1' (normal, debug, arm64 or kasan)" ;;
     esac
     case $LANE_ARCH in
         x86_64) KIMAGE=$KBUILD/arch/x86/boot/bzImage KIMAGE_TARGET=bzImage
@@ -60,6 +64,7 @@ use_lane() {
         arm64) KIMAGE=$KBUILD/arch/arm64/boot/Image KIMAGE_TARGET=Image
                 KMAKE_ARGS=(ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- -j"$(nproc)") ;;
     esac
+    [ "$1" != kasan ] || KMAKE_ARGS+=(LLVM=-19)
     LANE=$1
     # Scripts started from here (configure.sh from build.sh) build the same lane.
     export VMR_LANE=$1

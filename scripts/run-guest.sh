@@ -36,7 +36,8 @@
 #                    build it with scripts/build.sh --lane debug) or arm64
 #                    (qemu-system-aarch64 -M virt, the root from
 #                    scripts/rootfs.sh arm64 and the tools from
-#                    scripts/build-tools.sh --lane arm64)
+#                    scripts/build-tools.sh --lane arm64) or kasan (clang,
+#                    generic KASAN; scripts/build.sh --lane kasan)
 # Without a command the guest starts an interactive shell.
 source "$(dirname "$0")/common.sh"
 

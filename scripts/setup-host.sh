@@ -3,11 +3,11 @@
 # when run again: every step checks first.
 source "$(dirname "$0")/common.sh"
 
-stamp=$VMR_CACHE/.host-ready-v3
+stamp=$VMR_CACHE/.host-ready-v4
 if [ -f "$stamp" ] && [ "${1:-}" != --force ] &&
    command -v qemu-system-x86_64 >/dev/null && command -v qemu-system-aarch64 >/dev/null &&
    command -v bindgen >/dev/null && command -v gnuplot >/dev/null &&
-   [ -x "$LIBCLANG_VENV/bin/vng" ] && command -v ccache >/dev/null; then
+   [ -x "$LIBCLANG_VENV/bin/vng" ] && command -v ccache >/dev/null && command -v clang-19 >/dev/null; then
     exit 0
 fi
 mkdir -p "$VMR_CACHE"
@@ -17,7 +17,8 @@ pkgs=(flex bison bc libelf-dev libssl-dev cpio ccache udev make gcc git rsync
       kmod busybox-static python3-venv socat zstd xz-utils libdw-dev kexec-tools
       gcc-aarch64-linux-gnu libc6-dev-arm64-cross debootstrap
       python3-ply python3-git  # checkpatch's SPDX check (series-check.sh)
-      gnuplot-nox)             # make bench's picture (bench-plot.sh)
+      gnuplot-nox              # make bench's picture (bench-plot.sh)
+      clang-19 lld-19 llvm-19) # the KASAN lane's compiler (LLVM=-19; make check-all)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -61,10 +61,19 @@ t=$(date +%s)
 { "$REPO/scripts/build.sh" --lane arm64 && "$REPO/scripts/rootfs.sh" arm64 >/dev/null &&
   "$REPO/scripts/build-tools.sh" --lane arm64; } || arm64_built=0
 phase_done "build (arm64 kernel, root)" "$t"
+# make check-all only: the KASAN lane (x86_64 built with clang 19, generic KASAN; see
+# configs/kasan/), which runs every guest test. It fails alone too.
+lanes="normal debug arm64"
+if [ "$DEPTH" = all ]; then
+    lanes+=" kasan"
+    kasan_built=1
+    t=$(date +%s); "$REPO/scripts/build.sh" --lane kasan || kasan_built=0
+    phase_done "build (kasan kernel)" "$t"
+fi
 
 passed=0 failed=0 skipped=0 lane_passed=0 lane_failed=0 lane_skipped=0
 results=$VMR_CACHE/test-results
-rm -rf "$results"; mkdir -p "$results/debug" "$results/arm64"
+rm -rf "$results"; mkdir -p "$results/debug" "$results/arm64" "$results/kasan"
 
 count() { # NAME PASSED FAILED [SKIPPED]
     local s=${4:-0}
@@ -222,6 +231,7 @@ guest() {
         arm64) in_list "$ARM64_ALL" "$name" || return 0
                [ "$DEPTH" = all ] || in_list "$ARM64_TESTS" "$name" || return 0 ;;
         debug) [ "$DEPTH" = all ] || in_list "$DEBUG_TESTS" "$name" || return 0 ;;
+        kasan) [ "$DEPTH" = all ] || return 0 ;;
         normal) case ${PART:-} in
                     a) ! in_list "$NORMAL_B" "$name" || return 0 ;;
                     b) in_list "$NORMAL_B" "$name" || return 0 ;;
@@ -475,14 +485,15 @@ kernel_checks() {
 # onlining and most of the tests are one thread), so two guests at a time take about the time
 # of one. The second stream's output is kept in a file and shown when it ends.
 second_out=$results/lanes-debug-arm64-normal-b.out
-{ lane_tests debug; lane_tests arm64; lane_tests normal b; } >"$second_out" 2>&1 &
+{ lane_tests debug; lane_tests arm64; [ "$DEPTH" != all ] || lane_tests kasan; lane_tests normal b; } \
+    >"$second_out" 2>&1 &
 second_pid=$!
 lane_tests normal a
 kernel_checks
 wait "$second_pid" || true
 log "the second stream's output (debug, arm64, normal lane's NORMAL_B):"
 cat "$second_out"
-for lane in normal debug arm64; do
+for lane in $lanes; do
     lp=0 lf=0 ls=0
     parts=("$lane"); [ "$lane" != normal ] || parts=(normal-a normal-b)
     for tag in "${parts[@]}"; do
@@ -495,7 +506,7 @@ for lane in normal debug arm64; do
     lane_totals[$lane]="$lp passed, $lf failed, $ls skipped"
 done
 
-echo "test logs: $results (debug lane: $results/debug, arm64 lane: $results/arm64)"
+echo "test logs: $results (debug lane: $results/debug, arm64 lane: $results/arm64${kasan_built:+, kasan lane: $results/kasan})"
 printf 'guest: %s\n' "${guest_times[@]}"
 printf 'time: %s\n' "${times[@]}"
 # The whole run against its budget (make check only: check-all has none).
@@ -507,6 +518,6 @@ if [ "$DEPTH" = check ]; then
     else line+=" of a ${budget}m budget: OVER by $(( (total - budget * 60 + 59) / 60 ))m"; fi
 fi
 echo "time: $line"
-for lane in normal debug arm64; do echo "$lane lane: ${lane_totals[$lane]}"; done
+for lane in $lanes; do echo "$lane lane: ${lane_totals[$lane]}"; done
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
