@@ -210,6 +210,8 @@ cmd=(vng ${VMR_VNG_DRY_RUN:+--dry-run} --run "$kernel" "${arch_opts[@]}" --disab
 # With tsc=reliable the TSC needs no watchdog, so none runs. (arm64's
 # architected timer has no clocksource watchdog.)
 [ "$LANE_ARCH" = x86_64 ] && append+=("tsc=reliable")
+# KASAN reports only its first bug unless told otherwise; a lane that looks for them wants all.
+[ "$LANE" = kasan ] && append+=("kasan_multi_shot")
 for a in "${append[@]}"; do cmd+=(--append "$a"); done
 if [ $# -gt 0 ]; then
     if [ -n "$console_log" ]; then

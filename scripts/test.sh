@@ -22,7 +22,9 @@
 # The guest tests run on three kernels: the normal one, the debug lane's
 # (lockdep, DEBUG_VM, KFENCE, DEBUG_PAGEALLOC, Rust debug assertions and
 # overflow checks) and the arm64 lane's (the same tree cross-built for arm64,
-# booted under qemu-system-aarch64 -M virt). Each lane's results go to
+# booted under qemu-system-aarch64 -M virt); make check-all adds a fourth, the
+# KASAN lane's (x86_64 built with clang 19, generic KASAN: configs/kasan/),
+# which runs every guest test. Each lane's results go to
 # test-results/LANE/ (the normal lane's to test-results/) and its totals get a
 # line of their own. Besides each script's own check of the kernel log (lib.sh),
 # every guest's whole kernel console is scanned on the host (console_check).
