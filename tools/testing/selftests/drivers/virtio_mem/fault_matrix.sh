@@ -34,7 +34,8 @@
 # driver does not know of) and unbinds before the retry; the next binding
 # finds what is left plugged and unplugs it all.
 #
-# VMR_FAULTS picks the faults (default: all eight).
+# VMR_FAULTS picks the faults (default: all eight), VMR_REQUESTS the request
+# kinds (default: all four).
 # The samples are taken by fault_sampler.py, which says how.
 #
 # Expects vm0: a 2G region with 2M blocks (sub-block mode) or 128M blocks
@@ -55,13 +56,13 @@ fi
 base=$((512 << 20)) step=$((128 << 20))
 
 faults=${VMR_FAULTS:-nack busy error timeout undefined short lost late}
-requests="plug unplug unplug_all state"
-n_faults=$(wc -w <<<"$faults")
+requests=${VMR_REQUESTS:-plug unplug unplug_all state}
+n_cases=$(($(wc -w <<<"$faults") * $(wc -w <<<"$requests")))
 dir=/tmp/vmr-matrix
 rm -rf "$dir"; mkdir -p "$dir"
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 
-ktap_header $((2 + 4 * 4 * n_faults + 1))
+ktap_header $((2 + 4 * n_cases + 1))
 base_kb=$(memtotal_kb)
 ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)

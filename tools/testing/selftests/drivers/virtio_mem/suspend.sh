@@ -11,6 +11,12 @@
 # hide_persistent_suspend): refused with the reason in sysfs while memory is
 # plugged, allowed with nothing plugged.
 #
+# VMR_SLEEPS (default "freeze mem") picks the sleeps with resizes after them:
+# the driver's callbacks are the same for both (virtio_pci_common.c: .suspend
+# and .resume are virtio_pci_suspend and virtio_pci_resume, which freeze and
+# restore the device); what differs is the platform's part. A sleep left out
+# has its results skipped.
+#
 # Runs in a root on tmpfs (tmpfs_root.sh: the guest's 9p root and
 # virtio-serial ports do not survive a sleep). Expects vm0: a 4G region with
 # 2M blocks, memhp_default_state=online_movable.
@@ -26,6 +32,7 @@ source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/tmpfs_root.sh"
 
 drivers=${VMR_DRIVERS:-rust c}
+sleeps=" ${VMR_SLEEPS:-freeze mem} "
 MIB=$((1 << 20))
 
 # What the kernel logged since this driver's turn began.
@@ -67,21 +74,47 @@ for drv in $drivers; do
     dd if=/dev/urandom of=/tmp/work bs=1M count=192 status=none
     sum=$(sha256sum </tmp/work)
 
-    ktap_check "$drv: suspend-to-idle with 512M plugged" sleep_and_wake freeze
-    vmctl set-size vm0 768M >/dev/null
-    sizes_agree "after suspend-to-idle, up" 768M "$drv"
-    vmctl set-size vm0 256M >/dev/null
-    sizes_agree "after suspend-to-idle, down" 256M "$drv"
-    ktap_eq "$drv: the workload's data survived suspend-to-idle" "$sum" "$(sha256sum </tmp/work)"
+    plugged=512M
+    if [[ "$sleeps" == *" freeze "* ]]; then
+        ktap_check "$drv: suspend-to-idle with 512M plugged" sleep_and_wake freeze
+        vmctl set-size vm0 768M >/dev/null
+        sizes_agree "after suspend-to-idle, up" 768M "$drv"
+        vmctl set-size vm0 256M >/dev/null
+        sizes_agree "after suspend-to-idle, down" 256M "$drv"
+        ktap_eq "$drv: the workload's data survived suspend-to-idle" "$sum" "$(sha256sum </tmp/work)"
+        plugged=256M
+    else
+        for what in "suspend-to-idle with 512M plugged" "after suspend-to-idle, up: 3 results" \
+            "after suspend-to-idle, down: 3 results" "the workload's data survived suspend-to-idle"; do
+            n=1; [[ "$what" != *": 3 results" ]] || n=3
+            for _ in $(seq $n); do
+                ktap_skip "$drv: ${what%: 3 results}" "not in VMR_SLEEPS: S3 runs the same callbacks"
+            done
+        done
+    fi
 
-    ktap_check "$drv: S3 with 256M plugged (the device keeps it plugged)" sleep_and_wake mem
-    ktap_check "$drv: S3 was entered" \
-        eval "new_log | grep -q 'Waking up from system sleep state S3'"
-    vmctl set-size vm0 640M >/dev/null
-    sizes_agree "after S3, up" 640M "$drv"
-    vmctl set-size vm0 128M >/dev/null
-    sizes_agree "after S3, down" 128M "$drv"
-    ktap_eq "$drv: the workload's data survived S3" "$sum" "$(sha256sum </tmp/work)"
+    if [[ "$sleeps" == *" mem "* ]]; then
+        ktap_check "$drv: S3 with $plugged plugged (the device keeps it plugged)" sleep_and_wake mem
+        ktap_check "$drv: S3 was entered" \
+            eval "new_log | grep -q 'Waking up from system sleep state S3'"
+        vmctl set-size vm0 640M >/dev/null
+        sizes_agree "after S3, up" 640M "$drv"
+        vmctl set-size vm0 128M >/dev/null
+        sizes_agree "after S3, down" 128M "$drv"
+        ktap_eq "$drv: the workload's data survived S3" "$sum" "$(sha256sum </tmp/work)"
+    else
+        for what in "S3 with memory plugged" "S3 was entered" "after S3, up: 3 results" \
+            "after S3, down: 3 results" "the workload's data survived S3"; do
+            n=1; [[ "$what" != *": 3 results" ]] || n=3
+            for _ in $(seq $n); do
+                ktap_skip "$drv: ${what%: 3 results}" "not in VMR_SLEEPS: suspend-to-idle runs the same callbacks"
+            done
+        done
+        # Where the refusals below start from.
+        vmctl set-size vm0 128M >/dev/null
+        vmctl wait vm0 128M --wait-timeout-s 120 >/dev/null 2>&1
+        [ "$drv" != rust ] || quiet vmem_status wait "$vdev" --size 128M --timeout 60
+    fi
 
     if [ "$drv" = rust ]; then
         knob=/sys/kernel/debug/virtio_mem_rust-$vdev/hide_persistent_suspend
