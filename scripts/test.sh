@@ -219,6 +219,20 @@ console_check() {
     )
 }
 
+# lane_runs NAME: whether the current lane (and part) runs the guest test NAME (the lists above).
+lane_runs() {
+    case $LANE in
+        arm64) in_list "$ARM64_ALL" "$1" || return 1
+               [ "$DEPTH" = all ] || in_list "$ARM64_TESTS" "$1" ;;
+        debug) [ "$DEPTH" = all ] || in_list "$DEBUG_TESTS" "$1" ;;
+        kasan) [ "$DEPTH" = all ] ;;
+        normal) case ${PART:-} in
+                    a) ! in_list "$NORMAL_B" "$1" ;;
+                    b) in_list "$NORMAL_B" "$1" ;;
+                esac ;;
+    esac
+}
+
 # guest NAME NSCRIPTS "run-guest options" "guest command"
 # NSCRIPTS: how many KTAP test scripts the command runs (a script that never
 # printed its header counts as one failure). Runs on the kernel of $LANE
@@ -227,18 +241,10 @@ console_check() {
 # host's scan of the guest's console (console_check). Set for one call:
 #   expect_crash=1          the guest crashes on purpose (kdump)
 #   required="A.sh B.sh"    (the kselftest guest) these scripts must run, not skip
+#   shared=1                (a shared boot, see shared) a script that skipped is a failure
 guest() {
     local name=$1 nscripts=$2 opts=$3 gcmd=$4 out=$results/$1.log
-    case $LANE in
-        arm64) in_list "$ARM64_ALL" "$name" || return 0
-               [ "$DEPTH" = all ] || in_list "$ARM64_TESTS" "$name" || return 0 ;;
-        debug) [ "$DEPTH" = all ] || in_list "$DEBUG_TESTS" "$name" || return 0 ;;
-        kasan) [ "$DEPTH" = all ] || return 0 ;;
-        normal) case ${PART:-} in
-                    a) ! in_list "$NORMAL_B" "$name" || return 0 ;;
-                    b) in_list "$NORMAL_B" "$name" || return 0 ;;
-                esac ;;
-    esac
+    [[ "$name" == *+* ]] || lane_runs "$name" || return 0
     [ "$LANE" = normal ] || { out=$results/$LANE/$1.log; name=$LANE/$1; }
     log "guest test: $name"
     local rc=0 t0=$SECONDS attempt
@@ -283,6 +289,17 @@ guest() {
     elif [ "$rc" != 0 ] && [ "$notok" = 0 ]; then
         echo "$name: guest exited with $rc"; tail -n 25 "$out"; notok=1
     fi
+    # In a shared boot every script must run: one that skipped found the guest not as its
+    # shape or not clean (the script before did not leave it so).
+    if [ -n "${shared:-}" ]; then
+        local skipped_scripts
+        skipped_scripts=$(grep -ac '^1\.\.0 # SKIP' "$out" || true)
+        if [ "$skipped_scripts" -gt 0 ]; then
+            echo "$name: $skipped_scripts script(s) of this shared boot skipped:"
+            grep -a '^1\.\.0 # SKIP' "$out" | sed 's/^/#   /'
+            notok=$((notok + skipped_scripts))
+        fi
+    fi
     # A script the guest was booted for must run: a skipped one is a failure here.
     local r
     for r in ${required:-}; do
@@ -294,6 +311,26 @@ guest() {
     if console_check "${out%.log}.console" "${expect_crash:-0}"; then ok=$((ok + 1))
     else notok=$((notok + 1)); fi
     count "$name" $((ok - skip)) "$notok" "$skip"
+}
+
+# shared "run-guest options" NAME "guest command" [NAME "guest command"]...: the guest
+# tests that the current lane runs of these, in one boot when more than one (named by
+# theirs, joined by "+"), in the order given. They need the same guest, and each script
+# checks at its start that the guest is as a fresh boot leaves it (lib.sh: requires) and
+# leaves it so (leave_clean); a script that skipped counts as a failure. A boot under TCG
+# costs 10 to 30 seconds, and more on the debug lane.
+shared() {
+    local opts=$1 names=() cmds=() cmd="rc=0" i; shift
+    while [ $# -gt 0 ]; do
+        if lane_runs "$1"; then names+=("$1"); cmds+=("$2"); fi
+        shift 2
+    done
+    case ${#names[@]} in
+        0) return 0 ;;
+        1) guest "${names[0]}" 1 "$opts" "${cmds[0]}"; return ;;
+    esac
+    for i in "${!cmds[@]}"; do cmd+="; ${cmds[$i]} || rc=1"; done
+    shared=1 guest "$(IFS=+; echo "${names[*]}")" "${#names[@]}" "$opts" "$cmd; exit \$rc"
 }
 
 # Every guest test, on the kernel of the current lane (lane_tests below). The
@@ -319,7 +356,6 @@ required="kunit.sh in_use.sh" guest kselftest 1 "--vmem size=4G,block=2M,id=vm0"
 guest plug 1 "--append memhp_default_state=online_movable --vmem size=16G,block=2M,requested=1G,id=vm0" \
     "$tests/plug.sh"
 guest offline 1 "--vmem size=8G,block=2M,id=vm0" "$tests/offline.sh"
-guest bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/bbm.sh"
 guest numa 1 "--nodes 2 --append memhp_default_state=online_movable --vmem size=4G,block=2M,requested=1G,node=0,id=vm0 --vmem size=4G,block=1G,requested=2G,node=1,id=vm1" \
     "$tests/numa.sh"
 # The region of this one is backed by a file on the host's tmpfs.
@@ -339,13 +375,14 @@ rm -f "$backing"
 guest partial 1 "--rodir /mnt=/dev/shm --vmem size=4G,block=2M,id=vm0,backend=file:$backing" \
     "VMR_BACKING=/mnt/${backing##*/} $tests/partial.sh"
 rm -f "$backing"
-guest unplug-all 1 "--vmem size=4G,block=2M,id=vm0" "$tests/unplug_all.sh"
+shared "--vmem size=4G,block=2M,id=vm0" unplug-all "$tests/unplug_all.sh" \
+    unplug-offline "$tests/unplug_offline.sh" stopped "$tests/stopped.sh"
 guest unplug 1 "--append memhp_default_state=online_movable --rodir /mnt=/dev/shm --vmem size=16G,block=2M,id=vm0,backend=file:$backing" \
     "VMR_BACKING=/mnt/${backing##*/} $tests/unplug.sh"
 rm -f "$backing"
-guest unplug-offline 1 "--vmem size=4G,block=2M,id=vm0" "$tests/unplug_offline.sh"
-guest unplug-online-block 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" \
-    "$tests/unplug_online_block.sh"
+# unplug-online-block last: it leaves a block online in a kernel zone (lib.sh: leave_clean).
+shared "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" \
+    flap "$tests/flap.sh" unplug-online-block "$tests/unplug_online_block.sh"
 # The debug lane's pressure guest is half the size (pressure.sh: VMR_PRESSURE_GB): its
 # migration is several times slower, and the paths are the same.
 pgb=12; [ "$LANE" != debug ] || pgb=6
@@ -366,10 +403,10 @@ guest host-limit 1 "--append memhp_default_state=online_movable --rwdir /mnt=$li
     "VMR_BACKING=/mnt/region VMR_HOST_LIMIT=$((3 << 30)) $tests/host_limit.sh >/tmp/ktap 2>&1; rc=\$?; cat /tmp/ktap; exit \$rc"
 umount "$limit"; rmdir "$limit"
 
-guest rebind 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/rebind.sh"
-guest rebind-bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=1G,id=vm0" "$tests/rebind.sh"
-guest lost-answer 1 "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" "$tests/lost_answer.sh"
-guest lost-answer-bbm 1 "--append memhp_default_state=online_movable --vmem size=8G,block=1G,id=vm0" "$tests/lost_answer.sh"
+shared "--append memhp_default_state=online_movable --vmem size=8G,block=2M,id=vm0" \
+    bbm "$tests/bbm.sh" rebind "$tests/rebind.sh" lost-answer "$tests/lost_answer.sh"
+shared "--append memhp_default_state=online_movable --vmem size=8G,block=1G,id=vm0" \
+    rebind-bbm "$tests/rebind.sh" lost-answer-bbm "$tests/lost_answer.sh"
 # Races and lifecycle (issue 11): user space onlines blocks the driver just emptied (the
 # region is a host tmpfs file, checked for backing), flaps a partly plugged block while the
 # driver plugs into it, a page that cannot move in big-block mode, a stopped device unbound.
@@ -377,10 +414,8 @@ rm -f "$backing"
 guest online-race 1 "--rodir /mnt=/dev/shm --vmem size=8G,block=2M,id=vm0,backend=file:$backing" \
     "VMR_BACKING=/mnt/${backing##*/} $tests/online_race.sh"
 rm -f "$backing"
-guest flap 1 "--append memhp_default_state=online_movable --vmem size=4G,block=2M,id=vm0" "$tests/flap.sh"
 guest bbm-unmovable 1 "--append memhp_default_state=online_movable --vmem size=4G,block=1G,id=vm0" \
     "$tests/bbm_unmovable.sh"
-guest stopped 1 "--vmem size=4G,block=2M,id=vm0" "$tests/stopped.sh"
 # A device that lies (issue 22): one fault per case, every request kind and answer, both modes
 # (big-block mode with big blocks of 128M: the same paths as 1G ones, cheaper per case), the
 # region a host tmpfs file whose allocation is checked against what the device has plugged.

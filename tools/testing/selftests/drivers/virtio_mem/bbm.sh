@@ -10,7 +10,7 @@ set -u
 source "$(dirname "$0")/lib.sh"
 requires movable vm0:8G
 
-ktap_header 12
+ktap_header 13
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
 ktap_check "load with force_bbm=1 bbm_block_size=1G" \
@@ -41,4 +41,5 @@ ktap_eq "MemTotal follows (kB)" $((1 << 20)) $((kb - base_kb))
 ktap_eq "System RAM (virtio_mem) is 1G" "$(to_bytes 1G)" "$(virtio_mem_ram_bytes)"
 quiet vmem_status wait "$vdev" --size 1G --timeout 60
 check_sizes "1G" "$vdev" vm0 "$base_kb"
+ktap_check "the guest is left clean for a next script (leave_clean)" leave_clean
 ktap_finish

@@ -22,7 +22,7 @@ addr=$(qmp_info vm0 memaddr)
 n1=$((addr / block + 1))
 stop=/tmp/flap.stop flaps=/tmp/flap.count
 
-ktap_header 8
+ktap_header 9
 base_kb=$(memtotal_kb)
 ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
@@ -61,4 +61,5 @@ ktap_eq "both blocks are online" "online online" "$(block_state $((n1 - 1))) $(b
 ktap_eq "the 56M unplugged are PageOffline" $((56 * MIB / page)) \
     "$(page_offline_count $addr $((2 * block)))"
 check_sizes "200M" "$vdev" vm0 "$base_kb"
+ktap_check "the guest is left clean for a next script (leave_clean)" leave_clean
 ktap_finish

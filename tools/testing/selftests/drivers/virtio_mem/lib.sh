@@ -77,8 +77,11 @@ KSFT_SKIP=4
 #   env:VAR       VAR is set (a host-side path or value scripts/test.sh gives)
 #   nodevice      no virtio-mem device at all
 #   crashkernel   memory reserved for a crash kernel
-# Every script lists what scripts/test.sh boots it with; a guest with less or
-# other devices skips it.
+# and always: neither driver loaded. Every script lists what scripts/test.sh
+# boots it with; a guest with less or other devices skips it. So a guest that
+# runs several scripts in one boot (scripts/test.sh: shared) checks before each
+# that the last one left it as a fresh boot would (leave_clean); that guest
+# counts a skipped script as a failure.
 requires() {
     local need missing=()
     [ -n "$VMR_KO_RUST" ] || missing+=("virtio_mem_rust.ko (VMR_KO_RUST or an installed module)")
@@ -113,12 +116,18 @@ requires() {
                 fi ;;
         esac
     done
-    # A device some driver already drives is not the fresh device a script starts from.
-    local v
+    # A device some driver already drives, or a driver loaded, is not the fresh guest a
+    # script starts from.
+    local v m
     for v in $(virtio_mem_devices); do
         [ -z "$(bound_driver "$v")" ] || missing+=("$v unbound")
     done
+    for m in virtio_mem_rust virtio_mem; do
+        [ ! -d "/sys/module/$m" ] || missing+=("$m not loaded")
+    done
     if [ ${#missing[@]} = 0 ]; then
+        # Where this script's kernel log starts (script_log): a boot may be shared.
+        VMR_SCRIPT_MARK=$(dmesg_mark)
         # For checking the requirements against a guest without running the test.
         [ -z "${VMR_REQUIRES_ONLY:-}" ] || { echo "requires: met"; exit 0; }
         return 0
@@ -427,6 +436,36 @@ mem_available() { echo $(($(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) *
 # mark: for a message that must come from a given step, not an earlier one.
 dmesg_mark() { dmesg | wc -l; }
 dmesg_since() { dmesg | tail -n +$(($1 + 1)); }
+# The kernel log since this script's start (requires): in a shared boot, not the
+# scripts' before it.
+script_log() { dmesg_since "${VMR_SCRIPT_MARK:-0}"; }
+
+# leave_clean [QID...]: a script's last step before ktap_finish (whose log check
+# then covers it), so that the next script of a shared boot finds the guest as a
+# fresh boot leaves it (requires): each device (default vm0) asked for 0 and
+# with nothing plugged, and neither driver loaded. Memory still plugged with no
+# driver bound is unplugged by ours, loaded for it. Fails, saying why, if it
+# could not.
+leave_clean() {
+    local q m rc=0
+    [ $# -gt 0 ] || set -- vm0
+    for q in "$@"; do vmctl set-size "$q" 0 >/dev/null || rc=1; done
+    if [ -z "$(for v in $(virtio_mem_devices); do bound_driver "$v"; done)" ] &&
+        [ -n "$(for q in "$@"; do [ "$(qmp_info "$q" size)" = 0 ] || echo "$q"; done)" ]; then
+        [ ! -d /sys/module/virtio_mem ] || rmmod virtio_mem || rc=1
+        [ ! -d /sys/module/virtio_mem_rust ] || rmmod virtio_mem_rust || rc=1
+        load_bound "$VMR_KO_RUST" || rc=1
+    fi
+    for q in "$@"; do
+        vmctl wait "$q" 0 --wait-timeout-s 300 >/dev/null 2>&1 ||
+            { ktap_diag "leave_clean: $q still has $(qmp_info "$q" size) bytes plugged"; rc=1; }
+    done
+    for m in virtio_mem_rust virtio_mem; do
+        [ ! -d "/sys/module/$m" ] || rmmod "$m" ||
+            { ktap_diag "leave_clean: $m cannot be unloaded"; rc=1; }
+    done
+    return $rc
+}
 
 hex_to_dec() { printf '%d' "$1"; }
 

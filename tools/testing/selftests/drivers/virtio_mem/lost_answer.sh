@@ -26,7 +26,7 @@ if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then \
     requires movable vm0:8G:1G; else requires movable vm0:8G; fi
 
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
-ktap_header 18
+ktap_header 19
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
 knob=/sys/kernel/debug/virtio_mem_rust-$vdev/lose_answers
@@ -46,10 +46,10 @@ ktap_eq "2G: the answer was dropped" 0 "$(cat "$knob")"
 ktap_check "2G: the retry gets there" quiet vmem_status wait "$vdev" --size 2G --timeout 300
 check_sizes "2G" "$vdev" vm0 "$base_kb"
 ktap_check "2G: the resync unplugged what the device had plugged in vain" \
-    eval "dmesg | grep -q 'virtio_mem_rust $vdev: the device.s plugged state of .* differs from the driver.s; sending UNPLUG'"
+    eval "script_log | grep -q 'virtio_mem_rust $vdev: the device.s plugged state of .* differs from the driver.s; sending UNPLUG'"
 if [ "$(vmem_attr "$vdev" mode)" = sub-block ]; then
     ktap_check "2G: the plug is tried again in smaller pieces" \
-        eval "dmesg | grep -q 'virtio_mem_rust $vdev: the device did not answer in time to a plug of 0x40000000 bytes; trying smaller pieces'"
+        eval "script_log | grep -q 'virtio_mem_rust $vdev: the device did not answer in time to a plug of 0x40000000 bytes; trying smaller pieces'"
 else
     ktap_skip "2G: the plug is tried again in smaller pieces" "one big block cannot be split"
 fi
@@ -59,9 +59,10 @@ echo 1 >"$knob"
 vmctl set-size vm0 1G >/dev/null
 ktap_check "1G: the driver stops short" quiet vmem_status wait "$vdev" --until settled --timeout 300
 ktap_check "1G: it takes the memory as unplugged" \
-    eval "dmesg | grep -q 'virtio_mem_rust $vdev: no definite answer to the UNPLUG of .*: taking it as unplugged'"
+    eval "script_log | grep -q 'virtio_mem_rust $vdev: no definite answer to the UNPLUG of .*: taking it as unplugged'"
 check_sizes "1G, no answer" "$vdev" vm0 "$base_kb"
 ktap_check "1G: the retry gets there" quiet vmem_status wait "$vdev" --size 1G --timeout 300
 check_sizes "1G" "$vdev" vm0 "$base_kb"
 ktap_diag "stats: resyncs $(vmem_stat "$vdev" resyncs), plug_failed $(vmem_stat "$vdev" plug_failed), unplug_failed $(vmem_stat "$vdev" unplug_failed)"
+ktap_check "the guest is left clean for a next script (leave_clean)" leave_clean
 ktap_finish

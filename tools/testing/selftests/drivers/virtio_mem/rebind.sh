@@ -19,7 +19,7 @@ if [ "$(qmp_info vm0 block-size 2>/dev/null)" = $((1 << 30)) ]; then \
     requires movable vm0:8G:1G; else requires movable vm0:8G; fi
 
 dir=$(mktemp -d)
-ktap_header 34
+ktap_header 35
 base_kb=$(memtotal_kb)
 vdev=$(virtio_mem_devices)
 drv=/sys/bus/virtio/drivers/virtio_mem_rust
@@ -116,5 +116,6 @@ ktap_eq "the workload's data is intact" 0 "$rc"
 vmctl set-size vm0 0 >/dev/null
 ktap_check "then everything is unplugged" quiet vmem_status wait "$vdev" --size 0 --timeout 300
 ktap_eq "nothing stays added" 0 "$(virtio_mem_ram_bytes)"
-ktap_eq "nothing was OOM-killed" "" "$(dmesg | grep -iE 'out of memory|oom-kill|killed process')"
+ktap_eq "nothing was OOM-killed" "" "$(script_log | grep -iE 'out of memory|oom-kill|killed process')"
+ktap_check "the guest is left clean for a next script (leave_clean)" leave_clean
 ktap_finish

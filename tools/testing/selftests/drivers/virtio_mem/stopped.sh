@@ -18,7 +18,7 @@ block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 addr=$(qmp_info vm0 memaddr)
 n0=$((addr / block)) n1=$((addr / block + 1)) b1=$((addr + block))
 
-ktap_header 11
+ktap_header 12
 base_kb=$(memtotal_kb)
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
@@ -43,4 +43,5 @@ ktap_check "the next binding takes over" load_bound "$VMR_KO_RUST"
 vmctl set-size vm0 0 >/dev/null
 ktap_check "and gets to 0" quiet vmem_status wait "$vdev" --size 0 --timeout 300
 ktap_eq "MemTotal is back (kB)" "$base_kb" "$(memtotal_kb)"
+ktap_check "the guest is left clean for a next script (leave_clean)" leave_clean
 ktap_finish

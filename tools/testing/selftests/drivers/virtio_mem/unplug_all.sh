@@ -16,7 +16,7 @@ requires vm0:4G
 
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 
-ktap_header 11
+ktap_header 12
 ktap_check "load virtio_mem_rust" load_bound "$VMR_KO_RUST"
 vdev=$(virtio_mem_devices)
 vmctl set-size vm0 130M >/dev/null
@@ -37,11 +37,12 @@ ktap_eq "the C driver left 100M plugged and nothing added" "$(to_bytes 100M) " \
     "$(qmp_info vm0 size) $(grep "System RAM (virtio_mem)" /proc/iomem)"
 ktap_check "load virtio_mem_rust again" load_bound "$VMR_KO_RUST"
 ktap_check "it sees the memory plugged from before" \
-    eval "dmesg | grep -q 'virtio_mem_rust $vdev: unplugging all memory is required'"
+    eval "script_log | grep -q 'virtio_mem_rust $vdev: unplugging all memory is required'"
 size=$(vmctl wait vm0 100M --wait-timeout-s 120 2>&1 | tail -n1)
 ktap_eq "it plugs the 100M requested" "$(to_bytes 100M)" "$size"
 ktap_check "after unplugging all of it first" \
-    eval "dmesg | grep -q 'virtio_mem_rust $vdev: unplugged all memory plugged from before'"
+    eval "script_log | grep -q 'virtio_mem_rust $vdev: unplugged all memory plugged from before'"
 quiet vmem_status wait "$vdev" --size 100M --timeout 60
 ktap_eq "one partly plugged block is added" "$block" "$(virtio_mem_ram_bytes)"
+ktap_check "the guest is left clean for a next script (leave_clean)" leave_clean
 ktap_finish

@@ -15,7 +15,7 @@ requires vm0:4G
 block=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 n0=$(( $(qmp_info vm0 memaddr) / block ))
 
-ktap_header 8
+ktap_header 9
 ktap_check "load virtio_mem_rust unplug_online=0" load_bound "$VMR_KO_RUST" unplug_online=0
 vmctl set-size vm0 1G >/dev/null
 size=$(vmctl wait vm0 1G --wait-timeout-s 120 2>&1 | tail -n1)
@@ -30,7 +30,7 @@ quiet vmem_status wait "$(virtio_mem_devices)" --until settled --timeout 60
 ktap_eq "and they are removed" "$(to_bytes 512M)" "$(virtio_mem_ram_bytes)"
 ktap_eq "online memory is untouched (MemTotal, kB)" "$base_kb" "$(memtotal_kb)"
 ktap_check "the driver says why it stopped" \
-    eval "dmesg | grep -q 'unplugging stopped short of the requested size: only offline memory may be unplugged'"
+    eval "script_log | grep -q 'unplugging stopped short of the requested size: only offline memory may be unplugged'"
 # Wait until the back-off's next retry is at least 10 s away (it doubles from 5 s), so that
 # an unplug within 5 s can only come from the offlining.
 vdev=$(virtio_mem_devices)
@@ -51,4 +51,5 @@ vmctl set-size vm0 0 >/dev/null
 for n in 0 1 2; do echo offline >/sys/devices/system/memory/memory$((n0 + n))/state; done
 ktap_check "offlining the rest, everything goes" \
     eval "vmctl wait vm0 0 --wait-timeout-s 60 >/dev/null"
+ktap_check "the guest is left clean for a next script (leave_clean)" leave_clean
 ktap_finish

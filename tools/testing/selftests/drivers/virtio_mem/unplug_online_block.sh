@@ -63,4 +63,7 @@ ktap_eq "128M: the lower (movable) block is unplugged and removed" "$(to_bytes 1
     "$size $(virtio_mem_ram_bytes)"
 ktap_eq "the upper one stays online" "online" "$(block_state $n1)"
 check_sizes "128M" "$vdev" vm0 "$base_kb"
+# Not left clean (lib.sh: leave_clean): a block onlined to a kernel zone may hold kernel
+# allocations that never move, so the device may not get back to 0. A boot it shares runs it
+# last (scripts/test.sh).
 ktap_finish
