@@ -137,6 +137,35 @@ pub fn memmap_size(size: u64) -> u64 {
     size / crate::page::PAGE_SIZE as u64 * core::mem::size_of::<bindings::page>() as u64
 }
 
+/// Bytes of KASAN shadow that `size` bytes of memory need while online: with generic or
+/// software tag-based KASAN, `mm/kasan/shadow.c`'s memory notifier vmallocs one shadow byte per
+/// `1 << KASAN_SHADOW_SCALE_SHIFT` bytes (an eighth or a sixteenth) at `MEM_GOING_ONLINE`, from
+/// the kernel's zones, and frees it at `MEM_OFFLINE`; a failed allocation vetoes onlining.
+/// 0 without such KASAN (hardware tag-based KASAN keeps its tags in memory the hardware
+/// provides).
+pub fn kasan_shadow_size(size: u64) -> u64 {
+    #[cfg(any(CONFIG_KASAN_GENERIC, CONFIG_KASAN_SW_TAGS))]
+    return size >> bindings::KASAN_SHADOW_SCALE_SHIFT;
+    #[cfg(not(any(CONFIG_KASAN_GENERIC, CONFIG_KASAN_SW_TAGS)))]
+    {
+        let _ = size;
+        0
+    }
+}
+
+/// Kernel memory (from the zones [`free_kernel_memory`] counts) that adding and onlining
+/// `size` bytes of memory takes: its memmap, unless it lives in the memory itself
+/// (`memmap_on_memory`, see [`memmap_on_memory`]), and its KASAN shadow
+/// ([`kasan_shadow_size`]), which never does.
+pub fn kernel_memory_cost(size: u64, memmap_on_memory: bool) -> u64 {
+    let memmap = if memmap_on_memory {
+        0
+    } else {
+        memmap_size(size)
+    };
+    memmap + kasan_shadow_size(size)
+}
+
 /// Free memory in the zones the kernel allocates its own data from (all but `ZONE_MOVABLE`),
 /// in bytes: where the memmap of memory added without `memmap_on_memory` comes from.
 pub fn free_kernel_memory() -> u64 {

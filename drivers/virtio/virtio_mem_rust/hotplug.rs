@@ -148,14 +148,16 @@ impl OfflineMemory {
     }
 }
 
-/// How many more units of `unit` bytes may be added now, at most `want`: all of them with
-/// memmap-on-memory; otherwise as many as leave the page allocator's reserves of free kernel
-/// memory after their memmap is allocated from it. 0 means stall (the caller says why).
+/// How many more units of `unit` bytes may be added (and onlined) now, at most `want`: as
+/// many as leave the page allocator's reserves of free kernel memory after what they take from
+/// it (their memmap, unless memmap-on-memory; their KASAN shadow on a KASAN kernel, 1/8 of
+/// them, which would otherwise veto onlining halfway: `memory_hotplug::kernel_memory_cost`);
+/// all of them when that is nothing. 0 means stall (the caller says why).
 pub(crate) fn memmap_room(memmap_on_memory: bool, unit: u64, want: u64) -> u64 {
-    if memmap_on_memory {
+    let per_unit = memory_hotplug::kernel_memory_cost(unit, memmap_on_memory);
+    if per_unit == 0 {
         return want;
     }
-    let per_unit = memory_hotplug::memmap_size(unit).max(1);
     let reserve = memory_hotplug::reserved_memory().max(MEMMAP_RESERVE_MIN);
     let free = memory_hotplug::free_kernel_memory().saturating_sub(reserve);
     want.min(free / per_unit)

@@ -76,7 +76,8 @@ pub(crate) enum Reason {
     Timeout,
     /// Sending the request failed.
     ExchangeFailed,
-    /// The memmap of the next block would not fit in the free kernel memory.
+    /// The memmap (and on a KASAN kernel, the shadow) of the next block would not fit in the
+    /// free kernel memory.
     MemmapNoRoom,
     /// Adding memory failed (e.g. the memmap allocation).
     AddFailed,

@@ -434,6 +434,10 @@ mem_available() { echo $(($(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) *
 
 # The number of lines in the kernel log now, and the lines logged after such a
 # mark: for a message that must come from a given step, not an earlier one.
+# Whether the kernel has generic KASAN (the KASAN lane), whose shadow of memory going online
+# comes from the kernel's memory (mm/kasan/generic.c says so at boot).
+kasan_generic() { dmesg | grep -q 'KernelAddressSanitizer initialized (generic)'; }
+
 dmesg_mark() { dmesg | wc -l; }
 dmesg_since() { dmesg | tail -n +$(($1 + 1)); }
 # The kernel log since this script's start (requires): in a shared boot, not the
