@@ -265,7 +265,7 @@ guest() {
         grep -aE '^qemu-system-' "$out" | tail -n 3 | sed 's/^/#   /'
         mv "$out" "${out%.log}.first.log"
     done
-    guest_times+=("$(printf '%-28s %4ds' "$name" $((SECONDS - t0)))")
+    guest_times+=("$(printf '%-34s %4ds' "$name" $((SECONDS - t0)))")
     # Top-level KTAP lines only (subtests are indented).
     local plan ok notok skip
     plan=$( (grep -aE '^1\.\.[0-9]+$' "$out" || true) | sed 's/^1\.\.//' | paste -sd+ | bc)
